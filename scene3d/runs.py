@@ -1,0 +1,95 @@
+"""Run directories: `outputs/<kind>/<name>/` with the config (JSON + YAML), metrics JSON, PNG
+plots, TensorBoard logs and rotating atomic checkpoints with resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from scene3d.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
+
+OUTPUTS = Path("outputs")
+_CKPT = re.compile(r"step_(\d+)\.safetensors$")
+
+
+def config_to_dict(config: Any) -> Any:
+    """A (nested) dataclass as plain JSON-able data; Paths become strings, tuples lists."""
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return {f.name: config_to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, dict):
+        return {str(k): config_to_dict(v) for k, v in config.items()}
+    if isinstance(config, list | tuple):
+        return [config_to_dict(v) for v in config]
+    if isinstance(config, Path):
+        return str(config)
+    return config
+
+
+class RunDir:
+    """One run's folder. Checkpoints are `checkpoints/step_XXXXXXX.safetensors`, newest kept."""
+
+    def __init__(self, path: str | Path, keep_checkpoints: int = 2):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.keep_checkpoints = keep_checkpoints
+        self._writer = None
+
+    @classmethod
+    def create(cls, kind: str, name: str, root: str | Path = OUTPUTS, **kwargs) -> RunDir:
+        return cls(Path(root) / kind / name, **kwargs)
+
+    def file(self, *parts: str) -> Path:
+        p = self.path.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def save_config(self, config: Any) -> None:
+        data = config_to_dict(config)
+        atomic_write_json(self.file("config.json"), data)
+        atomic_write_text(self.file("config.yaml"), yaml.safe_dump(data, sort_keys=False))
+
+    def save_metrics(self, metrics: dict[str, Any], name: str = "metrics.json") -> Path:
+        return atomic_write_json(self.file(name), {**metrics, "written_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+    def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        """TensorBoard scalars plus a JSON-lines copy (`scalars.jsonl`) that the viewer tails."""
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.path / "tb"))
+        for key, value in scalars.items():
+            self._writer.add_scalar(key, value, step)
+        with open(self.file("scalars.jsonl"), "a") as f:
+            f.write(json.dumps({"step": step, "time": time.time(), **scalars}) + "\n")
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    # checkpoints ---------------------------------------------------------------------------
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        folder = self.path / "checkpoints"
+        found = [(int(m.group(1)), p) for p in folder.glob("step_*.safetensors") if (m := _CKPT.search(p.name))]
+        return sorted(found)
+
+    def save_checkpoint(self, step: int, state: dict[str, Any], config: Any = None) -> Path:
+        path = save_checkpoint(self.file("checkpoints", f"step_{step:07d}.safetensors"),
+                               {**state, "step": step}, config_to_dict(config) if config is not None else None)
+        for _, old in self.checkpoints()[: -self.keep_checkpoints]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def latest_checkpoint(self) -> Path | None:
+        found = self.checkpoints()
+        return found[-1][1] if found else None
+
+    def load_latest(self, map_location: str = "cpu") -> tuple[dict, dict] | None:
+        path = self.latest_checkpoint()
+        return None if path is None else load_checkpoint(path, map_location)
