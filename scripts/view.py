@@ -1,0 +1,39 @@
+"""Serve the web viewer for a synthetic world, a dataset folder, a run directory or a PLY file.
+
+    python scripts/view.py synthetic:0
+    python scripts/view.py outputs/worlds/w0 --port 8081
+    python scripts/view.py outputs/fields/my_run --host 0.0.0.0   # reachable from other machines
+
+Prints the URL and serves until interrupted (Ctrl-C).
+"""
+
+from dataclasses import dataclass, field
+
+import tyro
+
+from scene3d.cli import run_cli
+from viewer.panels.scene import RenderSettings
+from viewer.server import ViewerConfig, ViewerServer
+from viewer.targets import open_target
+
+
+@dataclass
+class ViewArgs:
+    path: tyro.conf.Positional[str]
+    """synthetic:SEED, a dataset folder (transforms*.json), a run directory or a .ply file."""
+    host: str = "127.0.0.1"
+    """Interface to bind; the default is reachable from this machine only."""
+    port: int = 8080
+    """Port to listen on (the next free one is used if it is taken)."""
+    render: RenderSettings = field(default_factory=RenderSettings)
+
+
+def main(args: ViewArgs) -> None:
+    content = open_target(args.path)
+    with ViewerServer(content, ViewerConfig(args.host, args.port, args.render)) as viewer:
+        print(f"viewer for {content.title}: {viewer.url}", flush=True)
+        viewer.serve_forever()
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main(tyro.cli(ViewArgs)))

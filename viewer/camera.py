@@ -1,0 +1,90 @@
+"""The browser camera <-> our `Cameras`.
+
+viser reports each client's camera as `wxyz` and `position` of T_world_camera in the OpenCV camera
+convention (+x right, +y down, +z forward; see `viser.CameraHandle` and `ViewerCameraMessage`), a
+*vertical* field of view `fov` in radians and the canvas aspect (width / height). Our `Cameras`
+use the same axes, so c2w = [R(wxyz) | position] with no axis flip; only the intrinsics change
+form (square pixels, principal point at the image centre).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from scene3d.cameras import Cameras
+
+
+def quat_to_matrix(wxyz: np.ndarray) -> np.ndarray:
+    """Unit quaternion (w, x, y, z) -> rotation matrix [3,3] (normalised first)."""
+    w, x, y, z = np.asarray(wxyz, dtype=np.float64) / np.linalg.norm(wxyz)
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def matrix_to_quat(rotation: np.ndarray) -> np.ndarray:
+    """Rotation matrix [3,3] -> unit quaternion (w, x, y, z) with w >= 0 (Shepperd's method)."""
+    m = np.asarray(rotation, dtype=np.float64)
+    trace = np.trace(m)
+    if trace > 0:
+        s = 2 * math.sqrt(1 + trace)
+        q = [0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s]
+    else:
+        i = int(np.argmax(np.diag(m)))
+        j, k = (i + 1) % 3, (i + 2) % 3
+        s = 2 * math.sqrt(1 + m[i, i] - m[j, j] - m[k, k])
+        q = [0.0] * 4
+        q[0] = (m[k, j] - m[j, k]) / s
+        q[1 + i] = 0.25 * s
+        q[1 + j] = (m[j, i] + m[i, j]) / s
+        q[1 + k] = (m[k, i] + m[i, k]) / s
+    q = np.array(q) / np.linalg.norm(q)
+    return q if q[0] >= 0 else -q
+
+
+@dataclass(frozen=True)
+class ViewState:
+    """One browser camera as viser reports it: OpenCV T_world_camera, vertical fov (radians),
+    canvas aspect (width / height)."""
+
+    wxyz: tuple[float, float, float, float]
+    position: tuple[float, float, float]
+    fov_y: float
+    aspect: float
+
+    @classmethod
+    def from_handle(cls, camera) -> ViewState:
+        """From a `viser.CameraHandle` (read by attribute, so viser is not imported here)."""
+        return cls(tuple(map(float, camera.wxyz)), tuple(map(float, camera.position)), float(camera.fov),
+                   float(camera.aspect))
+
+    def image_size(self, max_side: int) -> tuple[int, int]:
+        """(width, height) with the canvas aspect and the longer side `max_side` pixels (at least 1)."""
+        if self.aspect >= 1:
+            return max_side, max(1, round(max_side / self.aspect))
+        return max(1, round(max_side * self.aspect)), max_side
+
+
+def view_to_cameras(view: ViewState, width: int, height: int) -> Cameras:
+    """A batch of one `Cameras` [1] seeing what the browser shows, rendered at width x height."""
+    c2w = torch.eye(4, dtype=torch.float64)
+    c2w[:3, :3] = torch.from_numpy(quat_to_matrix(np.asarray(view.wxyz)))
+    c2w[:3, 3] = torch.tensor(view.position, dtype=torch.float64)
+    f = 0.5 * height / math.tan(0.5 * view.fov_y)
+    K = torch.tensor([[f, 0.0, width / 2], [0.0, f, height / 2], [0.0, 0.0, 1.0]])
+    return Cameras(c2w.float(), K.float(), width, height)
+
+
+def cameras_to_view(cameras: Cameras, index: int = 0) -> ViewState:
+    """The viser pose, vertical fov and aspect of camera `index` (principal point and pixel aspect
+    are not representable in viser, so a non-central or non-square camera is approximated)."""
+    c2w = cameras.c2w[index].double().cpu().numpy()
+    fov_y = float(cameras.fov_y[index])
+    return ViewState(tuple(matrix_to_quat(c2w[:3, :3]).tolist()), tuple(c2w[:3, 3].tolist()), fov_y,
+                     cameras.width / cameras.height)

@@ -1,0 +1,196 @@
+"""Server-side rendering from each browser's camera.
+
+Every client gets a `ProgressiveRenderer`: one background thread that renders the newest camera
+pose at preview resolution and JPEG quality while the camera moves (intermediate poses are
+dropped, never queued), then once more at full resolution and quality when the camera has rested
+for `settle_s`. The scheduling is plain Python; `ScenePanel` only wires it to viser.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from viewer.camera import ViewState
+from viewer.sources import Frame, SceneSource, render_view
+
+# Background pixels with no depth are sent this far away (viser decodes up to ~167 units), so
+# viser's own objects (frustums, grid) are drawn over empty background.
+_FAR = 160.0
+
+
+@dataclass
+class RenderSettings:
+    """Full-quality resolution (longer side, pixels) and the preview used while the camera moves."""
+
+    max_side: int = 384
+    preview_scale: float = 0.25
+    preview_jpeg: int = 50
+    full_jpeg: int = 90
+    settle_s: float = 0.25
+
+
+class ProgressiveRenderer:
+    """Render the newest requested view in a background thread: preview first, full when at rest.
+
+    `render(view, full)` makes a Frame; `show(frame, full)` displays it; errors go to `on_error`
+    and the thread keeps serving later requests.
+    """
+
+    def __init__(self, render: Callable[[ViewState, bool], Frame], show: Callable[[Frame, bool], None],
+                 settle_s: float = 0.25, on_error: Callable[[BaseException], None] | None = None,
+                 name: str = "viewer-render"):
+        self._render, self._show, self._on_error = render, show, on_error
+        self.settle_s = settle_s
+        self._cond = threading.Condition()
+        self._view: ViewState | None = None
+        self._version = 0  # bumped by every request
+        self._rendered = 0  # version of the newest frame shown
+        self._full_done = True  # whether that frame was full quality
+        self._changed_at = 0.0
+        self._skip_preview = False
+        self._stopping = False
+        self.frames_shown = {"preview": 0, "full": 0}
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def request(self, view: ViewState | None = None, full: bool = False) -> None:
+        """Ask for `view` (None: the last one again, e.g. after a buffer switch). `full` skips the preview."""
+        with self._cond:
+            if view is not None:
+                self._view = view
+            if self._view is None:
+                return
+            self._version += 1
+            self._changed_at = time.monotonic()
+            self._skip_preview = full
+            self._cond.notify()
+
+    def _next_job(self) -> tuple[ViewState, int, bool] | None:
+        """Block until there is work: (view, version, full), or None when stopping."""
+        with self._cond:
+            while not self._stopping:
+                if self._version != self._rendered:
+                    return self._view, self._version, self._skip_preview
+                if not self._full_done:
+                    wait = self.settle_s - (time.monotonic() - self._changed_at)
+                    if wait <= 0:
+                        return self._view, self._version, True
+                    self._cond.wait(wait)
+                else:
+                    self._cond.wait()
+            return None
+
+    def _loop(self) -> None:
+        while (job := self._next_job()) is not None:
+            view, version, full = job
+            try:
+                self._show(self._render(view, full), full)
+                self.frames_shown["full" if full else "preview"] += 1
+            except Exception as err:  # a bad frame must not kill the client's renderer
+                if self._on_error is None:
+                    traceback.print_exc()
+                else:
+                    self._on_error(err)
+            with self._cond:
+                self._rendered, self._full_done = version, full
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """True once the newest request has been shown at full quality (for tests and scripts)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._cond:
+                if self._rendered == self._version and self._full_done:
+                    return True
+            time.sleep(0.01)
+        return False
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+
+class ScenePanel:
+    """GUI folder "Scene" (buffer, resolution, last render time) and one renderer per client."""
+
+    def __init__(self, server, source: SceneSource, settings: RenderSettings | None = None):
+        self.server, self.source = server, source
+        self.settings = settings or RenderSettings()
+        self._renderers: dict[int, ProgressiveRenderer] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        with server.gui.add_folder("Scene"):
+            self.buffer = server.gui.add_dropdown("Buffer", source.buffers, initial_value=source.buffers[0])
+            self.resolution = server.gui.add_slider("Resolution", min=64, max=1024, step=32,
+                                                    initial_value=self.settings.max_side)
+            self.status = server.gui.add_markdown("_waiting for a camera_")
+        self.buffer.on_update(lambda _: self._refresh_all())
+        self.resolution.on_update(lambda _: self._refresh_all())
+        server.on_client_connect(self._connect)
+        server.on_client_disconnect(self._disconnect)
+
+    def render(self, view: ViewState, full: bool) -> Frame:
+        """The frame a client sees for `view`: full or preview resolution of the selected buffer."""
+        side = int(self.resolution.value)
+        if not full:
+            side = max(16, round(side * self.settings.preview_scale))
+        start = time.perf_counter()
+        frame = render_view(self.source, view, str(self.buffer.value), side)
+        if full:
+            h, w = frame.image.shape[:2]
+            self.status.content = f"{self.buffer.value}: {w}x{h} in {time.perf_counter() - start:.2f} s"
+        return frame
+
+    def _connect(self, client) -> None:
+        def show(frame: Frame, full: bool) -> None:
+            depth = None if frame.depth is None else frame.depth.masked_fill(frame.depth <= 0, _FAR).numpy()
+            quality = self.settings.full_jpeg if full else self.settings.preview_jpeg
+            client.scene.set_background_image(frame.to_uint8(), format="jpeg", jpeg_quality=quality, depth=depth)
+
+        def on_error(err: BaseException) -> None:
+            self.status.content = f"render failed: {type(err).__name__}: {err}"
+
+        renderer = ProgressiveRenderer(self.render, show, self.settings.settle_s, on_error,
+                                       name=f"viewer-render-{client.client_id}")
+        with self._lock:
+            self._renderers[client.client_id] = renderer
+            closed = self._closed
+        # The client may have left (or the panel closed) while this callback waited in the pool.
+        if closed or client.client_id not in self.server.get_clients():
+            self._disconnect(client)
+            return
+        client.camera.on_update(lambda camera: renderer.request(ViewState.from_handle(camera)))
+        renderer.request(ViewState.from_handle(client.camera))
+
+    def _disconnect(self, client) -> None:
+        with self._lock:
+            renderer = self._renderers.pop(client.client_id, None)
+        if renderer is not None:
+            renderer.stop()
+
+    def _refresh_all(self) -> None:
+        with self._lock:
+            renderers = list(self._renderers.values())
+        for renderer in renderers:
+            renderer.request(full=True)
+
+    @property
+    def n_renderers(self) -> int:
+        with self._lock:
+            return len(self._renderers)
+
+    def close(self) -> None:
+        with self._lock:
+            renderers, self._renderers, self._closed = list(self._renderers.values()), {}, True
+        for renderer in renderers:
+            renderer.stop()

@@ -1,0 +1,118 @@
+"""Renderer adapters: anything the viewer can draw from an arbitrary camera.
+
+A `SceneSource` names the buffers it offers and renders one of them for a batch of one camera as
+a displayable `Frame` (RGB picture in [0,1] plus the camera-z depth used to composite the
+picture with viser's own 3D objects). `render_view` is the whole render-on-demand step (browser
+camera -> our camera -> picture) as plain Python, so it is tested without a browser.
+
+Sources implemented here: `SyntheticSource` (exact `render_world`). Radiance fields, Gaussian
+scenes and active-vision checkpoints plug in as further classes with the same two members,
+registered through `viewer.targets.RUN_ADAPTERS` (see docs/viewer.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from einops import rearrange
+from jaxtyping import Float
+from torch import Tensor
+
+from scene3d.cameras import Cameras
+from scene3d.data.synthetic import World, render_world
+from scene3d.viz import colorize_depth, colorize_labels, colorize_normals
+from viewer.camera import ViewState, view_to_cameras
+
+# Every buffer name the viewer knows, in the order the dropdown lists them.
+BUFFERS = ("rgb", "depth", "normals", "accumulation", "labels", "features")
+
+
+@dataclass
+class Frame:
+    """A rendered view: image [H,W,3] float in [0,1]; depth [H,W] camera z, 0 where nothing is hit."""
+
+    image: Float[Tensor, "H W 3"]
+    depth: Float[Tensor, "H W"] | None = None
+
+    def to_uint8(self) -> np.ndarray:
+        return (self.image.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+
+
+@runtime_checkable
+class SceneSource(Protocol):
+    """Something rendered server-side from the browser camera."""
+
+    buffers: tuple[str, ...]  # a subset of BUFFERS, the first is the default
+
+    def render(self, cameras: Cameras, buffer: str) -> Frame:
+        """Render `buffer` for `cameras` (a batch of one) at cameras.width x cameras.height."""
+        ...
+
+
+def render_view(source: SceneSource, view: ViewState, buffer: str, max_side: int) -> Frame:
+    """The render-on-demand step: the browser's camera at `max_side` pixels on its longer side."""
+    if buffer not in source.buffers:
+        raise ValueError(f"buffer {buffer!r} is not offered by this source (it has {source.buffers})")
+    width, height = view.image_size(max_side)
+    frame = source.render(view_to_cameras(view, width, height), buffer)
+    assert frame.image.shape == (height, width, 3), (frame.image.shape, height, width)
+    return frame
+
+
+# colouring -------------------------------------------------------------------------------------
+def pca_rgb(features: Float[Tensor, "H W C"], mask: Tensor | None = None) -> Float[Tensor, "H W 3"]:
+    """First three principal components of per-pixel features as colours (each component scaled
+    to [0,1] between its 1st and 99th percentile over `mask`); fewer than 3 channels are padded."""
+    h, w, c = features.shape
+    flat = rearrange(features.float(), "h w c -> (h w) c")
+    valid = torch.ones(h * w, dtype=torch.bool) if mask is None else mask.reshape(-1)
+    if valid.sum() < 2:
+        return torch.zeros(h, w, 3)
+    mean = flat[valid].mean(0)
+    _, _, v = torch.linalg.svd(flat[valid] - mean, full_matrices=False)
+    comps = (flat - mean) @ v[: min(3, c)].T
+    comps = torch.nn.functional.pad(comps, (0, 3 - comps.shape[1]))
+    lo = torch.quantile(comps[valid], 0.01, dim=0)
+    hi = torch.quantile(comps[valid], 0.99, dim=0)
+    rgb = ((comps - lo) / (hi - lo).clamp_min(1e-8)).clamp(0, 1)
+    rgb = torch.where(valid[:, None], rgb, torch.zeros_like(rgb))
+    return rearrange(rgb, "(h w) c -> h w c", h=h)
+
+
+def depth_range(cameras: Cameras, aabb: Float[Tensor, "2 3"]) -> tuple[float, float]:
+    """Camera-z range of the scene box's corners (near clamped at 1e-3): a colour scale for depth
+    that stays fixed while the camera moves, instead of flickering with each frame's min / max."""
+    corners = torch.cartesian_prod(*aabb.T.float())  # [8,3]
+    _, z = cameras[0].project(corners)
+    return max(float(z.min()), 1e-3), max(float(z.max()), 2e-3)
+
+
+# sources -----------------------------------------------------------------------------------
+class SyntheticSource:
+    """A procedural world rendered exactly by `render_world`: RGB, depth, normals, hit mask, labels."""
+
+    buffers = ("rgb", "depth", "normals", "accumulation", "labels")
+
+    def __init__(self, world: World, background: tuple[float, float, float] = (1.0, 1.0, 1.0)):
+        self.world = world
+        self.background = background
+
+    def render(self, cameras: Cameras, buffer: str) -> Frame:
+        out = {k: v[0] for k, v in render_world(self.world, cameras[0], self.background).items()}
+        depth = out["depth"]
+        if buffer == "rgb":
+            image = out["rgb"]
+        elif buffer == "depth":
+            image = colorize_depth(depth, out["mask"], *depth_range(cameras, self.world.aabb))
+        elif buffer == "normals":
+            image = colorize_normals(out["normals"])
+        elif buffer == "accumulation":
+            image = out["mask"].float()[..., None].expand(-1, -1, 3)
+        elif buffer == "labels":
+            image = colorize_labels(out["semantic"])
+        else:
+            raise ValueError(f"buffer {buffer!r} is not offered by SyntheticSource ({self.buffers})")
+        return Frame(image.float(), depth)

@@ -1,0 +1,108 @@
+"""What `scripts/view.py PATH` opens: a synthetic world, a dataset folder, a run directory or a PLY.
+
+`open_target` turns the command-line string into `ViewerContent` (a renderable source, a dataset
+whose cameras are drawn as frustums, a run directory whose scalars are plotted), or raises one
+`DataError` naming the path and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from scene3d.cameras import Cameras, orbit_cameras
+from scene3d.data.dataset import MultiViewDataset, make_multiview_dataset
+from scene3d.data.formats import load_dataset
+from scene3d.data.synthetic import WorldConfig, make_world
+from scene3d.errors import DataError
+from viewer.sources import SceneSource, SyntheticSource
+
+SYNTHETIC_PREFIX = "synthetic:"
+
+# Adapters that find something renderable in a run directory (a field or Gaussian checkpoint):
+# each returns a SceneSource or None. The fields / Gaussians packages register theirs here.
+RUN_ADAPTERS: list[Callable[[Path], SceneSource | None]] = []
+
+
+@dataclass
+class ViewerContent:
+    """Everything one viewer shows. Any part may be missing; `home` is the first camera pose."""
+
+    title: str
+    source: SceneSource | None = None
+    dataset: MultiViewDataset | None = None
+    run_dir: Path | None = None
+    home: Cameras | None = None
+    center: tuple[float, float, float] = (0.0, 0.0, 0.0)  # what the home camera orbits around
+
+
+def open_target(spec: str | Path) -> ViewerContent:
+    """`synthetic:SEED`, a dataset folder (transforms*.json), a run directory (scalars.jsonl,
+    config.json or checkpoints/) or a .ply file."""
+    text = str(spec)
+    if text.startswith(SYNTHETIC_PREFIX):
+        return open_synthetic(text)
+    path = Path(text)
+    if not path.exists():
+        raise DataError(path, None, "does not exist")
+    if path.suffix.lower() == ".ply":
+        raise DataError(path, None, "PLY Gaussian scenes need scene3d.gaussians, which is not installed yet")
+    if path.is_dir() and (any(path.glob("transforms*.json"))):
+        return open_dataset(path)
+    if path.is_dir() and any((path / name).exists() for name in ("scalars.jsonl", "config.json", "checkpoints")):
+        return open_run(path)
+    raise DataError(path, None, "not a dataset folder (transforms*.json), a run directory (scalars.jsonl, "
+                    "config.json, checkpoints/), a .ply file or synthetic:SEED")
+
+
+def open_synthetic(spec: str, n_cameras: int = 12, thumb_size: int = 64) -> ViewerContent:
+    """A procedural world plus `n_cameras` example training views drawn as frustums."""
+    try:
+        seed = int(spec[len(SYNTHETIC_PREFIX):])
+    except ValueError:
+        raise DataError(None, "PATH", f"expected synthetic:SEED with an integer seed, got {spec!r}") from None
+    world = make_world(seed)
+    views = make_multiview_dataset(world, n_train=n_cameras, n_val=0, n_test=0, width=thumb_size,
+                                   height=thumb_size, seed=seed)["train"]
+    home = orbit_cameras(1, 4.5, elevation_deg=30.0, fov_x_deg=60.0, width=640, height=480, target=(0, 0, 0.2))
+    return ViewerContent(f"synthetic world {seed}", SyntheticSource(world), views, None, home, (0.0, 0.0, 0.2))
+
+
+def open_dataset(path: Path) -> ViewerContent:
+    """A Blender / nerfstudio dataset; a world we generated (`world.json`) is also rendered exactly."""
+    dataset = load_dataset(path, "train")
+    source = None
+    if (path / "world.json").is_file():
+        source = SyntheticSource(_world_from_summary(path / "world.json"), tuple(dataset.background.tolist()))
+    return ViewerContent(f"dataset {path.name}", source, dataset, None, dataset.cameras[0],
+                         tuple(dataset.aabb.mean(0).tolist()))
+
+
+def open_run(path: Path) -> ViewerContent:
+    """A run directory: live scalars, and a scene when a registered adapter recognises a checkpoint."""
+    source = next((s for adapter in RUN_ADAPTERS if (s := adapter(path)) is not None), None)
+    return ViewerContent(f"run {path.name}", source, None, path, None)
+
+
+def _world_from_summary(file: Path):
+    """The world `scene3d.data.generate.write_world_dataset` described in its world.json."""
+    try:
+        config = json.loads(file.read_text())["config"]
+        seed = int(config["seed"])
+        known = {f.name for f in fields(WorldConfig)}
+        world = {k: tuple(v) if isinstance(v, list) else v for k, v in config.get("world", {}).items() if k in known}
+        return make_world(seed, WorldConfig(**world))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise DataError(file, "config", f"cannot rebuild the world from it ({err})") from None
+
+
+def scene_scale(content: ViewerContent) -> float:
+    """A length for sizing frustums: the dataset's mean camera distance to its centre, else 1."""
+    if content.dataset is None:
+        return 1.0
+    centers = content.dataset.cameras.centers
+    spread = float((centers - centers.mean(0)).norm(dim=-1).mean())
+    return spread if math.isfinite(spread) and spread > 0 else 1.0
