@@ -58,11 +58,16 @@ class ViewState:
     fov_y: float
     aspect: float
 
+    def __post_init__(self) -> None:  # plain Python floats, whatever array type came in
+        object.__setattr__(self, "wxyz", tuple(float(v) for v in self.wxyz))
+        object.__setattr__(self, "position", tuple(float(v) for v in self.position))
+        object.__setattr__(self, "fov_y", float(self.fov_y))
+        object.__setattr__(self, "aspect", float(self.aspect))
+
     @classmethod
     def from_handle(cls, camera) -> ViewState:
         """From a `viser.CameraHandle` (read by attribute, so viser is not imported here)."""
-        return cls(tuple(map(float, camera.wxyz)), tuple(map(float, camera.position)), float(camera.fov),
-                   float(camera.aspect))
+        return cls(camera.wxyz, camera.position, camera.fov, camera.aspect)
 
     def image_size(self, max_side: int) -> tuple[int, int]:
         """(width, height) with the canvas aspect and the longer side `max_side` pixels (at least 1)."""

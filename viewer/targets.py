@@ -67,7 +67,7 @@ def open_synthetic(spec: str, n_cameras: int = 12, thumb_size: int = 64) -> View
     world = make_world(seed)
     views = make_multiview_dataset(world, n_train=n_cameras, n_val=0, n_test=0, width=thumb_size,
                                    height=thumb_size, seed=seed)["train"]
-    home = orbit_cameras(1, 4.5, elevation_deg=30.0, fov_x_deg=60.0, width=640, height=480, target=(0, 0, 0.2))
+    home = orbit_cameras(1, 6.0, elevation_deg=35.0, fov_x_deg=55.0, width=640, height=480, target=(0, 0, 0.2))
     return ViewerContent(f"synthetic world {seed}", SyntheticSource(world), views, None, home, (0.0, 0.0, 0.2))
 
 

@@ -58,14 +58,14 @@ class CameraFrustums:
             self.image = server.gui.add_image(thumbnail(dataset.images[self.indices[0]], 256), label="view",
                                               visible=False)
         self.show_frustums.on_update(lambda _: self._set_visible(bool(self.show_frustums.value)))
-        self.handles = [self._add(i, 0.08 * scale, thumb_side) for i in self.indices]
+        self.handles = [self._add(i, 0.06 * scale, thumb_side) for i in self.indices]
 
     def _add(self, i: int, size: float, thumb_side: int):
         view = cameras_to_view(self.dataset.cameras, i)
         handle = self.server.scene.add_camera_frustum(
             f"/cameras/{i:05d}", fov=view.fov_y, aspect=view.aspect, scale=size, wxyz=view.wxyz,
             position=view.position, image=thumbnail(self.dataset.images[i], thumb_side), format="jpeg",
-            jpeg_quality=85, color=(40, 90, 200))
+            jpeg_quality=85, color=(40, 90, 200), thickness=2.0, thickness_units="screen")
         handle.on_click(lambda event: self.select(i, event.client))
         return handle
 

@@ -54,6 +54,7 @@ class ProgressiveRenderer:
         self._skip_preview = False
         self._stopping = False
         self.frames_shown = {"preview": 0, "full": 0}
+        self.last_frame: Frame | None = None
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -88,7 +89,11 @@ class ProgressiveRenderer:
         while (job := self._next_job()) is not None:
             view, version, full = job
             try:
-                self._show(self._render(view, full), full)
+                frame = self._render(view, full)
+                if self._stopping:  # the client left while this frame rendered
+                    return
+                self._show(frame, full)
+                self.last_frame = frame
                 self.frames_shown["full" if full else "preview"] += 1
             except Exception as err:  # a bad frame must not kill the client's renderer
                 if self._on_error is None:
@@ -153,6 +158,8 @@ class ScenePanel:
 
     def _connect(self, client) -> None:
         def show(frame: Frame, full: bool) -> None:
+            if client.client_id not in self.server.get_clients():
+                return
             depth = None if frame.depth is None else frame.depth.masked_fill(frame.depth <= 0, _FAR).numpy()
             quality = self.settings.full_jpeg if full else self.settings.preview_jpeg
             client.scene.set_background_image(frame.to_uint8(), format="jpeg", jpeg_quality=quality, depth=depth)
@@ -185,9 +192,13 @@ class ScenePanel:
             renderer.request(full=True)
 
     @property
-    def n_renderers(self) -> int:
+    def renderers(self) -> list[ProgressiveRenderer]:
         with self._lock:
-            return len(self._renderers)
+            return list(self._renderers.values())
+
+    @property
+    def n_renderers(self) -> int:
+        return len(self.renderers)
 
     def close(self) -> None:
         with self._lock:

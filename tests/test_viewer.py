@@ -1,0 +1,454 @@
+"""The viewer without a browser: camera conversion, render on demand, panels' update logic, the
+server's life cycle under real websocket clients. The headless-browser test is marked slow."""
+
+import asyncio
+import json
+import math
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import imageio.v3 as iio
+import msgspec
+import numpy as np
+import pytest
+import torch
+import viser
+import viser.transforms as vtf
+import websockets
+import zstandard
+
+from scene3d.cameras import Cameras, look_at, orbit_cameras
+from scene3d.data.dataset import make_multiview_dataset
+from scene3d.data.formats import save_blender
+from scene3d.data.generate import WorldDatasetConfig, write_world_dataset
+from scene3d.data.synthetic import make_world, render_world
+from scene3d.errors import DataError
+from scene3d.runs import RunDir
+from scene3d.viz import colorize_labels, colorize_normals
+from viewer.camera import ViewState, cameras_to_view, matrix_to_quat, quat_to_matrix, view_to_cameras
+from viewer.panels.frustums import CameraFrustums, evenly_spaced, thumbnail
+from viewer.panels.scene import ProgressiveRenderer
+from viewer.panels.training import ScalarLog
+from viewer.server import ViewerConfig, ViewerServer
+from viewer.sources import BUFFERS, Frame, SyntheticSource, pca_rgb, render_view
+from viewer.targets import ViewerContent, open_target
+
+
+def _random_rotations(n: int, seed: int = 0) -> torch.Tensor:
+    q, r = torch.linalg.qr(torch.randn(n, 3, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]
+    return q * torch.det(q)[:, None, None]  # proper rotations
+
+
+# camera conversion ------------------------------------------------------------------------------
+def test_quaternion_matches_viser_and_round_trips():
+    for rot in _random_rotations(50).numpy():
+        q = matrix_to_quat(rot)
+        np.testing.assert_allclose(quat_to_matrix(q), rot, atol=1e-10)
+        np.testing.assert_allclose(vtf.SO3(q).as_matrix(), rot, atol=1e-10)  # viser's wxyz convention
+        q_viser = vtf.SO3.from_matrix(rot).wxyz
+        np.testing.assert_allclose(np.abs(q @ q_viser), 1.0, atol=1e-10)  # same rotation, up to sign
+
+
+def _viser_camera_looking_at(position, target, fov_y, aspect) -> ViewState:
+    """A camera as viser describes it: OpenCV T_world_camera (+z to the target, -y towards world up)."""
+    position, target = np.asarray(position, float), np.asarray(target, float)
+    z = (target - position) / np.linalg.norm(target - position)
+    x = np.cross(z, [0.0, 0.0, 1.0])
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    return ViewState(tuple(vtf.SO3.from_matrix(np.stack([x, y, z], 1)).wxyz), tuple(position), fov_y, aspect)
+
+
+def test_browser_camera_sees_the_point_it_looks_at_in_the_image_centre():
+    position, target = np.array([2.0, -3.0, 1.5]), np.array([0.2, 0.1, 0.3])
+    view = _viser_camera_looking_at(position, target, fov_y=math.radians(50), aspect=16 / 9)
+    cams = view_to_cameras(view, 320, 180)
+    forward = (target - position) / np.linalg.norm(target - position)
+    right = np.cross(forward, [0.0, 0.0, 1.0])
+    up = np.cross(right, forward)
+    up /= np.linalg.norm(up)
+    half = math.radians(25)
+    points = torch.tensor(np.stack([
+        target,
+        target + 0.3 * right / np.linalg.norm(right),
+        target + 0.3 * up,
+        position + math.cos(half) * forward + math.sin(half) * up,  # on the top edge: fov is vertical
+    ]), dtype=torch.float32)
+    uv, z = cams.project(points)
+    uv = uv[0].numpy()
+    np.testing.assert_allclose(uv[0], [160.0, 90.0], atol=1e-3)
+    assert uv[1, 0] > 160 + 5 and abs(uv[1, 1] - 90) < 1e-2  # world right -> image right
+    assert uv[2, 1] < 90 - 5 and abs(uv[2, 0] - 160) < 1e-2  # world up -> image up (v decreases)
+    assert abs(uv[3, 1]) < 1e-2
+    np.testing.assert_allclose(float(z[0, 0]), np.linalg.norm(target - position), rtol=1e-5)
+
+
+def test_view_and_cameras_round_trip():
+    cams = Cameras.from_fov(look_at(torch.tensor([[3.0, 1.0, 2.0], [-1.0, 4.0, 0.5]]), torch.zeros(3)),
+                            math.radians(60), 200, 100)
+    for i in range(2):
+        view = cameras_to_view(cams, i)
+        assert view.aspect == 2.0 and view.image_size(200) == (200, 100)
+        back = view_to_cameras(view, 200, 100)
+        torch.testing.assert_close(back.c2w[0], cams.c2w[i], atol=1e-5, rtol=0)
+        torch.testing.assert_close(back.K[0], cams.K[i], atol=1e-3, rtol=1e-5)
+    assert ViewState((1, 0, 0, 0), (0, 0, 0), 1.0, 0.5).image_size(64) == (32, 64)
+
+
+# render on demand ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def world():
+    return make_world(3)
+
+
+def test_render_view_sizes_and_exact_buffers(world):
+    source = SyntheticSource(world)
+    home = orbit_cameras(1, 4.0, elevation_deg=35.0, width=48, height=27, target=(0.0, 0.0, 0.2))
+    view = cameras_to_view(home)
+    truth = {k: v[0] for k, v in render_world(world, view_to_cameras(view, 48, 27)).items()}
+    assert truth["mask"].any() and not truth["mask"].all()
+    frames = {b: render_view(source, view, b, max_side=48) for b in source.buffers}
+    assert set(source.buffers) <= set(BUFFERS)
+    for frame in frames.values():
+        assert frame.image.shape == (27, 48, 3) and frame.image.min() >= 0 and frame.image.max() <= 1
+        torch.testing.assert_close(frame.depth, truth["depth"])  # camera z, for compositing
+    torch.testing.assert_close(frames["rgb"].image, truth["rgb"])
+    torch.testing.assert_close(frames["labels"].image, colorize_labels(truth["semantic"]))
+    torch.testing.assert_close(frames["normals"].image, colorize_normals(truth["normals"]))
+    torch.testing.assert_close(frames["accumulation"].image[..., 0], truth["mask"].float())
+    depth_img = frames["depth"].image
+    assert (depth_img[~truth["mask"]] == 0).all() and (depth_img[truth["mask"]].sum(-1) > 0).all()
+    # nearer is warmer: the turbo colour of the nearest hit has more red than that of the farthest
+    d = truth["depth"].masked_fill(~truth["mask"], float("nan"))
+    near, far = torch.nanquantile(d.flatten(), 0.02), torch.nanquantile(d.flatten(), 0.98)
+    assert depth_img[(d - near).abs() < 0.05][:, 0].mean() > depth_img[(d - far).abs() < 0.05][:, 0].mean()
+    assert render_view(source, view, "rgb", max_side=16).image.shape == (9, 16, 3)
+    with pytest.raises(ValueError, match="features"):
+        render_view(source, view, "features", max_side=16)
+
+
+def test_pca_rgb_separates_feature_clusters():
+    labels = torch.arange(4).repeat_interleave(16).reshape(8, 8)
+    centres = torch.randn(4, 32, generator=torch.Generator().manual_seed(0)) * 5
+    features = centres[labels] + 0.01 * torch.randn(8, 8, 32)
+    rgb = pca_rgb(features)
+    assert rgb.shape == (8, 8, 3) and rgb.min() >= 0 and rgb.max() <= 1
+    means = torch.stack([rgb[labels == k].mean(0) for k in range(4)])
+    assert torch.cdist(means, means)[~torch.eye(4, dtype=torch.bool)].min() > 0.1
+    assert torch.isfinite(pca_rgb(torch.ones(4, 4, 2))).all()
+
+
+# progressive rendering -----------------------------------------------------------------------------
+def _view(x: float) -> ViewState:
+    return ViewState((1.0, 0.0, 0.0, 0.0), (x, 0.0, 0.0), 1.0, 1.0)
+
+
+def test_progressive_renderer_previews_while_moving_then_renders_full_once():
+    shown: list[tuple[float, bool]] = []
+
+    def render(view, full):
+        time.sleep(0.01)
+        return Frame(torch.zeros(2, 2, 3) + view.position[0] / 100)
+
+    renderer = ProgressiveRenderer(render, lambda frame, full: shown.append((float(frame.image[0, 0, 0]), full)),
+                                   settle_s=0.1)
+    for i in range(30):  # a camera drag: 30 poses, faster than frames render
+        renderer.request(_view(i))
+        time.sleep(0.002)
+    assert renderer.wait_idle(5.0)
+    assert shown[-1] == (pytest.approx(0.29), True)  # the final pose, at full quality
+    assert sum(full for _, full in shown) == 1  # full quality only once the camera rests
+    assert len(shown) < 30  # stale poses are dropped, not queued
+    renderer.request(full=True)  # a buffer switch: the same pose, straight to full quality
+    assert renderer.wait_idle(5.0)
+    assert shown[-1] == (pytest.approx(0.29), True) and renderer.frames_shown["full"] == 2
+    renderer.stop()
+    assert not renderer.alive
+
+
+def test_progressive_renderer_survives_render_errors():
+    errors = []
+
+    def render(view, full):
+        if view.position[0] == 1:
+            raise RuntimeError("boom")
+        return Frame(torch.zeros(1, 1, 3))
+
+    renderer = ProgressiveRenderer(render, lambda f, full: None, settle_s=0.01, on_error=errors.append)
+    renderer.request(_view(1))
+    time.sleep(0.1)
+    renderer.request(_view(2))
+    assert renderer.wait_idle(5.0) and renderer.frames_shown["full"] == 1
+    assert errors and "boom" in str(errors[0])
+    renderer.stop()
+
+
+# training scalars ----------------------------------------------------------------------------------
+def test_scalar_log_reads_a_growing_file_incrementally(tmp_path):
+    path = tmp_path / "scalars.jsonl"
+    log = ScalarLog(path)
+    assert log.poll() == 0  # not written yet
+    run = RunDir(tmp_path)
+    for step in range(3):
+        run.log_scalars(step, {"loss": 1.0 / (step + 1)})
+    assert log.poll() == 3 and log.series["loss"][0] == [0, 1, 2]
+    with open(path, "a") as f:  # a writer caught mid-line
+        f.write(json.dumps({"step": 3, "loss": 0.2, "psnr": 20.0})[:10])
+    assert log.poll() == 0
+    with open(path, "a") as f:
+        f.write(json.dumps({"step": 3, "loss": 0.2, "psnr": 20.0})[10:] + "\n")
+        f.write("not json\n" + json.dumps({"step": 4, "loss": float("nan"), "note": "x"}) + "\n")
+    assert log.poll() == 2 and log.bad_lines == 1 and log.skipped_values == 2
+    steps, values = log.arrays("loss")
+    np.testing.assert_allclose(steps, [0, 1, 2, 3]) and np.testing.assert_allclose(values[-1], 0.2)
+    assert log.arrays("psnr")[0].tolist() == [3] and log.last_step == 3
+    run.log_scalars(2, {"loss": 0.7})  # resumed from a step-2 checkpoint: history from 2 is replaced
+    run.close()
+    log.poll()
+    assert log.series["loss"] == ([0, 1, 2], [1.0, 0.5, 0.7])
+    path.write_text(json.dumps({"step": 0, "loss": 9.0}) + "\n")  # replaced by a new run
+    log.poll()
+    assert log.series == {"loss": ([0], [9.0])}
+
+
+# targets ---------------------------------------------------------------------------------------------
+def test_open_target_errors_name_the_path(tmp_path):
+    (tmp_path / "scene.ply").write_bytes(b"ply\n")
+    (tmp_path / "empty").mkdir()
+    for spec, words in [(tmp_path / "missing", "does not exist"), (tmp_path / "scene.ply", "PLY"),
+                        (tmp_path / "empty", "not a dataset folder"), ("synthetic:abc", "integer seed")]:
+        with pytest.raises(DataError, match=words) as err:
+            open_target(spec)
+        assert str(spec) in str(err.value)
+
+
+def test_open_dataset_folder_with_and_without_its_world(tmp_path):
+    out = tmp_path / "w"
+    write_world_dataset(WorldDatasetConfig(out=out, seed=2, n_train=5, n_val=1, n_test=1, width=16, height=16),
+                        progress=False)
+    content = open_target(out)
+    assert len(content.dataset) == 5 and isinstance(content.source, SyntheticSource)
+    frame = render_view(content.source, cameras_to_view(content.dataset.cameras, 0), "rgb", 16)
+    torch.testing.assert_close(frame.image, content.dataset.images[0], atol=1.5 / 255, rtol=0)  # PNG rounding
+    splits = make_multiview_dataset(make_world(1), 4, 0, 0, 16, 16)
+    save_blender(splits, tmp_path / "plain")
+    plain = open_target(tmp_path / "plain")
+    assert plain.source is None and len(plain.dataset) == 4
+
+
+# the server ------------------------------------------------------------------------------------------
+def _viewer_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("viewer-")]
+
+
+def _wait_until(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+@pytest.fixture(scope="module")
+def synthetic_content():
+    return open_target("synthetic:0")
+
+
+def _small_render() -> ViewerConfig:
+    config = ViewerConfig(port=0)
+    config.render.max_side, config.render.settle_s = 64, 0.05
+    return config
+
+
+def test_server_starts_on_a_free_port_serves_the_page_and_stops_cleanly(synthetic_content):
+    baseline = threading.active_count()
+    with ViewerServer(synthetic_content, _small_render()) as viewer:
+        assert viewer.config.host == "127.0.0.1" and viewer.port > 0
+        page = urllib.request.urlopen(viewer.url, timeout=10).read().decode()  # noqa: S310 (loopback URL)
+        assert "<html" in page.lower()
+        assert viewer.server.initial_camera.fov == pytest.approx(synthetic_content.home.fov_y[0].item())
+    assert _wait_until(lambda: threading.active_count() <= baseline), [t.name for t in threading.enumerate()]
+
+
+def _camera_message(x: float, width: int = 320, height: int = 240) -> bytes:
+    view = _viser_camera_looking_at([x, -4.0, 2.0], [0.0, 0.0, 0.2], math.radians(50), width / height)
+    return msgspec.msgpack.encode({
+        "type": "ViewerCameraMessage", "wxyz": list(view.wxyz), "position": list(view.position),
+        "fov": view.fov_y, "near": 0.01, "far": 100.0, "image_height": height, "image_width": width,
+        "look_at": [0.0, 0.0, 0.2], "up_direction": [0.0, 0.0, 1.0]})
+
+
+def _message_types(frame: bytes) -> list[str]:
+    """Decode one server->client websocket frame of viser's wire format (see viser/infra/_infra.py)."""
+    size, csize = int.from_bytes(frame[:8], "little"), int.from_bytes(frame[8:16], "little")
+    inner = zstandard.ZstdDecompressor().decompress(frame[16 : 16 + csize], max_output_size=size)
+    return [m["type"] for m in msgspec.msgpack.decode(inner)["messages"]]
+
+
+async def _client(url: str, moves: int, wait_for_image: bool) -> set[str]:
+    seen: set[str] = set()
+    async with websockets.connect(url, subprotocols=[f"viser-v{viser.__version__}"], max_size=None) as ws:
+        for i in range(moves):
+            await ws.send(_camera_message(0.1 * i))
+        deadline = time.monotonic() + 20
+        while wait_for_image and "BackgroundImageMessage" not in seen and time.monotonic() < deadline:
+            frame = await asyncio.wait_for(ws.recv(), timeout=20)
+            seen.update(_message_types(frame))
+    return seen
+
+
+@pytest.mark.filterwarnings("ignore:Queued a BackgroundImageMessage on a closed connection")
+def test_many_clients_connect_render_and_leave_without_leaks(synthetic_content):
+    baseline = threading.active_count()
+    with ViewerServer(synthetic_content, _small_render()) as viewer:
+        ws_url = viewer.url.replace("http", "ws")
+        seen = asyncio.run(_client(ws_url, moves=5, wait_for_image=True))
+        assert {"BackgroundImageMessage", "CameraFrustumMessage", "GuiFolderMessage"} <= seen
+
+        async def crowd():  # 3 waves of 8 clients, most leaving before their first frame arrives
+            for _ in range(3):
+                await asyncio.gather(*[_client(ws_url, moves=3, wait_for_image=(k == 0)) for k in range(8)])
+
+        asyncio.run(crowd())
+        assert _wait_until(lambda: viewer.scene.n_renderers == 0 and not _viewer_threads()), _viewer_threads()
+        assert viewer.server.get_clients() == {}
+        assert asyncio.run(_client(ws_url, moves=1, wait_for_image=True))  # still serving
+        assert urllib.request.urlopen(viewer.url, timeout=10).status == 200  # noqa: S310
+    assert _wait_until(lambda: threading.active_count() <= baseline), [t.name for t in threading.enumerate()]
+
+
+def test_clicking_a_frustum_moves_that_clients_camera(synthetic_content):
+    with ViewerServer(synthetic_content, _small_render()) as viewer:
+        ws_url = viewer.url.replace("http", "ws")
+
+        async def connected_client():
+            async with websockets.connect(ws_url, subprotocols=[f"viser-v{viser.__version__}"], max_size=None) as ws:
+                await ws.send(_camera_message(0.0))
+                assert await asyncio.to_thread(_wait_until, lambda: len(viewer.server.get_clients()) == 1)
+                client = next(iter(viewer.server.get_clients().values()))
+                target = viewer.frustums.select(3, client)
+                camera = client.camera
+                return target, camera.position.copy(), camera.look_at.copy(), camera.fov
+
+        target, position, look, fov = asyncio.run(connected_client())
+        cams = synthetic_content.dataset.cameras
+        np.testing.assert_allclose(position, cams.centers[3].numpy(), atol=1e-5)
+        np.testing.assert_allclose(fov, cams.fov_y[3].item(), atol=1e-6)
+        direction = (look - position) / np.linalg.norm(look - position)
+        np.testing.assert_allclose(direction, cams.forward[3].numpy(), atol=1e-5)
+        assert viewer.frustums.image.visible and "view 3" in viewer.frustums.caption.content
+
+
+def test_frustum_helpers():
+    assert evenly_spaced(5, 10) == [0, 1, 2, 3, 4]
+    picked = evenly_spaced(1000, 7)
+    assert len(picked) == 7 and picked[0] == 0 and picked[-1] == 999
+    thumb = thumbnail(torch.rand(100, 50, 3), 20)
+    assert thumb.shape == (20, 10, 3) and thumb.dtype == np.uint8
+
+
+def test_training_panel_follows_a_run_that_is_still_writing(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.log_scalars(0, {"loss": 1.0})
+    content = ViewerContent("run", run_dir=run.path)
+    config = ViewerConfig(port=0, poll_s=0.05)
+    with ViewerServer(content, config) as viewer:
+        panel = viewer.training
+        assert set(panel.charts) == {"loss"}
+        for step in range(1, 5):
+            run.log_scalars(step, {"loss": 1.0 / (step + 1), "psnr": 10.0 + step})
+        assert _wait_until(lambda: "psnr" in panel.charts and len(panel.charts["loss"].data[0]) == 5)
+        np.testing.assert_allclose(panel.charts["psnr"].data[1], [11, 12, 13, 14])
+        run.save_metrics({"psnr": 14.0})
+        assert _wait_until(lambda: panel.metrics.visible and "14" in panel.metrics.content)
+        assert "step 4" in panel.status.content
+    run.close()
+    assert not _viewer_threads()
+
+
+def test_frustum_panel_needs_no_renderer(tmp_path):
+    splits = make_multiview_dataset(make_world(1), 3, 0, 0, 16, 16)
+    content = ViewerContent("cams", dataset=splits["train"])
+    with ViewerServer(content, ViewerConfig(port=0)) as viewer:
+        assert isinstance(viewer.frustums, CameraFrustums) and len(viewer.frustums.handles) == 3
+        assert not hasattr(viewer, "scene")
+
+
+# a real browser ----------------------------------------------------------------------------------------
+SHOTS = Path(__file__).resolve().parents[1] / "outputs" / "viewer"
+
+
+def _browser():
+    from viewer.browser import HeadlessBrowser, find_chromium
+
+    if find_chromium() is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
+    return HeadlessBrowser(1280, 860)
+
+
+def _close_notifications(browser) -> None:
+    browser.evaluate("document.querySelectorAll('.mantine-Notification-closeButton').forEach(b => b.click())")
+    time.sleep(0.5)
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    return image[..., :3].astype(np.float64).mean(-1)
+
+
+@pytest.mark.slow
+def test_browser_shows_the_rendered_scene_frustums_and_panels(synthetic_content):
+    config = ViewerConfig(port=0)
+    config.render.max_side = 640
+    with ViewerServer(synthetic_content, config) as viewer, _browser() as browser:
+        browser.goto(viewer.url)
+
+        def full_frame_shown():
+            return any(r.frames_shown["full"] for r in viewer.scene.renderers)
+
+        browser.wait_for(("Scene", "Buffer", "Cameras", "12 views"), min_std=5, timeout=120,
+                         predicate=full_frame_shown)
+        _close_notifications(browser)
+        rgb_shot = browser.wait_for(min_std=5)
+        dom = browser.dom()
+        assert "<canvas" in dom and "Scene" in dom and "Cameras" in dom
+        # The server-rendered background really is what the browser shows: the screenshot, away from
+        # the GUI panel, correlates with the frame rendered for this browser's camera.
+        frame = viewer.scene.renderers[0].last_frame.to_uint8()
+        h, w = rgb_shot.shape[:2]
+        frame_up = np.asarray(torch.nn.functional.interpolate(
+            torch.from_numpy(_grey(frame))[None, None], size=(h, w), mode="bilinear")[0, 0])
+        region = (slice(h // 4, 3 * h // 4), slice(w // 4, 2 * w // 3))
+        corr = np.corrcoef(_grey(rgb_shot)[region].ravel(), frame_up[region].ravel())[0, 1]
+        assert corr > 0.8, corr
+        assert rgb_shot[region].std() > 10  # not blank
+        viewer.scene.buffer.value = "depth"  # what the dropdown does
+        depth_shot = browser.wait_for(("depth:",), timeout=60)
+        assert np.abs(_grey(depth_shot)[region] - _grey(rgb_shot)[region]).mean() > 10
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        iio.imwrite(SHOTS / "viewer_scene.png", rgb_shot)
+        iio.imwrite(SHOTS / "viewer_depth.png", depth_shot)
+
+
+@pytest.mark.slow
+def test_browser_shows_live_training_curves(tmp_path):
+    run = RunDir(tmp_path / "fields" / "demo_run")
+    for step in range(0, 200, 5):
+        run.log_scalars(step, {"train/loss": 0.5 * math.exp(-step / 60) + 0.01,
+                               "eval/psnr": 14 + 10 * (1 - math.exp(-step / 70))})
+    run.save_metrics({"psnr": 23.1, "ssim": 0.81})
+    with ViewerServer(open_target(run.path), ViewerConfig(port=0, poll_s=0.2)) as viewer, _browser() as browser:
+        browser.goto(viewer.url)
+        browser.wait_for(("Training", "train/loss", "eval/psnr", "step 195", "ssim"), min_std=5, timeout=120)
+        for step in range(200, 260, 5):  # the run goes on: the page follows
+            run.log_scalars(step, {"train/loss": 0.5 * math.exp(-step / 60) + 0.01})
+        run.close()
+        browser.wait_for(("step 255",), timeout=60)
+        _close_notifications(browser)
+        shot = browser.wait_for()
+        assert shot.std() > 10
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        iio.imwrite(SHOTS / "viewer_training.png", shot)
