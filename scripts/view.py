@@ -1,8 +1,9 @@
-"""Serve the web viewer for a synthetic world, a dataset folder, a run directory or a PLY file.
+"""Serve the web viewer for synthetic worlds, dataset folders, run directories or PLY files.
 
     python scripts/view.py synthetic:0
     python scripts/view.py outputs/worlds/w0 --port 8081
     python scripts/view.py outputs/fields/my_run --host 0.0.0.0   # reachable from other machines
+    python scripts/view.py outputs/worlds/w0 outputs/fields/my_run  # a dataset and a run, together
 
 Prints the URL and serves until interrupted (Ctrl-C).
 """
@@ -14,13 +15,13 @@ import tyro
 from scene3d.cli import run_cli
 from viewer.panels.scene import RenderSettings
 from viewer.server import ViewerConfig, ViewerServer
-from viewer.targets import open_target
+from viewer.targets import open_targets
 
 
 @dataclass
 class ViewArgs:
-    path: tyro.conf.Positional[str]
-    """synthetic:SEED, a dataset folder (transforms*.json), a run directory or a .ply file."""
+    paths: tyro.conf.Positional[tuple[str, ...]]
+    """synthetic:SEED, a dataset folder (transforms*.json), a run directory or a .ply file (one or more)."""
     host: str = "127.0.0.1"
     """Interface to bind; the default is reachable from this machine only."""
     port: int = 8080
@@ -29,7 +30,7 @@ class ViewArgs:
 
 
 def main(args: ViewArgs) -> None:
-    content = open_target(args.path)
+    content = open_targets(list(args.paths))
     with ViewerServer(content, ViewerConfig(args.host, args.port, args.render)) as viewer:
         print(f"viewer for {content.title}: {viewer.url}", flush=True)
         viewer.serve_forever()

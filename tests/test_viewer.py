@@ -28,12 +28,13 @@ from scene3d.errors import DataError
 from scene3d.runs import RunDir
 from scene3d.viz import colorize_labels, colorize_normals
 from viewer.camera import ViewState, cameras_to_view, matrix_to_quat, quat_to_matrix, view_to_cameras
+from viewer.demo import run_demo_stage
 from viewer.panels.frustums import CameraFrustums, evenly_spaced, thumbnail
 from viewer.panels.scene import ProgressiveRenderer
 from viewer.panels.training import ScalarLog
 from viewer.server import ViewerConfig, ViewerServer
 from viewer.sources import BUFFERS, Frame, SyntheticSource, pca_rgb, render_view
-from viewer.targets import ViewerContent, open_target
+from viewer.targets import ViewerContent, open_target, open_targets
 
 
 def _random_rotations(n: int, seed: int = 0) -> torch.Tensor:
@@ -452,3 +453,28 @@ def test_browser_shows_live_training_curves(tmp_path):
         assert shot.std() > 10
         SHOTS.mkdir(parents=True, exist_ok=True)
         iio.imwrite(SHOTS / "viewer_training.png", shot)
+
+
+def test_open_targets_combines_a_dataset_and_a_run(tmp_path):
+    write_world_dataset(WorldDatasetConfig(out=tmp_path / "world", seed=2, n_train=4, n_val=1, n_test=1, width=16,
+                                           height=16), progress=False)
+    run = RunDir(tmp_path / "runs" / "r")
+    run.log_scalars(0, {"loss": 1.0})
+    run.close()
+    content = open_targets([tmp_path / "world", run.path])
+    assert content.dataset is not None and content.source is not None and content.run_dir == run.path
+    # the overview camera looks at the scene centre from behind the first training camera
+    centre = torch.tensor(content.center)
+    to_centre = torch.nn.functional.normalize(centre - content.home.centers[0], dim=0)
+    torch.testing.assert_close(content.home.forward[0], to_centre, atol=1e-5, rtol=0)
+    with pytest.raises(DataError, match="at least one"):
+        open_targets([])
+
+
+def test_demo_stage_checks_the_viewer_on_the_demo_outputs(tmp_path):
+    write_world_dataset(WorldDatasetConfig(out=tmp_path / "world", seed=0, n_train=4, n_val=1, n_test=1, width=24,
+                                           height=24), progress=False)
+    metrics = run_demo_stage(tmp_path, quick=True)
+    assert metrics["page_bytes"] > 1000 and metrics["render_psnr_vs_train_image"] > 40  # exact render vs PNG
+    with pytest.raises(DataError, match="no world dataset"):
+        run_demo_stage(tmp_path / "nothing", quick=True)

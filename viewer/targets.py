@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from scene3d.cameras import Cameras, orbit_cameras
+from scene3d.cameras import Cameras, look_at, orbit_cameras
 from scene3d.data.dataset import MultiViewDataset, make_multiview_dataset
 from scene3d.data.formats import load_dataset
 from scene3d.data.synthetic import WorldConfig, make_world
@@ -58,6 +58,21 @@ def open_target(spec: str | Path) -> ViewerContent:
                     "config.json, checkpoints/), a .ply file or synthetic:SEED")
 
 
+def open_targets(specs: list[str | Path]) -> ViewerContent:
+    """Several targets in one viewer (e.g. a dataset and the run trained on it): the first source,
+    dataset, run directory and home camera found, in the order given."""
+    if not specs:
+        raise DataError(None, "PATH", "give at least one path or synthetic:SEED")
+    parts = [open_target(spec) for spec in specs]
+
+    def first(name: str):
+        return next((getattr(p, name) for p in parts if getattr(p, name) is not None), None)
+
+    home_part = next((p for p in parts if p.home is not None), parts[0])
+    return ViewerContent(" + ".join(p.title for p in parts), first("source"), first("dataset"), first("run_dir"),
+                         home_part.home, home_part.center)
+
+
 def open_synthetic(spec: str, n_cameras: int = 12, thumb_size: int = 64) -> ViewerContent:
     """A procedural world plus `n_cameras` example training views drawn as frustums."""
     try:
@@ -77,8 +92,16 @@ def open_dataset(path: Path) -> ViewerContent:
     source = None
     if (path / "world.json").is_file():
         source = SyntheticSource(_world_from_summary(path / "world.json"), tuple(dataset.background.tolist()))
-    return ViewerContent(f"dataset {path.name}", source, dataset, None, dataset.cameras[0],
-                         tuple(dataset.aabb.mean(0).tolist()))
+    center = dataset.aabb.mean(0)
+    return ViewerContent(f"dataset {path.name}", source, dataset, None, overview_camera(dataset.cameras, center),
+                         tuple(center.tolist()))
+
+
+def overview_camera(cameras: Cameras, center, pull_back: float = 2.0) -> Cameras:
+    """A camera behind the first one (`pull_back` times its distance to `center`), looking at
+    `center` with a 55 degree field of view: the scene with the dataset's frustums in front of it."""
+    eye = center + pull_back * (cameras.centers[0] - center)
+    return Cameras.from_fov(look_at(eye[None], center), math.radians(55.0), 640, 480)
 
 
 def open_run(path: Path) -> ViewerContent:

@@ -58,7 +58,7 @@ class CameraFrustums:
             self.image = server.gui.add_image(thumbnail(dataset.images[self.indices[0]], 256), label="view",
                                               visible=False)
         self.show_frustums.on_update(lambda _: self._set_visible(bool(self.show_frustums.value)))
-        self.handles = [self._add(i, 0.06 * scale, thumb_side) for i in self.indices]
+        self.handles = [self._add(i, 0.05 * scale, thumb_side) for i in self.indices]
 
     def _add(self, i: int, size: float, thumb_side: int):
         view = cameras_to_view(self.dataset.cameras, i)

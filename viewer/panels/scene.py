@@ -27,10 +27,15 @@ class RenderSettings:
     """Full-quality resolution (longer side, pixels) and the preview used while the camera moves."""
 
     max_side: int = 384
+    """Longer side of a full-quality frame, in pixels (the GUI slider changes it live)."""
     preview_scale: float = 0.25
+    """Preview frames (while the camera moves) are this fraction of the full resolution."""
     preview_jpeg: int = 50
+    """JPEG quality of preview frames."""
     full_jpeg: int = 90
+    """JPEG quality of full frames."""
     settle_s: float = 0.25
+    """Seconds without camera motion before the full-quality frame is rendered."""
 
 
 class ProgressiveRenderer:
