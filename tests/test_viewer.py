@@ -4,6 +4,9 @@ server's life cycle under real websocket clients. The headless-browser test is m
 import asyncio
 import json
 import math
+import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -303,7 +306,7 @@ async def _client(url: str, moves: int, wait_for_image: bool) -> set[str]:
 
 
 @pytest.mark.filterwarnings("ignore:Queued a BackgroundImageMessage on a closed connection")
-def test_many_clients_connect_render_and_leave_without_leaks(synthetic_content):
+def test_many_clients_connect_render_and_leave_without_leaks(synthetic_content, capfd):
     baseline = threading.active_count()
     with ViewerServer(synthetic_content, _small_render()) as viewer:
         ws_url = viewer.url.replace("http", "ws")
@@ -320,6 +323,7 @@ def test_many_clients_connect_render_and_leave_without_leaks(synthetic_content):
         assert asyncio.run(_client(ws_url, moves=1, wait_for_image=True))  # still serving
         assert urllib.request.urlopen(viewer.url, timeout=10).status == 200  # noqa: S310
     assert _wait_until(lambda: threading.active_count() <= baseline), [t.name for t in threading.enumerate()]
+    assert "Traceback" not in capfd.readouterr().err  # no callback failed in viser's thread pool
 
 
 def test_clicking_a_frustum_moves_that_clients_camera(synthetic_content):
@@ -478,3 +482,31 @@ def test_demo_stage_checks_the_viewer_on_the_demo_outputs(tmp_path):
     assert metrics["page_bytes"] > 1000 and metrics["render_psnr_vs_train_image"] > 40  # exact render vs PNG
     with pytest.raises(DataError, match="no world dataset"):
         run_demo_stage(tmp_path / "nothing", quick=True)
+
+
+def test_view_script_prints_the_url_serves_and_stops_on_ctrl_c():
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, str(root / "scripts/view.py"), "synthetic:1", "--port", "0"], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = None
+        for line in proc.stdout:
+            if line.startswith("viewer for synthetic world 1: "):
+                url = line.split(": ", 1)[1].strip()
+                break
+        assert url and url.startswith("http://127.0.0.1:")
+        assert urllib.request.urlopen(url, timeout=10).status == 200  # noqa: S310
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_view_script_bad_path_is_one_line_and_exit_code_2(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(root / "scripts/view.py"), str(tmp_path / "nope.ply")], cwd=root,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.strip() == f"error: {tmp_path / 'nope.ply'}: does not exist"
