@@ -22,9 +22,12 @@ from viewer.sources import SceneSource, SyntheticSource
 
 SYNTHETIC_PREFIX = "synthetic:"
 
-# Adapters that find something renderable in a run directory (a field or Gaussian checkpoint):
-# each returns a SceneSource or None. The fields / Gaussians packages register theirs here.
+# Extension points for renderers that live outside this module (radiance fields, Gaussian scenes,
+# active-vision checkpoints). Their adapters are viewer modules (scene3d never imports viewer):
+# RUN_ADAPTERS find a renderable checkpoint in a run directory and return a SceneSource or None;
+# FILE_ADAPTERS open a scene file by suffix (".ply": a 3DGS PLY).
 RUN_ADAPTERS: list[Callable[[Path], SceneSource | None]] = []
+FILE_ADAPTERS: dict[str, Callable[[Path], ViewerContent]] = {}
 
 
 @dataclass
@@ -48,8 +51,12 @@ def open_target(spec: str | Path) -> ViewerContent:
     path = Path(text)
     if not path.exists():
         raise DataError(path, None, "does not exist")
-    if path.suffix.lower() == ".ply":
-        raise DataError(path, None, "PLY Gaussian scenes need scene3d.gaussians, which is not installed yet")
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix not in FILE_ADAPTERS:
+            known = ", ".join(sorted(FILE_ADAPTERS)) or "none yet: PLY Gaussian scenes arrive with scene3d.gaussians"
+            raise DataError(path, None, f"the viewer cannot open {suffix or 'suffix-less'} files (it opens: {known})")
+        return FILE_ADAPTERS[suffix](path)
     if path.is_dir() and (any(path.glob("transforms*.json"))):
         return open_dataset(path)
     if path.is_dir() and any((path / name).exists() for name in ("scalars.jsonl", "config.json", "checkpoints")):
