@@ -510,3 +510,14 @@ def test_view_script_bad_path_is_one_line_and_exit_code_2(tmp_path):
     result = subprocess.run([sys.executable, str(root / "scripts/view.py"), str(tmp_path / "nope.ply")], cwd=root,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.strip() == f"error: {tmp_path / 'nope.ply'}: does not exist"
+
+
+def test_bench_reports_preview_and_full_frames():
+    from viewer.bench import BenchConfig, run_bench
+
+    config = BenchConfig(repeats=1)
+    config.settings.max_side = 64
+    result = run_bench(config)
+    assert (result["full"]["width"], result["full"]["height"]) == (64, 36)
+    assert (result["preview"]["width"], result["preview"]["height"]) == (16, 9)
+    assert result["full"]["bytes"] > result["preview"]["bytes"] > 0
