@@ -436,6 +436,25 @@ def test_browser_shows_the_rendered_scene_frustums_and_panels(synthetic_content)
         SHOTS.mkdir(parents=True, exist_ok=True)
         iio.imwrite(SHOTS / "viewer_scene.png", rgb_shot)
         iio.imwrite(SHOTS / "viewer_depth.png", depth_shot)
+        _click_a_frustum_and_check_the_jump(viewer, browser, synthetic_content.dataset.cameras)
+
+
+def _click_a_frustum_and_check_the_jump(viewer, browser, cams: Cameras) -> None:
+    """Click (real mouse events) on the nearest frustum image in view; the browser camera moves onto it."""
+    client = next(iter(viewer.server.get_clients().values()))
+    camera = client.camera
+    seen_from = view_to_cameras(ViewState.from_handle(camera), camera.image_width, camera.image_height)
+    uv, z = seen_from.project(cams.centers + cams.forward * 0.9 * viewer.frustums.handles[0].scale)
+    uv, z = uv[0], z[0]
+    clickable = (z > 0) & (uv[:, 0] > 20) & (uv[:, 0] < 900) & (uv[:, 1] > 20) & (uv[:, 1] < camera.image_height - 20)
+    assert clickable.any()
+    i = int(torch.where(clickable, z, torch.inf).argmin())
+    for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
+        browser.call("Input.dispatchMouseEvent", type=kind, x=float(uv[i, 0]), y=float(uv[i, 1]), button="left",
+                     clickCount=1)
+    assert _wait_until(lambda: f"(view {i})" in viewer.frustums.caption.content, timeout=30)
+    assert _wait_until(lambda: np.allclose(client.camera.position, cams.centers[i].numpy(), atol=1e-4))
+    browser.wait_for((f"train_{i:04d}",), timeout=30)  # the panel shows the clicked view
 
 
 @pytest.mark.slow
