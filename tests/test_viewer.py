@@ -375,6 +375,21 @@ def test_training_panel_follows_a_run_that_is_still_writing(tmp_path):
     assert not _viewer_threads()
 
 
+def test_extra_panels_from_adapters_are_built_and_closed():
+    closed = []
+
+    class Panel:
+        def __init__(self, server):
+            self.checkbox = server.gui.add_checkbox("Adapter option", initial_value=True)
+
+        def close(self):
+            closed.append(True)
+
+    with ViewerServer(ViewerContent("x", extra_panels=[Panel]), ViewerConfig(port=0)) as viewer:
+        assert isinstance(viewer.panels[-1], Panel) and viewer.panels[-1].checkbox.value is True
+    assert closed == [True]
+
+
 def test_frustum_panel_needs_no_renderer(tmp_path):
     splits = make_multiview_dataset(make_world(1), 3, 0, 0, 16, 16)
     content = ViewerContent("cams", dataset=splits["train"])

@@ -58,6 +58,8 @@ class ViewerServer:
         if content.run_dir is not None:
             self.training = TrainingPanel(self.server, content.run_dir, self.config.poll_s)
             self.panels.append(self.training)
+        for factory in content.extra_panels:
+            self.panels.append(factory(self.server))
 
     def _set_initial_camera(self) -> None:
         view = cameras_to_view(self.content.home)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from scene3d.cameras import Cameras, look_at, orbit_cameras
 from scene3d.data.dataset import MultiViewDataset, make_multiview_dataset
@@ -40,6 +41,8 @@ class ViewerContent:
     run_dir: Path | None = None
     home: Cameras | None = None
     center: tuple[float, float, float] = (0.0, 0.0, 0.0)  # what the home camera orbits around
+    # Adapter-specific panels, each built as factory(viser_server) -> object with close().
+    extra_panels: list[Callable[[Any], Any]] = field(default_factory=list)
 
 
 def open_target(spec: str | Path) -> ViewerContent:
@@ -77,7 +80,7 @@ def open_targets(specs: list[str | Path]) -> ViewerContent:
 
     home_part = next((p for p in parts if p.home is not None), parts[0])
     return ViewerContent(" + ".join(p.title for p in parts), first("source"), first("dataset"), first("run_dir"),
-                         home_part.home, home_part.center)
+                         home_part.home, home_part.center, [f for p in parts for f in p.extra_panels])
 
 
 def open_synthetic(spec: str, n_cameras: int = 12, thumb_size: int = 64) -> ViewerContent:
