@@ -34,7 +34,7 @@ class SceneSet:
         return self.images.shape[0]
 
     def subset(self, index) -> SceneSet:
-        pick = (lambda t: None if t is None else t[index])  # noqa: E731
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
         return SceneSet(self.images[index], pick(self.labels), pick(self.scene_class), self.num_classes)
 
     def split(self, n_first: int) -> tuple[SceneSet, SceneSet]:
