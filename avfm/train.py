@@ -202,6 +202,17 @@ def average_gradients(model: torch.nn.Module) -> None:
             p.grad /= _world()
 
 
+def assert_replicas_in_sync(model: torch.nn.Module) -> None:
+    """Under DDP, check every rank holds the same parameters (one all-gather of a checksum)."""
+    if _world() == 1:
+        return
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
+    gathered = [torch.zeros_like(checksum) for _ in range(_world())]
+    dist.all_gather(gathered, checksum)
+    if any(not torch.equal(g, gathered[0]) for g in gathered):
+        raise RuntimeError(f"DDP replicas diverged: parameter checksums {[g.item() for g in gathered]}")
+
+
 def setup(cfg: TrainConfig, run: RunDir | None):
     """Data, teacher, standardised targets and the model (standardizer fitted)."""
     scenes = load_scenes(
@@ -278,6 +289,7 @@ def train(cfg: TrainConfig) -> dict:
         if timed_out:
             break
     steps_done = (step + 1 if cfg.steps > start else start) - start
+    assert_replicas_in_sync(model)
 
     val = validation_loss(model, val_set, _teacher, cfg, device) if len(val_set) else {}
     metrics = {
