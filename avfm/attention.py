@@ -34,7 +34,7 @@ def from_heads(x: Float[Tensor, "B H N d"]) -> Float[Tensor, "B N D"]:
 def rope_attention(q: Tensor, k: Tensor, v: Tensor, q_rope: RoPE, k_rope: RoPE) -> Tensor:
     """SDPA over [B, H, N, d] heads after rotating queries and keys (prefix tokens unrotated)."""
     q, k = apply_rope(q, q_rope), apply_rope(k, k_rope)
-    return F.scaled_dot_product_attention(q, k, v.to(q.dtype))
+    return F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype))
 
 
 class CanvasRead(nn.Module):

@@ -22,7 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from avfm.data import SceneSet, load_scenes, precompute_targets
+from avfm.data import SceneSet, load_scenes, load_target_shards, precompute_targets, save_target_shards
 from avfm.glimpse import Viewpoint, extract_glimpse, sample_rollout_length, sample_viewpoints
 from avfm.model import CanViT, build_model
 from avfm.teachers import (
@@ -213,6 +213,21 @@ def assert_replicas_in_sync(model: torch.nn.Module) -> None:
         raise RuntimeError(f"DDP replicas diverged: parameter checksums {[g.item() for g in gathered]}")
 
 
+def training_targets(teacher: Teacher, train_set: SceneSet, grid: int, run: RunDir | None):
+    """Teacher targets of the training scenes, computed once and kept as fp16 shards in the run
+    folder (`targets/`); reloaded from there on resume. Always fp16-rounded, so a resumed run sees
+    exactly the targets of the first one."""
+    folder = None if run is None else run.path / "targets"
+    if folder is not None and any(folder.glob("shard_*.safetensors")):
+        patches, cls = (torch.cat(t) for t in zip(*load_target_shards(folder), strict=True))
+        if patches.shape[:2] == (len(train_set), grid * grid):
+            return patches, cls
+    patches, cls = precompute_targets(teacher, train_set.images, grid)
+    if folder is not None and _rank() == 0:
+        save_target_shards(folder, patches, cls)
+    return patches.half().float(), cls.half().float()
+
+
 def setup(cfg: TrainConfig, run: RunDir | None):
     """Data, teacher, standardised targets and the model (standardizer fitted)."""
     scenes = load_scenes(
@@ -226,8 +241,7 @@ def setup(cfg: TrainConfig, run: RunDir | None):
         if cfg.canvas_grid is not None:
             overrides["canvas_grid"] = cfg.canvas_grid
         model = build_model(cfg.model, **overrides)
-    grid = model.cfg.canvas_grid
-    train_patches, train_cls = precompute_targets(teacher, train_set.images, grid)
+    train_patches, train_cls = training_targets(teacher, train_set, model.cfg.canvas_grid, run)
     n_std = min(cfg.standardizer_scenes, len(train_set))
     model.fit_standardizer(train_patches[:n_std], train_cls[:n_std])
     return model, teacher, train_set, val_set, (train_patches, train_cls)

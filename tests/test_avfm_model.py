@@ -84,3 +84,17 @@ def test_bad_config_is_rejected():
         build_model("canvit_tiny", write_after=(1, 3))
     with pytest.raises(KeyError, match="unknown CanViT"):
         build_model("canvit_xxl")
+
+
+def test_no_learned_map_acts_on_the_canvas_side():
+    # The only Linear layers taking canvas-width inputs are the reads' output projections (applied to
+    # attention outputs headed for the local stream) and the pretraining head; none maps canvas -> canvas.
+    model = build_model("canvit_tiny")
+    dc = model.cfg.canvas_dim
+    takes_canvas = sorted(
+        name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m.in_features == dc
+    )
+    assert takes_canvas == ["patch_head.1", "reads.0.out_proj", "reads.1.out_proj", "reads.2.out_proj"]
+    assert not any(
+        isinstance(m, torch.nn.Linear) and m.in_features == m.out_features == dc for m in model.modules()
+    )
