@@ -13,21 +13,24 @@ from scene3d.checkpoint import atomic_write_json
 
 
 def demo_configs(out_dir: Path, quick: bool, source: str = "synthetic") -> tuple[TrainConfig, EvalConfig]:
-    """Quick: a smoke run (~1 min on 2 cores). Full: a few minutes of pretraining."""
-    res = 128
-    data = DataConfig(source=source, n_train=64 if quick else 384, n_val=32 if quick else 96, resolution=res)
+    """Quick: a smoke run (about a minute on 2 cores). Full: about 5 minutes of pretraining.
+
+    Scenes of 64 px, teacher patches of 8 px (an 8 x 8 target grid), CanViT glimpses of 32 px (4 x 4
+    patches) onto an 8 x 8 canvas: a full-scene glimpse sees the scene at half resolution, a
+    quadrant glimpse at full resolution."""
+    data = DataConfig(source=source, n_train=64 if quick else 512, n_val=32 if quick else 128, resolution=64)
     teacher = TeacherConfig(
-        name="trained", train=DenseTeacherConfig(steps=60 if quick else 600, batch_size=8 if quick else 16)
+        name="trained", train=DenseTeacherConfig(steps=60 if quick else 500, batch_size=8 if quick else 16)
     )
     train_cfg = TrainConfig(
         model="canvit_tiny",
-        canvas_grid=16,
+        canvas_grid=8,
         data=data,
         teacher=teacher,
-        optim=OptimConfig(lr=1e-3, warmup_steps=10 if quick else 100),
-        steps=30 if quick else 2000,
-        batch_size=8 if quick else 16,
-        max_minutes=None if quick else 6.0,
+        optim=OptimConfig(lr=2e-3, warmup_steps=10 if quick else 50),
+        steps=30 if quick else 3000,
+        batch_size=8,
+        max_minutes=None if quick else 5.0,
         ckpt_every=100,
         run_name="demo_quick" if quick else "demo",
         out_root=str(out_dir),
@@ -37,7 +40,7 @@ def demo_configs(out_dir: Path, quick: bool, source: str = "synthetic") -> tuple
         run_dir=str(Path(out_dir) / "avfm" / train_cfg.run_name),
         steps=5 if quick else 10,
         probe_rollout=3 if quick else 6,
-        probe_steps=60 if quick else 400,
+        probe_steps=60 if quick else 300,
         name=train_cfg.run_name,
         out_root=str(out_dir),
     )
