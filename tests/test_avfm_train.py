@@ -125,3 +125,29 @@ def test_resume_is_exact(tmp_path):
     b, _ = load_checkpoint(tmp_path / "avfm" / "resumed" / "checkpoints" / "step_0000004.safetensors")
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
+
+
+def test_image_folder_with_annotations(tmp_path):
+    import imageio.v3 as iio
+    import numpy as np
+
+    from avfm.data import load_scenes
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "annotations").mkdir()
+    for i in range(2):
+        img = np.zeros((20, 30, 3), np.uint8)
+        img[:, :, i] = 255
+        iio.imwrite(tmp_path / "images" / f"s{i}.png", img)
+        ann = np.zeros((20, 30), np.uint8)
+        ann[10:, :] = 2 + i
+        iio.imwrite(tmp_path / "annotations" / f"s{i}.png", ann)
+    scenes = load_scenes("folder", 10, 16, path=str(tmp_path))
+    assert scenes.images.shape == (2, 3, 16, 16) and scenes.labels.shape == (2, 16, 16)
+    assert scenes.images[0, 0].mean() == pytest.approx(1.0) and scenes.images[0, 1].mean() == 0.0
+    assert scenes.labels[1, -1, 0] == 3 and scenes.labels[1, 0, 0] == 0 and scenes.num_classes == 4
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no image files"):
+        load_scenes("folder", 10, 16, path=str(tmp_path / "empty"))
+    with pytest.raises(DataError, match="folder not found"):
+        load_scenes("folder", 10, 16, path=str(tmp_path / "missing"))
