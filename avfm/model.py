@@ -156,10 +156,12 @@ class ViewpointEncoding(nn.Module):
         nn.init.constant_(self.norm.weight, 1.0 / math.sqrt(dim))
 
     def forward(self, viewpoint: Viewpoint) -> Float[Tensor, "B 1 D"]:
-        s = viewpoint.scale.float()
-        z = torch.stack([viewpoint.center[:, 0] / s, viewpoint.center[:, 1] / s, s.log()], dim=-1)
-        proj = z @ self.freqs.T
-        return self.norm(torch.cat([proj.cos(), proj.sin()], dim=-1))[:, None]
+        """Always computed in fp32, also under autocast."""
+        with torch.autocast(viewpoint.center.device.type, enabled=False):
+            s = viewpoint.scale.float()
+            z = torch.stack([viewpoint.center[:, 0] / s, viewpoint.center[:, 1] / s, s.log()], dim=-1)
+            proj = z @ self.freqs.T
+            return self.norm(torch.cat([proj.cos(), proj.sin()], dim=-1))[:, None]
 
 
 class CanViT(nn.Module):

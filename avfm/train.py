@@ -83,6 +83,7 @@ class TrainConfig:
     run_name: str = "avfm"
     out_root: str = "outputs"
     device: str = "auto"
+    amp: bool = False  # bf16 autocast for the forward (canvas, RoPE and VPE stay fp32); backward outside
     progress: bool = True
 
 
@@ -115,7 +116,8 @@ def rollout_loss(
         for t in range(start, min(start + cfg.chunk, length)):
             vp = first if (t == 0 and first is not None) else sample_viewpoints(b, generator, cfg.s_min)
             vp = vp.to(scenes.device)
-            state, out = model.step(extract_glimpse(scenes, vp, model.cfg.glimpse_px), vp, state)
+            with torch.autocast(scenes.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                state, out = model.step(extract_glimpse(scenes, vp, model.cfg.glimpse_px), vp, state)
             patch = F.mse_loss(out.scene_patches.float(), target_patches)
             cls = F.mse_loss(out.scene_cls.float(), target_cls)
             chunk_loss = chunk_loss + (patch + cls) * (weight / length)

@@ -98,3 +98,15 @@ def test_no_learned_map_acts_on_the_canvas_side():
     assert not any(
         isinstance(m, torch.nn.Linear) and m.in_features == m.out_features == dc for m in model.modules()
     )
+
+
+def test_canvas_rope_and_vpe_stay_fp32_under_autocast():
+    model = build_model("canvit_tiny")
+    scenes = torch.rand(2, 3, 64, 64)
+    vp = Viewpoint.make(0.25, -0.25, 0.5, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        state, out = model.step(extract_glimpse(scenes, vp, 32), vp, model.init_state(2))
+        assert model.vpe(vp).dtype == torch.float32
+    assert state.canvas.dtype == torch.float32
+    ref, _ = model.step(extract_glimpse(scenes, vp, 32), vp, model.init_state(2))
+    assert torch.allclose(state.canvas, ref.canvas, atol=0.05, rtol=0.05)
