@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from avfm.attention import CanvasRead, CanvasWrite
 from avfm.coords import flat_grid, glimpse_coords, grid_coords
@@ -172,3 +174,37 @@ def test_canvas_attention_shapes_and_no_canvas_projection():
         write.v_proj.weight.zero_()
         write.v_proj.bias.zero_()
     assert torch.equal(write(canvas, local, canvas_rope, local_rope), torch.zeros_like(canvas))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    cy=st.floats(-0.5, 0.5),
+    cx=st.floats(-0.5, 0.5),
+    s=st.floats(0.05, 0.45),
+    a=st.floats(-2, 2),
+    b=st.floats(-2, 2),
+)
+def test_glimpse_of_a_linear_ramp_is_exact(cy, cx, s, a, b):
+    # bilinear interpolation reproduces a linear function exactly between pixel centres, so the
+    # glimpse of I(y, x) = a*y + b*x must equal the function at the glimpse's cell centres
+    n = 32
+    pix = grid_coords(n)  # scene coordinates of the pixel centres
+    scene = (a * pix[..., 0] + b * pix[..., 1])[None, None]
+    vp = Viewpoint(torch.tensor([[cy, cx]]), torch.tensor([s]))
+    out = extract_glimpse(scene, vp, 8)[0, 0]
+    cells = glimpse_coords(vp.center, vp.scale, 8)[0]
+    assert torch.allclose(out, a * cells[..., 0] + b * cells[..., 1], atol=1e-4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(-1, 1), min_size=6, max_size=6))
+def test_rope_scores_depend_only_on_offsets(v):
+    torch.manual_seed(0)
+    p = rope_periods(32)
+    q, k = torch.randn(1, 1, 1, 32), torch.randn(1, 1, 1, 32)
+    pq, pk, shift = torch.tensor([[v[0:2]]]), torch.tensor([[v[2:4]]]), torch.tensor(v[4:6])
+
+    def score(a, b):
+        return (apply_rope(q, compute_rope(a, p)) * apply_rope(k, compute_rope(b, p))).sum()
+
+    assert score(pq, pk).item() == pytest.approx(score(pq + shift, pk + shift).item(), abs=1e-4)
