@@ -55,9 +55,9 @@ def train_config_from_dict(d: dict) -> TrainConfig:
 
 def load_run(run_dir: str | Path) -> tuple[CanViT, TrainConfig, Teacher, SceneSet, SceneSet]:
     """The trained model (latest checkpoint), its config, teacher and train / held-out scenes."""
+    if not (Path(run_dir) / "config.json").is_file():
+        raise CheckpointError(run_dir, "config.json", "not a training run folder")
     run = RunDir(run_dir)
-    if not (run.path / "config.json").is_file():
-        raise CheckpointError(run.path, "config.json", "not a training run folder")
     cfg = train_config_from_dict(json.loads((run.path / "config.json").read_text()))
     cfg = dataclasses.replace(cfg, progress=False)
     loaded = run.load_latest()

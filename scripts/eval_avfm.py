@@ -4,16 +4,17 @@ python scripts/eval_avfm.py --run-dir outputs/avfm/tiny --steps 10 --name tiny
 """
 
 import json
-import sys
 
 import tyro
 
 from avfm.evaluate import EvalConfig, run_evaluation, summarize
-from scene3d.errors import Scene3DError
+from scene3d.cli import run_cli
+
+
+def main() -> None:
+    metrics = run_evaluation(tyro.cli(EvalConfig))
+    print(json.dumps({"run_dir": metrics["run_dir"], **summarize(metrics)}, indent=2))
+
 
 if __name__ == "__main__":
-    try:
-        metrics = run_evaluation(tyro.cli(EvalConfig))
-    except Scene3DError as err:  # bad input: one line naming the file and field, non-zero exit
-        sys.exit(f"error: {err}")
-    print(json.dumps({"run_dir": metrics["run_dir"], **summarize(metrics)}, indent=2))
+    run_cli(main)

@@ -5,15 +5,11 @@ torchrun --nproc_per_node 2 scripts/train_avfm.py --data.source toy --run-name d
 """
 
 import json
-import sys
 
 import tyro
 
 from avfm.train import TrainConfig, train
-from scene3d.errors import Scene3DError
+from scene3d.cli import run_cli
 
 if __name__ == "__main__":
-    try:
-        print(json.dumps(train(tyro.cli(TrainConfig)), indent=2))
-    except Scene3DError as err:  # bad input: one line naming the file and field, non-zero exit
-        sys.exit(f"error: {err}")
+    run_cli(lambda: print(json.dumps(train(tyro.cli(TrainConfig)), indent=2)))

@@ -10,6 +10,7 @@ import tyro
 
 from avfm.data import load_scenes
 from avfm.teachers import DenseTeacherConfig, save_vit_teacher, train_dense_teacher
+from scene3d.cli import run_cli
 
 
 @dataclass
@@ -22,10 +23,14 @@ class Args:
     teacher: DenseTeacherConfig = field(default_factory=DenseTeacherConfig)
 
 
-if __name__ == "__main__":
+def main() -> None:
     args = tyro.cli(Args)
     scenes = load_scenes(args.source, args.n, args.resolution, args.seed)
     teacher, losses = train_dense_teacher(
         scenes.images, scenes.labels, scenes.num_classes, scenes.scene_class, args.teacher, progress=True
     )
     print(f"loss {losses[0]:.3f} -> {losses[-1]:.3f}; saved {save_vit_teacher(args.out, teacher)}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
