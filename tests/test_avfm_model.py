@@ -95,9 +95,7 @@ def test_no_learned_map_acts_on_the_canvas_side():
         name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m.in_features == dc
     )
     assert takes_canvas == ["patch_head.1", "reads.0.out_proj", "reads.1.out_proj", "reads.2.out_proj"]
-    assert not any(
-        isinstance(m, torch.nn.Linear) and m.in_features == m.out_features == dc for m in model.modules()
-    )
+    assert not any(isinstance(m, torch.nn.Linear) and m.in_features == m.out_features == dc for m in model.modules())
 
 
 def test_canvas_rope_and_vpe_stay_fp32_under_autocast():

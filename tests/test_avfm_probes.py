@@ -70,3 +70,21 @@ def test_evaluation_end_to_end(tmp_path):
     assert metrics["baselines"]["teacher_input_matched"]["px"] == 32
     json.dumps(metrics)
     assert plot(metrics, tmp_path / "m.png").stat().st_size > 0
+
+
+def test_eval_script_bad_run_dir_is_one_line_exit_2(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, str(root / "scripts/eval_avfm.py"), "--run-dir", str(tmp_path / "missing")],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "config.json" in result.stderr and result.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "missing").exists()
