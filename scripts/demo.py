@@ -28,16 +28,8 @@ class DemoConfig:
 def world_stage(out: Path, quick: bool) -> dict:
     """Stage 1: the default synthetic world as a Blender-layout dataset with a contact sheet."""
     size = 32 if quick else 64
-    config = WorldDatasetConfig(
-        out=out / "world",
-        seed=0,
-        n_train=24 if quick else 100,
-        n_val=4 if quick else 8,
-        n_test=6 if quick else 16,
-        width=size,
-        height=size,
-        overwrite=True,
-    )
+    config = WorldDatasetConfig(out=out / "world", seed=0, n_train=24 if quick else 100, n_val=4 if quick else 8,
+                                n_test=6 if quick else 16, width=size, height=size, overwrite=True)
     summary = write_world_dataset(config)
     return {"dataset": str(config.out), "views": summary["views"], "contact_sheet": summary["contact_sheet"]}
 

@@ -1,6 +1,6 @@
 """Write a procedural synthetic world as a multi-view dataset (Blender or nerfstudio layout).
 
-python scripts/make_world.py --out outputs/worlds/w0 --seed 0 --width 128 --height 128
+    python scripts/make_world.py --out outputs/worlds/w0 --seed 0 --width 128 --height 128
 """
 
 import tyro

@@ -99,9 +99,8 @@ def test_aabb_intersection_and_stratified_samples():
     torch.testing.assert_close(t_in[:2], torch.tensor([1.0, 0.0]))
     torch.testing.assert_close(t_out[:2], torch.tensor([3.0, 1.0]))
     assert hit.tolist() == [True, True, False]
-    s = stratified_samples(
-        torch.tensor([1.0, 2.0]), torch.tensor([3.0, 6.0]), 8, perturb=True, generator=torch.Generator().manual_seed(0)
-    )
+    s = stratified_samples(torch.tensor([1.0, 2.0]), torch.tensor([3.0, 6.0]), 8, perturb=True,
+                           generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(s.deltas.sum(-1), torch.tensor([2.0, 4.0]))
     assert (s.t[:, 1:] > s.t[:, :-1]).all() and (s.t[:, 0] >= torch.tensor([1.0, 2.0])).all()
     mid = stratified_samples(torch.tensor([0.0]), torch.tensor([1.0]), 4, perturb=False)

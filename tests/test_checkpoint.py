@@ -19,13 +19,8 @@ def _trained_state():
 
 def test_training_state_round_trips_exactly(tmp_path):
     model, opt = _trained_state()
-    state = {
-        "model": model.state_dict(),
-        "optim": opt.state_dict(),
-        "rng": torch.get_rng_state(),
-        "step": 3,
-        "history": (1.5, None, "x"),
-    }
+    state = {"model": model.state_dict(), "optim": opt.state_dict(), "rng": torch.get_rng_state(),
+             "step": 3, "history": (1.5, None, "x")}
     save_checkpoint(tmp_path / "c.safetensors", state, {"lr": 1e-2, "dims": [3, 4, 1]})
     loaded, config = load_checkpoint(tmp_path / "c.safetensors")
     assert config == {"lr": 1e-2, "dims": [3, 4, 1]}

@@ -19,15 +19,8 @@ def test_ssim_matches_scikit_image(seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(40, 48, 3, generator=g)
     y = (x + 0.15 * torch.randn(40, 48, 3, generator=g)).clamp(0, 1)
-    ref = structural_similarity(
-        x.numpy(),
-        y.numpy(),
-        channel_axis=-1,
-        data_range=1.0,
-        gaussian_weights=True,
-        sigma=1.5,
-        use_sample_covariance=False,
-    )
+    ref = structural_similarity(x.numpy(), y.numpy(), channel_axis=-1, data_range=1.0, gaussian_weights=True,
+                                sigma=1.5, use_sample_covariance=False)
     assert math.isclose(float(ssim(x, y)), ref, abs_tol=1e-5)
 
 

@@ -27,21 +27,8 @@ def test_script_errors_are_one_line_with_exit_code_2(tmp_path):
 @pytest.mark.slow
 def test_make_world_end_to_end(tmp_path):
     out = tmp_path / "w"
-    result = _run(
-        str(ROOT / "scripts/make_world.py"),
-        "--out",
-        str(out),
-        "--seed",
-        "4",
-        "--width",
-        "128",
-        "--height",
-        "96",
-        "--n-train",
-        "30",
-        "--format",
-        "nerfstudio",
-    )
+    result = _run(str(ROOT / "scripts/make_world.py"), "--out", str(out), "--seed", "4", "--width", "128",
+                  "--height", "96", "--n-train", "30", "--format", "nerfstudio")
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "world.json").read_text())
     assert summary["views"] == {"train": 30, "val": 8, "test": 16}

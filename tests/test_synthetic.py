@@ -19,7 +19,7 @@ def _local_sdf(world, obj: int, x: torch.Tensor) -> torch.Tensor:
     if kind == "sphere":
         return q.norm(dim=-1) - p[0]
     if kind == "box":
-        return (q.abs() - p).clamp_min(0).norm(dim=-1) + (q.abs() - p).amax(-1).clamp_max(0)
+        return ((q.abs() - p).clamp_min(0).norm(dim=-1) + (q.abs() - p).amax(-1).clamp_max(0))
     if kind == "cylinder":
         d = torch.stack([q[:, :2].norm(dim=-1) - p[0], q[:, 2].abs() - p[1]], -1)
         return d.clamp_min(0).norm(dim=-1) + d.amax(-1).clamp_max(0)
@@ -28,10 +28,8 @@ def _local_sdf(world, obj: int, x: torch.Tensor) -> torch.Tensor:
 
 def test_render_is_deterministic_and_seeded(world):
     cams = orbit_cameras(2, 3.5, width=24, height=24)
-    a, b = (
-        render_world(world, cams),
-        render_world(make_world(5, object_types=["sphere", "box", "cylinder", "torus", "torus", "box"]), cams),
-    )
+    a, b = render_world(world, cams), render_world(make_world(5, object_types=[
+        "sphere", "box", "cylinder", "torus", "torus", "box"]), cams)
     for key in a:
         assert torch.equal(a[key], b[key]), key
     c = render_world(make_world(6), cams)
@@ -39,9 +37,8 @@ def test_render_is_deterministic_and_seeded(world):
 
 
 def test_every_hit_lies_on_its_surface_with_outward_unit_normal(world):
-    cams = random_sphere_cameras(
-        3, (3.0, 4.0), (10.0, 70.0), width=48, height=48, generator=torch.Generator().manual_seed(2)
-    )
+    cams = random_sphere_cameras(3, (3.0, 4.0), (10.0, 70.0), width=48, height=48,
+                                 generator=torch.Generator().manual_seed(2))
     rays = cams.rays()
     hit = cast_rays(world, rays.origins.reshape(-1, 3), rays.dirs.reshape(-1, 3))
     inst = hit["instance"]
