@@ -263,7 +263,7 @@ def train(cfg: TrainConfig) -> dict:
     if rank == 0:
         run.save_config(cfg)
 
-    model, _teacher, train_set, val_set, (train_patches, train_cls) = setup(cfg, run)
+    model, teacher, train_set, val_set, (train_patches, train_cls) = setup(cfg, run)
     model.to(device).train()
     opt = torch.optim.AdamW(
         model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
@@ -307,7 +307,7 @@ def train(cfg: TrainConfig) -> dict:
     steps_done = (step + 1 if cfg.steps > start else start) - start
     assert_replicas_in_sync(model)
 
-    val = validation_loss(model, val_set, _teacher, cfg, device) if len(val_set) else {}
+    val = validation_loss(model, val_set, teacher, cfg, device) if len(val_set) else {}
     metrics = {
         "steps": start + steps_done,
         "steps_this_run": steps_done,
