@@ -555,3 +555,60 @@ def test_bench_reports_preview_and_full_frames():
     assert (result["full"]["width"], result["full"]["height"]) == (64, 36)
     assert (result["preview"]["width"], result["preview"]["height"]) == (16, 9)
     assert result["full"]["bytes"] > result["preview"]["bytes"] > 0
+
+
+# glimpses (active vision) ---------------------------------------------------------------------------
+def test_glimpse_session_steps_back_and_places_by_hand():
+    from avfm.data import precompute_targets
+    from avfm.glimpse import Viewpoint, build_policy
+    from avfm.model import build_model
+    from avfm.teachers import random_vit_teacher
+    from viewer.glimpse import GlimpseSession, box_pixels
+
+    torch.manual_seed(0)
+    model = build_model("canvit_tiny").eval()
+    image = torch.rand(3, 64, 64)
+    targets = precompute_targets(random_vit_teacher(), image[None], model.cfg.canvas_grid)[0][0]
+    session = GlimpseSession(model, image, targets, "c2f", max_steps=5)
+    planned = build_policy("c2f").viewpoints(1, 5)
+    first = session.step()
+    torch.testing.assert_close(first.viewpoint.center, planned[0].center)
+    expected = (model.predict(first.state)[0][0] - (targets - model.patch_mean) / model.patch_std).pow(2).mean()
+    assert first.error == pytest.approx(float(expected.detach()), rel=1e-5)
+    second = session.step()
+    session.back()
+    again = session.step()  # stepping back and forward replays the same policy viewpoint
+    torch.testing.assert_close(again.state.canvas, second.state.canvas)
+    hand = session.place(0.5, -0.5, 0.25)
+    assert box_pixels(hand.viewpoint, 64, 64) == (40, 8, 56, 24)
+    assert box_pixels(Viewpoint.full(1), 64, 64) == (0, 0, 64, 64)
+    boxes = session.scene_with_boxes()
+    assert torch.equal(boxes[40, 8:24], torch.tensor([1.0, 0.1, 0.1]).expand(16, 3))  # the latest box in red
+    assert session.canvas_pca(32).shape == session.teacher_pca(32).shape == (32, 32, 3)
+    assert len(session.steps) == 3
+    while session.step() is not None:  # the policy has 5 viewpoints in all
+        pass
+    assert len(session.steps) == 5
+
+
+def test_avfm_run_opens_with_a_glimpse_panel(tmp_path):
+    import dataclasses
+
+    from avfm.demo import demo_configs
+    from avfm.train import TeacherConfig, train
+
+    config, _ = demo_configs(tmp_path, True, "toy")
+    config = dataclasses.replace(config, steps=2, ckpt_every=2, standardizer_scenes=8,
+                                 data=dataclasses.replace(config.data, n_train=8, n_val=4),
+                                 teacher=TeacherConfig(name="random_vit"))
+    run_dir = Path(train(config)["run_dir"])
+    content = open_target(run_dir)
+    assert content.run_dir == run_dir and len(content.extra_panels) == 1
+    with ViewerServer(content, ViewerConfig(port=0)) as viewer:
+        panel = viewer.panels[-1]
+        assert len(panel.images) == 4 and panel.teacher_image.visible
+        panel._do(panel.session.step)
+        panel._do(lambda: panel.session.place(0.0, 0.0, 0.5))
+        assert "step 2" in panel.status.content and "prediction error" in panel.status.content
+        panel.load_scene(3)
+        assert "step 0" in panel.status.content

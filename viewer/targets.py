@@ -115,9 +115,25 @@ def overview_camera(cameras: Cameras, center, pull_back: float = 2.0) -> Cameras
 
 
 def open_run(path: Path) -> ViewerContent:
-    """A run directory: live scalars, and a scene when a registered adapter recognises a checkpoint."""
+    """A run directory: live scalars, a scene when a registered adapter recognises a checkpoint, and
+    glimpse rollouts for an active-vision (avfm) run."""
     source = next((s for adapter in RUN_ADAPTERS if (s := adapter(path)) is not None), None)
-    return ViewerContent(f"run {path.name}", source, None, path, None)
+    content = ViewerContent(f"run {path.name}", source, None, path, None)
+    if is_avfm_run(path):
+        from viewer.panels.glimpse import glimpse_panel_for_run
+
+        content.extra_panels.append(glimpse_panel_for_run(path))
+    return content
+
+
+def is_avfm_run(path: Path) -> bool:
+    """Whether `path` holds an `avfm.train` run: its config.json has the TrainConfig sections, and a checkpoint."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(config, dict) and {"model", "teacher", "optim", "s_min"} <= config.keys()
+            and any((path / "checkpoints").glob("step_*.safetensors")))
 
 
 def _world_from_summary(file: Path):
