@@ -606,9 +606,34 @@ def test_avfm_run_opens_with_a_glimpse_panel(tmp_path):
     assert content.run_dir == run_dir and len(content.extra_panels) == 1
     with ViewerServer(content, ViewerConfig(port=0)) as viewer:
         panel = viewer.panels[-1]
-        assert len(panel.images) == 4 and panel.teacher_image.visible
+        assert len(panel.images) == 4 and panel.pictures.image.shape == (2 * 160 + 6, 2 * 160 + 6, 3)
         panel._do(panel.session.step)
         panel._do(lambda: panel.session.place(0.0, 0.0, 0.5))
         assert "step 2" in panel.status.content and "prediction error" in panel.status.content
         panel.load_scene(3)
         assert "step 0" in panel.status.content
+
+
+@pytest.mark.slow
+def test_browser_shows_the_glimpse_panel(tmp_path):
+    import dataclasses
+
+    from avfm.demo import demo_configs
+    from avfm.train import TeacherConfig, train
+
+    config, _ = demo_configs(tmp_path, True, "toy")
+    config = dataclasses.replace(config, steps=2, ckpt_every=2, standardizer_scenes=8,
+                                 data=dataclasses.replace(config.data, n_train=8, n_val=4),
+                                 teacher=TeacherConfig(name="random_vit"))
+    content = open_target(train(config)["run_dir"])
+    with ViewerServer(content, ViewerConfig(port=0)) as viewer, _browser() as browser:
+        panel = viewer.panels[-1]
+        for _ in range(3):
+            panel._do(panel.session.step)
+        viewer.training.folder.expand_by_default = False
+        browser.goto(viewer.url)
+        browser.wait_for(("Glimpses", "Policy", "Place glimpse", "step 3", "canvas PCA"), min_std=5, timeout=120)
+        _close_notifications(browser)
+        shot = browser.wait_for(min_std=5)
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        iio.imwrite(SHOTS / "viewer_glimpses.png", shot)

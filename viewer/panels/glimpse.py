@@ -12,6 +12,7 @@ import torch
 
 from avfm.data import precompute_targets
 from avfm.evaluate import load_run
+from scene3d.viz import image_grid
 from viewer.glimpse import VIEWER_POLICIES, GlimpseSession
 
 
@@ -28,21 +29,18 @@ class GlimpsePanel:
         self._lock = threading.Lock()
         gui = server.gui
         with gui.add_folder("Glimpses"):
+            self.status = gui.add_markdown("")
+            self.pictures = gui.add_image(np.zeros((2 * size, 2 * size, 3), np.uint8),
+                                          label="scene + glimpses | last glimpse / canvas PCA | teacher PCA")
+            self.step_button = gui.add_button("Step")
+            self.back_button = gui.add_button("Back")
             self.scene_index = gui.add_slider("Scene", min=0, max=max(len(images) - 1, 1), step=1, initial_value=0,
                                               disabled=len(images) < 2)
             self.policy = gui.add_dropdown("Policy", VIEWER_POLICIES, initial_value="c2f")
-            self.step_button = gui.add_button("Step")
-            self.back_button = gui.add_button("Back")
             self.y = gui.add_slider("Next y", min=-1.0, max=1.0, step=0.01, initial_value=0.0)
             self.x = gui.add_slider("Next x", min=-1.0, max=1.0, step=0.01, initial_value=0.0)
             self.zoom = gui.add_slider("Next zoom (half-side)", min=0.05, max=1.0, step=0.01, initial_value=0.5)
             self.place_button = gui.add_button("Place glimpse")
-            self.status = gui.add_markdown("")
-            blank = np.zeros((size, size, 3), np.uint8)
-            self.scene_image = gui.add_image(blank, label="scene and glimpses")
-            self.glimpse_image = gui.add_image(blank, label="last glimpse")
-            self.canvas_image = gui.add_image(blank, label="canvas (PCA)")
-            self.teacher_image = gui.add_image(blank, label="teacher (PCA)", visible=teacher is not None)
         self.scene_index.on_update(lambda _: self.load_scene(int(self.scene_index.value)))
         self.policy.on_update(lambda _: self._do(lambda: self.session.reset(str(self.policy.value))))
         self.step_button.on_click(lambda _: self._do(self.session.step))
@@ -72,11 +70,9 @@ class GlimpsePanel:
             s, size = self.session, self.size
             scene = torch.nn.functional.interpolate(s.scene_with_boxes().permute(2, 0, 1)[None], size=(size, size),
                                                     mode="nearest")[0].permute(1, 2, 0)
-            self.scene_image.image = _u8(scene)
-            self.glimpse_image.image = _u8(s.last_glimpse(size))
-            self.canvas_image.image = _u8(s.canvas_pca(size))
-            if (teacher := s.teacher_pca(size)) is not None:
-                self.teacher_image.image = _u8(teacher)
+            teacher = s.teacher_pca(size)
+            teacher = torch.zeros(size, size, 3) if teacher is None else teacher
+            self.pictures.image = _u8(image_grid([[scene, s.last_glimpse(size)], [s.canvas_pca(size), teacher]]))
             errors = ", ".join(f"{st.error:.3f}" for st in s.steps if st.error is not None)
             self.status.content = (f"policy **{s.policy}**, step {len(s.steps)}"
                                    + (f"; prediction error per step: {errors}" if errors else ""))
