@@ -591,6 +591,17 @@ def test_glimpse_session_steps_back_and_places_by_hand():
     assert len(session.steps) == 5
 
 
+def test_click_rays_map_to_scene_coordinates():
+    from viewer.panels.glimpse import image_point
+
+    eye = np.array([0.0, -3.0, 0.0])
+    for y, x in [(0.0, 0.0), (-0.5, 0.5), (0.9, -0.3)]:
+        target = np.array([x, 0.0, -y])  # scene y points down the image, world z up
+        assert image_point(eye, target - eye) == pytest.approx((y, x))
+    assert image_point(eye, np.array([2.0, 3.0, 0.0])) is None  # beside the image
+    assert image_point(eye, np.array([1.0, 0.0, 0.0])) is None  # parallel to it
+
+
 def test_avfm_run_opens_with_a_glimpse_panel(tmp_path):
     import dataclasses
 
@@ -610,8 +621,12 @@ def test_avfm_run_opens_with_a_glimpse_panel(tmp_path):
         panel._do(panel.session.step)
         panel._do(lambda: panel.session.place(0.0, 0.0, 0.5))
         assert "step 2" in panel.status.content and "prediction error" in panel.status.content
+        panel.click((0.0, -3.0, 0.0), (0.25, 3.0, 0.5))  # a click ray from the home camera
+        assert panel.session.steps[-1].viewpoint.center[0].tolist() == pytest.approx([-0.5, 0.25])
+        assert (panel.y.value, panel.x.value) == (-0.5, 0.25)
         panel.load_scene(3)
         assert "step 0" in panel.status.content
+        assert content.home.forward[0].tolist() == pytest.approx([0.0, 1.0, 0.0])
 
 
 @pytest.mark.slow
@@ -628,12 +643,24 @@ def test_browser_shows_the_glimpse_panel(tmp_path):
     content = open_target(train(config)["run_dir"])
     with ViewerServer(content, ViewerConfig(port=0)) as viewer, _browser() as browser:
         panel = viewer.panels[-1]
-        for _ in range(3):
+        for _ in range(2):
             panel._do(panel.session.step)
         viewer.training.folder.expand_by_default = False
         browser.goto(viewer.url)
-        browser.wait_for(("Glimpses", "Policy", "Place glimpse", "step 3", "canvas PCA"), min_std=5, timeout=120)
+        browser.wait_for(("Glimpses", "Policy", "Place glimpse", "step 2", "canvas PCA"), min_std=5, timeout=120)
         _close_notifications(browser)
-        shot = browser.wait_for(min_std=5)
+        # click on the scene image in the 3D view, at scene point (y, x) = (-0.5, 0.5): world (0.5, 0, 0.5)
+        client = next(iter(viewer.server.get_clients().values()))
+        camera = client.camera
+        seen_from = view_to_cameras(ViewState.from_handle(camera), camera.image_width, camera.image_height)
+        uv = seen_from.project(torch.tensor([[0.5, 0.0, 0.5]]))[0][0, 0]
+        for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
+            browser.call("Input.dispatchMouseEvent", type=kind, x=float(uv[0]), y=float(uv[1]), button="left",
+                         clickCount=1)
+        assert _wait_until(lambda: len(panel.session.steps) == 3, timeout=30)
+        center = panel.session.steps[-1].viewpoint.center[0]
+        torch.testing.assert_close(center, torch.tensor([-0.5, 0.5]), atol=0.03, rtol=0)
+        browser.call("Input.dispatchMouseEvent", type="mouseMoved", x=5.0, y=5.0)  # end the hover highlight
+        shot = browser.wait_for(("step 3",), min_std=5)
         SHOTS.mkdir(parents=True, exist_ok=True)
         iio.imwrite(SHOTS / "viewer_glimpses.png", shot)

@@ -120,9 +120,11 @@ def open_run(path: Path) -> ViewerContent:
     source = next((s for adapter in RUN_ADAPTERS if (s := adapter(path)) is not None), None)
     content = ViewerContent(f"run {path.name}", source, None, path, None)
     if is_avfm_run(path):
-        from viewer.panels.glimpse import glimpse_panel_for_run
+        from viewer.panels.glimpse import glimpse_home, glimpse_panel_for_run
 
         content.extra_panels.append(glimpse_panel_for_run(path))
+        if content.home is None and content.source is None:
+            content.home, content.center = glimpse_home()
     return content
 
 

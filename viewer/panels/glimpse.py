@@ -12,8 +12,25 @@ import torch
 
 from avfm.data import precompute_targets
 from avfm.evaluate import load_run
+from scene3d.cameras import Cameras, look_at
 from scene3d.viz import image_grid
 from viewer.glimpse import VIEWER_POLICIES, GlimpseSession
+
+# The scene image stands in the world's x-z plane (z up), facing a camera on the -y axis; viser
+# draws an image's first row at the bottom of its plane, so rows are flipped when sent.
+_IMAGE_WXYZ = (np.cos(np.pi / 4), np.sin(np.pi / 4), 0.0, 0.0)  # +90 degrees about x
+
+
+def image_point(origin, direction) -> tuple[float, float] | None:
+    """Where a click ray meets the scene image (the square |x|, |z| <= 1 of the plane y = 0), as
+    avfm scene coordinates (y down, x right, both in [-1, 1]); None when it misses."""
+    o, d = np.asarray(origin, float), np.asarray(direction, float)
+    if abs(d[1]) < 1e-9:
+        return None
+    p = o - o[1] / d[1] * d
+    if max(abs(p[0]), abs(p[2])) > 1:
+        return None
+    return float(-p[2]), float(p[0])
 
 
 def _u8(image: torch.Tensor) -> np.ndarray:
@@ -41,6 +58,10 @@ class GlimpsePanel:
             self.x = gui.add_slider("Next x", min=-1.0, max=1.0, step=0.01, initial_value=0.0)
             self.zoom = gui.add_slider("Next zoom (half-side)", min=0.05, max=1.0, step=0.01, initial_value=0.5)
             self.place_button = gui.add_button("Place glimpse")
+        self.scene_node = server.scene.add_image("/glimpses/scene", np.zeros((size, size, 3), np.uint8), 2.0, 2.0,
+                                                 wxyz=_IMAGE_WXYZ, position=(0.0, 0.0, 0.0), cast_shadow=False,
+                                                 receive_shadow=False)
+        self.scene_node.on_click(lambda event: self.click(event.ray_origin, event.ray_direction))
         self.scene_index.on_update(lambda _: self.load_scene(int(self.scene_index.value)))
         self.policy.on_update(lambda _: self._do(lambda: self.session.reset(str(self.policy.value))))
         self.step_button.on_click(lambda _: self._do(self.session.step))
@@ -59,6 +80,12 @@ class GlimpsePanel:
             self.session = GlimpseSession(self.model, image, targets, str(self.policy.value), self.max_steps)
         self.refresh()
 
+    def click(self, origin, direction) -> None:
+        """A click on the scene image: the next glimpse goes there, at the zoom slider's size."""
+        if (point := image_point(origin, direction)) is not None:
+            self.y.value, self.x.value = round(point[0], 2), round(point[1], 2)
+            self._do(lambda: self.session.place(point[0], point[1], float(self.zoom.value)))
+
     def _do(self, action) -> None:
         with self._lock:
             action()
@@ -72,6 +99,7 @@ class GlimpsePanel:
                                                     mode="nearest")[0].permute(1, 2, 0)
             teacher = s.teacher_pca(size)
             teacher = torch.zeros(size, size, 3) if teacher is None else teacher
+            self.scene_node.image = np.ascontiguousarray(np.flipud(_u8(scene)))
             self.pictures.image = _u8(image_grid([[scene, s.last_glimpse(size)], [s.canvas_pca(size), teacher]]))
             errors = ", ".join(f"{st.error:.3f}" for st in s.steps if st.error is not None)
             self.status.content = (f"policy **{s.policy}**, step {len(s.steps)}"
@@ -85,3 +113,9 @@ def glimpse_panel_for_run(run_dir: Path, n_scenes: int = 32) -> Callable[[object
     """A panel factory for an avfm run: its latest checkpoint, its teacher, its held-out scenes."""
     model, _, teacher, _, val_set = load_run(run_dir)
     return lambda server: GlimpsePanel(server, model, val_set.images[:n_scenes], teacher)
+
+
+def glimpse_home() -> tuple[Cameras, tuple[float, float, float]]:
+    """A camera on the -y axis facing the scene image, and the point it orbits (the image centre)."""
+    eye = torch.tensor([[0.0, -4.5, 0.0]])
+    return Cameras.from_fov(look_at(eye, torch.zeros(3)), np.radians(50.0), 640, 480), (0.0, 0.0, 0.0)
