@@ -27,24 +27,47 @@ ALPHA_MAX = 0.999
 
 
 def _initial_state(bins: TileBins, width: int, height: int, dtype: torch.dtype) -> dict[str, Tensor]:
-    """Per active tile: id, origin, list range, transmittance 1, pixels outside the image 'done'."""
+    """Per active tile: id, origin, list range and the pixel state. `T` is the live transmittance
+    (0 once a pixel has stopped, and for pixels outside the image); `T_final` the value it stopped at."""
     ts = bins.tile_size
     tiles = torch.nonzero(bins.tile_count > 0).squeeze(1)
     rem = tiles % (bins.tiles_x * bins.tiles_y)
     ox, oy = (rem % bins.tiles_x) * ts, torch.div(rem, bins.tiles_x, rounding_mode="floor") * ts
     local = torch.arange(ts, device=tiles.device)
-    out_x = (ox[:, None] + local[None]) >= width  # [A, ts]
-    out_y = (oy[:, None] + local[None]) >= height
-    done = out_y[:, :, None] | out_x[:, None, :]  # [A, ts(y), ts(x)]
+    in_x = (ox[:, None] + local[None]) < width  # [A, ts]
+    in_y = (oy[:, None] + local[None]) < height
+    T = (in_y[:, :, None] & in_x[:, None, :]).to(dtype)  # [A, ts(y), ts(x)]
     return {"tile": tiles, "ox": ox.to(dtype), "oy": oy.to(dtype), "start": bins.tile_start[tiles],
-            "count": bins.tile_count[tiles], "T": torch.ones(done.shape, dtype=dtype, device=tiles.device),
-            "done": done}
+            "count": bins.tile_count[tiles], "T": T, "T_final": torch.ones_like(T)}
+
+
+def _chunk_weights(st: dict[str, Tensor], g: Tensor, valid: Tensor, means2d: Tensor, conics: Tensor,
+                   log_opac: Tensor, local: Tensor) -> dict[str, Tensor]:
+    """Alphas and compositing weights of one chunk of K Gaussians per tile: [A, K, ts(y), ts(x)]."""
+    mean = means2d[g]
+    dx = (mean[..., 0] - st["ox"][:, None])[..., None] - local  # [A, K, ts]: mean - pixel, along x
+    dy = (mean[..., 1] - st["oy"][:, None])[..., None] - local  # along y
+    ca, cb, cc = conics[g].unbind(-1)
+    # log(opacity) - power; separable except for the cross term. Padding slots get log(0).
+    lo = torch.where(valid, log_opac[g], -torch.inf)
+    qx = (-0.5 * ca[..., None]) * dx * dx + lo[..., None]
+    qy = (-0.5 * cc[..., None]) * dy * dy
+    expo = (qy[..., :, None] + qx[..., None, :]).sub_((cb[..., None] * dy)[..., :, None] * dx[..., None, :])
+    raw = torch.exp(expo)
+    a_eff = torch.where(raw >= ALPHA_MIN, raw, 0.0).clamp_(max=ALPHA_MAX)  # skipped Gaussians: alpha 0
+    one_m = 1.0 - a_eff
+    t_incl = torch.cumprod(one_m, dim=1).mul_(st["T"][:, None])
+    t_excl = t_incl / one_m
+    # Weight T_i alpha_i, zero from the Gaussian that would bring T to <= 1e-4 on (the pixel stops).
+    w = torch.where(t_incl > T_MIN, t_excl - t_incl, 0.0)
+    return {"dx": dx, "dy": dy, "ca": ca, "cb": cb, "cc": cc, "raw": raw, "one_m": one_m, "t_excl": t_excl,
+            "t_incl": t_incl, "w": w}
 
 
 def _march(bins: TileBins, means2d: Tensor, conics: Tensor, opacities: Tensor, feats: Tensor,
            width: int, height: int, chunk: int, grads: dict[str, Tensor] | None = None):
-    """The shared front-to-back loop. Forward (grads None) returns per-tile (acc [T,P,D], trans [T,P]);
-    backward (grads: g_acc, g_alpha, acc, trans as per-tile tensors) returns the input gradients."""
+    """The shared front-to-back loop. Forward (grads None) returns per-tile (acc [T,ts,ts,D], trans
+    [T,ts,ts]); backward (grads: g_acc, g_alpha, acc, trans per tile) returns the input gradients."""
     ts, dt, dev = bins.tile_size, feats.dtype, feats.device
     n_feat = feats.shape[1]
     local = torch.arange(ts, dtype=dt, device=dev) + 0.5
@@ -68,62 +91,54 @@ def _march(bins: TileBins, means2d: Tensor, conics: Tensor, opacities: Tensor, f
         pos = r * chunk + torch.arange(chunk, device=dev)
         valid = pos[None] < st["count"][:, None]  # [A, K]
         g = bins.pair_ids[(st["start"][:, None] + pos[None]).clamp(max=n_pairs - 1)]
-        mean = means2d[g]
-        dx = (mean[..., 0] - st["ox"][:, None])[..., None] - local  # [A, K, ts] along x
-        dy = (mean[..., 1] - st["oy"][:, None])[..., None] - local  # along y
-        ca, cb, cc = conics[g].unbind(-1)
-        # log(opacity) - power, separable except for the cross term: [A, K, ts(y), ts(x)]
-        qx = (-0.5 * ca[..., None]) * dx * dx + log_opac[g][..., None]
-        qy = (-0.5 * cc[..., None]) * dy * dy
-        expo = (qy[..., :, None] + qx[..., None, :]) - (cb[..., None] * dy)[..., :, None] * dx[..., None, :]
-        raw = torch.exp(expo)
-        alpha = raw.clamp(max=ALPHA_MAX)
-        ok = (raw >= ALPHA_MIN) & valid[..., None, None] & ~st["done"][:, None]
-        a_eff = torch.where(ok, alpha, 0.0)
-        one_m = 1.0 - a_eff
-        cp = torch.cumprod(one_m, dim=1)
-        T0 = st["T"][:, None]
-        contrib = ok & (T0 * cp > T_MIN)
-        t_excl = T0 * torch.cat([torch.ones_like(cp[:, :1]), cp[:, :-1]], dim=1)
-        w = torch.where(contrib, a_eff * t_excl, 0.0)
-        f = feats[g]  # [A, K, D]
+        c = _chunk_weights(st, g, valid, means2d, conics, log_opac, local)
+        w, f = c["w"], feats[g]  # [A, K, ts, ts], [A, K, D]
         w_flat = rearrange(w, "a k y x -> a k (y x)")
         if grads is None:
-            st["acc"] = st["acc"] + rearrange(torch.bmm(w_flat.transpose(1, 2), f), "a (y x) d -> a y x d", y=ts)
+            st["acc"] += rearrange(torch.bmm(w_flat.transpose(1, 2), f), "a (y x) d -> a y x d", y=ts)
         else:
-            gpix = st["g"]
-            gc = rearrange(torch.bmm(f, gpix.transpose(1, 2)), "a k (y x) -> a k y x", y=ts)
-            g_f = torch.bmm(w_flat, gpix)  # [A, K, D]
-            cum = st["gP"][:, None] + torch.cumsum(w * gc, dim=1)
-            behind = st["gF"][:, None] - cum  # g . (colour composited behind i)
-            d_alpha = t_excl * gc - (behind - st["gA_Tf"][:, None]) / one_m
-            d_alpha = torch.where(contrib & (raw < ALPHA_MAX), d_alpha, 0.0)
-            d_raw = d_alpha * raw  # d/d(log opacity) = -d/d(power)
-            g_logo = d_raw.sum((-1, -2))
-            rows, cols = d_raw.sum(-1), d_raw.sum(-2)  # [A, K, ts(y)], [A, K, ts(x)]
-            s_x, s_xx = (cols * dx).sum(-1), (cols * dx * dx).sum(-1)
-            s_y, s_yy = (rows * dy).sum(-1), (rows * dy * dy).sum(-1)
-            s_xy = (torch.einsum("akyx,akx->aky", d_raw, dx) * dy).sum(-1)
-            # dL/dpower = -d_raw
-            g_mean = -torch.stack([ca * s_x + cb * s_y, cb * s_x + cc * s_y], dim=-1)
-            g_con = -torch.stack([0.5 * s_xx, s_xy, 0.5 * s_yy], dim=-1)
-            flat = g.flatten()
-            out["means2d"].index_add_(0, flat, g_mean.flatten(0, 1))
-            out["conics"].index_add_(0, flat, g_con.flatten(0, 1))
-            out["opacities"].index_add_(0, flat, (g_logo / opacities[g]).flatten())
-            out["feats"].index_add_(0, flat, g_f.flatten(0, 1))
-            st["gP"] = cum[:, -1]
-        st["T"] = st["T"] * torch.where(contrib, one_m, 1.0).prod(1)
-        st["done"] = st["done"] | (ok & ~contrib).any(1)
+            _chunk_backward(st, c, g, f, opacities, out)
+        T_next = st["T"] - w.sum(1)
+        live = st["T"] > 0
+        st["T_final"] = torch.where(live, T_next, st["T_final"])
+        st["T"] = torch.where(c["t_incl"][:, -1] > T_MIN, T_next, 0.0)  # stopped pixels: T = 0
         r += 1
-        keep = (st["count"] > r * chunk) & ~st["done"].flatten(1).all(1)
-        if grads is None and not bool(keep.all()):
-            gone = ~keep
-            acc_out[st["tile"][gone]] = st["acc"][gone]
-            trans_out[st["tile"][gone]] = st["T"][gone]
+        keep = (st["count"] > r * chunk) & (st["T"] > 0).flatten(1).any(1)
         if not bool(keep.all()):
+            if grads is None:
+                gone = st["tile"][~keep]
+                acc_out[gone] = st["acc"][~keep]
+                trans_out[gone] = st["T_final"][~keep]
             st = {k: v[keep] for k, v in st.items()}
     return (acc_out, trans_out) if grads is None else out
+
+
+def _chunk_backward(st: dict[str, Tensor], c: dict[str, Tensor], g: Tensor, f: Tensor, opacities: Tensor,
+                    out: dict[str, Tensor]) -> None:
+    """Accumulate this chunk's gradients into `out` (index_add over the Gaussian ids `g`)."""
+    ts = c["w"].shape[-1]
+    w, raw, dx, dy = c["w"], c["raw"], c["dx"], c["dy"]
+    gpix = st["g"]  # dL/d(accumulated features) [A, P, D]
+    gc = rearrange(torch.bmm(f, gpix.transpose(1, 2)), "a k (y x) -> a k y x", y=ts)
+    g_f = torch.bmm(rearrange(w, "a k y x -> a k (y x)"), gpix)  # [A, K, D]
+    cum = torch.cumsum(w * gc, dim=1).add_(st["gP"][:, None])
+    behind = st["gF"][:, None] - cum  # g . (features composited behind i)
+    d_alpha = c["t_excl"] * gc - (behind - st["gA_Tf"][:, None]) / c["one_m"]
+    d_alpha = torch.where((w > 0) & (raw < ALPHA_MAX), d_alpha, 0.0)
+    d_raw = d_alpha * raw  # = dL/d(log opacity) = -dL/d(power), per pixel
+    rows, cols = d_raw.sum(-1), d_raw.sum(-2)  # [A, K, ts(y)], [A, K, ts(x)]
+    s_x, s_xx = (cols * dx).sum(-1), (cols * dx * dx).sum(-1)
+    s_y, s_yy = (rows * dy).sum(-1), (rows * dy * dy).sum(-1)
+    s_xy = (torch.einsum("akyx,akx->aky", d_raw, dx) * dy).sum(-1)
+    ca, cb, cc = c["ca"], c["cb"], c["cc"]
+    g_mean = -torch.stack([ca * s_x + cb * s_y, cb * s_x + cc * s_y], dim=-1)
+    g_con = -torch.stack([0.5 * s_xx, s_xy, 0.5 * s_yy], dim=-1)
+    flat = g.flatten()
+    out["means2d"].index_add_(0, flat, g_mean.flatten(0, 1))
+    out["conics"].index_add_(0, flat, g_con.flatten(0, 1))
+    out["opacities"].index_add_(0, flat, (rows.sum(-1) / opacities[g]).flatten())
+    out["feats"].index_add_(0, flat, g_f.flatten(0, 1))
+    st["gP"] = cum[:, -1]
 
 
 def _tiles_to_image(x: Tensor, bins: TileBins, width: int, height: int) -> Tensor:

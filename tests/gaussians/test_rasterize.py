@@ -25,12 +25,13 @@ def _grads(scene, out):
     return dict(zip(scene.params.keys(), torch.autograd.grad(_loss(out), list(scene.params.values())), strict=True))
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 1e-4)])
-def test_tiled_equals_dense_images_and_gradients(dtype, tol):
+@pytest.mark.parametrize("dtype,tol,tile_size",
+                         [(torch.float64, 1e-9, 16), (torch.float64, 1e-9, 4), (torch.float32, 1e-4, 8)])
+def test_tiled_equals_dense_images_and_gradients(dtype, tol, tile_size):
     scene = random_scene(400, sh_degree=2, dtype=dtype)
     cams = two_cameras(37, 29, dtype=dtype)  # not a multiple of the tile size
     bg = torch.tensor([0.2, 0.5, 0.9], dtype=dtype)
-    tiled = rasterize(scene, cams, backend="torch", background=bg, chunk=8)
+    tiled = rasterize(scene, cams, backend="torch", background=bg, chunk=8, tile_size=tile_size)
     dense = rasterize(scene, cams, backend="dense", background=bg)
     assert 0.2 < tiled.alpha.mean() < 0.99  # a non-trivial image
     torch.testing.assert_close(tiled.colors, dense.colors, atol=tol, rtol=0)
