@@ -229,5 +229,6 @@ def run_demo_stage(out_dir: Path, quick: bool) -> dict:
                     else None, name="demo", output_root=out_dir, steps=300 if quick else 2000,
                     n_init=2000 if quick else 5000, eval_every=10**9, checkpoint_every=500,
                     densify=DensifyStrategy(refine_start=100, refine_stop=250, refine_every=50, reset_every=10**9)
-                    if quick else _cpu_densify(), turntable_frames=12 if quick else 36, resume=False)
+                    if quick else _cpu_densify(), turntable_frames=12 if quick else 36, resume=False,
+                    world_views=(24, 2, 6) if quick else (60, 4, 8), world_size=32 if quick else 64, progress=not quick)
     return fit(cfg)

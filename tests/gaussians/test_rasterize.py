@@ -151,3 +151,12 @@ def test_empty_view_renders_background(scene):
     out = rasterize(scene, cams, background=(0.1, 0.2, 0.3))
     assert out.alpha.abs().max() == 0
     torch.testing.assert_close(out.colors[0, 3, 4], torch.tensor([0.1, 0.2, 0.3]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="gsplat's kernels need CUDA")
+def test_gsplat_backend_matches_torch_backend_on_cuda():
+    scene, cams = random_scene(2000, sh_degree=2), two_cameras(64, 48)
+    ref = rasterize(scene, cams, backend="torch", background=(0.2, 0.3, 0.4))
+    out = rasterize(scene.cuda(), cams.to("cuda"), backend="gsplat", background=(0.2, 0.3, 0.4))
+    torch.testing.assert_close(out.colors.cpu(), ref.colors, atol=1e-3, rtol=0)
+    torch.testing.assert_close(out.alpha.cpu(), ref.alpha, atol=1e-3, rtol=0)
