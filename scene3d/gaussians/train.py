@@ -56,6 +56,7 @@ class FitConfig:
     checkpoint_every: int = 500
     log_every: int = 20
     turntable_frames: int = 36
+    export_mesh: bool = True  # TSDF-fuse rendered RGB-D of the training views into mesh.ply
     seed: int = 0
     resume: bool = True
     progress: bool = True
@@ -217,6 +218,13 @@ def finish(run: RunDir, scene: GaussianScene, train: MultiViewDataset, test: Mul
     metrics = {"test_psnr": ev["psnr"], "test_ssim": ev["ssim"], "num_gaussians": len(scene),
                "steps": cfg.steps, "train_seconds": train_time, "ply": str(run.file("scene.ply")),
                "turntable": str(video)}
+    if cfg.export_mesh:
+        from scene3d.export import gaussians_to_mesh, save_mesh
+
+        voxel = float((train.aabb[1] - train.aabb[0]).max()) / 128
+        mesh = gaussians_to_mesh(scene, train.cameras, train.aabb, voxel_size=voxel)
+        metrics["mesh"] = str(save_mesh(run.file("mesh.ply"), mesh))
+        metrics["mesh_vertices"] = len(mesh.vertices)
     run.save_metrics(metrics)
     run.close()
     return metrics

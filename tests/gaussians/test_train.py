@@ -10,7 +10,7 @@ from scene3d.runs import RunDir
 def _cfg(tmp_path, name, steps=20, **kw):
     return FitConfig(name=name, output_root=tmp_path, steps=steps, n_init=300, world_views=(8, 1, 2), world_size=24,
                      densify=DensifyStrategy(refine_start=4, refine_stop=18, refine_every=4, reset_every=15),
-                     eval_every=10**9, checkpoint_every=10, turntable_frames=3, progress=False, **kw)
+                     eval_every=10**9, checkpoint_every=10, turntable_frames=3, progress=False, export_mesh=False, **kw)
 
 
 def test_resume_after_interruption_is_exact(tmp_path, monkeypatch):
@@ -44,3 +44,4 @@ def test_fit_small_world_reaches_high_psnr(tmp_path):
                     eval_every=10**9, turntable_frames=3, progress=False)
     metrics = fit(cfg)
     assert metrics["test_psnr"] > 25.0
+    assert metrics["mesh_vertices"] > 1000
