@@ -5,9 +5,10 @@ Semantics are those of the 3DGS / gsplat CUDA kernel, pixel centres at +0.5:
     alpha_i = min(0.999, opacity_i exp(-power_i)); skipped if alpha_i < 1/255
     a Gaussian that would bring the transmittance to <= 1e-4 is not composited and stops the pixel.
 
-Vectorisation: every tile's depth-sorted list is cut into chunks of `chunk` Gaussians. Round r
-processes chunk r of all still-active tiles at once as [A tiles, K Gaussians, 16, 16 pixels]
-tensors; inside a chunk the transmittance is a cumprod of (1 - alpha), carried across rounds.
+Vectorisation: every tile's depth-sorted list is cut into chunks of K >= `chunk` Gaussians. Each
+round processes the next chunk of all still-active tiles at once as [A tiles, K Gaussians, ts, ts
+pixels] tensors (K grows when few tiles remain); inside a chunk the transmittance is a cumprod
+of (1 - alpha), carried across rounds.
 A tile retires when its list ends or all its pixels have stopped, so saturated tiles cost nothing.
 The backward replays the rounds front to back (nothing per pair is stored) and uses the closed
 form  dL/dalpha_i = T_i g.c_i - (g.S_i - g_A T_final) / (1 - alpha_i),  S_i = colour behind i.
@@ -64,8 +65,15 @@ def _chunk_weights(st: dict[str, Tensor], g: Tensor, valid: Tensor, means2d: Ten
             "t_incl": t_incl, "w": w}
 
 
+def _round_length(active_tiles: int, pixels: int, chunk: int, longest: int, target: int = 1 << 20) -> int:
+    """Gaussians per tile this round: `chunk`, raised up to `longest` when few tiles remain (the long
+    tail of crowded tiles) so a round stays near `target` pixel-Gaussian pairs. Depends only on the number
+    of active tiles, so the backward replays exactly the forward's schedule."""
+    return max(chunk, min(longest, target // max(active_tiles * pixels, 1)))
+
+
 def _march(bins: TileBins, means2d: Tensor, conics: Tensor, opacities: Tensor, feats: Tensor,
-           width: int, height: int, chunk: int, grads: dict[str, Tensor] | None = None):
+           width: int, height: int, chunk: int, max_chunk: int, grads: dict[str, Tensor] | None = None):
     """The shared front-to-back loop. Forward (grads None) returns per-tile (acc [T,ts,ts,D], trans
     [T,ts,ts]); backward (grads: g_acc, g_alpha, acc, trans per tile) returns the input gradients."""
     ts, dt, dev = bins.tile_size, feats.dtype, feats.device
@@ -86,9 +94,10 @@ def _march(bins: TileBins, means2d: Tensor, conics: Tensor, opacities: Tensor, f
         st["gA_Tf"] = grads["g_alpha"][t] * grads["trans"][t]
         st["gF"] = (grads["g_acc"][t] * grads["acc"][t]).sum(-1)
         st["gP"] = torch.zeros_like(st["T"])
-    r = 0
+    done = 0  # every active tile has processed the same number of list entries
     while len(st["tile"]) > 0:
-        pos = r * chunk + torch.arange(chunk, device=dev)
+        k = _round_length(len(st["tile"]), ts * ts, chunk, max_chunk)
+        pos = done + torch.arange(k, device=dev)
         valid = pos[None] < st["count"][:, None]  # [A, K]
         g = bins.pair_ids[(st["start"][:, None] + pos[None]).clamp(max=n_pairs - 1)]
         c = _chunk_weights(st, g, valid, means2d, conics, log_opac, local)
@@ -102,8 +111,8 @@ def _march(bins: TileBins, means2d: Tensor, conics: Tensor, opacities: Tensor, f
         live = st["T"] > 0
         st["T_final"] = torch.where(live, T_next, st["T_final"])
         st["T"] = torch.where(c["t_incl"][:, -1] > T_MIN, T_next, 0.0)  # stopped pixels: T = 0
-        r += 1
-        keep = (st["count"] > r * chunk) & (st["T"] > 0).flatten(1).any(1)
+        done += k
+        keep = (st["count"] > done) & (st["T"] > 0).flatten(1).any(1)
         if not bool(keep.all()):
             if grads is None:
                 gone = st["tile"][~keep]
@@ -159,25 +168,27 @@ class TiledComposite(torch.autograd.Function):
     -> (accumulated features [C,H,W,D], alpha [C,H,W]); background is added by the caller."""
 
     @staticmethod
-    def forward(ctx, means2d, conics, opacities, feats, bins: TileBins, width: int, height: int, chunk: int):
-        acc, trans = _march(bins, means2d, conics, opacities, feats, width, height, chunk)
+    def forward(ctx, means2d, conics, opacities, feats, bins: TileBins, width: int, height: int, chunk: int,
+                max_chunk: int):
+        acc, trans = _march(bins, means2d, conics, opacities, feats, width, height, chunk, max_chunk)
         ctx.save_for_backward(means2d, conics, opacities, feats, acc, trans)
-        ctx.cfg = (bins, width, height, chunk)
+        ctx.cfg = (bins, width, height, chunk, max_chunk)
         return _tiles_to_image(acc, bins, width, height), _tiles_to_image(1.0 - trans, bins, width, height)
 
     @staticmethod
     def backward(ctx, g_acc, g_alpha):
         means2d, conics, opacities, feats, acc, trans = ctx.saved_tensors
-        bins, width, height, chunk = ctx.cfg
+        bins, width, height, chunk, max_chunk = ctx.cfg
         grads = {"g_acc": _image_to_tiles(g_acc.contiguous(), bins),
                  "g_alpha": _image_to_tiles(g_alpha.contiguous(), bins), "acc": acc, "trans": trans}
-        out = _march(bins, means2d, conics, opacities, feats, width, height, chunk, grads)
-        return out["means2d"], out["conics"], out["opacities"], out["feats"], None, None, None, None
+        out = _march(bins, means2d, conics, opacities, feats, width, height, chunk, max_chunk, grads)
+        return out["means2d"], out["conics"], out["opacities"], out["feats"], None, None, None, None, None
 
 
 def composite_tiled(means2d: Float[Tensor, "C N 2"], conics: Float[Tensor, "C N 3"],
                     opacities: Float[Tensor, "C N"], feats: Float[Tensor, "C N D"], bins: TileBins,
-                    width: int, height: int, chunk: int = 32) -> tuple[Tensor, Tensor]:
-    """Accumulated features [C,H,W,D] and alpha [C,H,W] (no background) with the tiled kernel."""
+                    width: int, height: int, chunk: int = 32, max_chunk: int = 256) -> tuple[Tensor, Tensor]:
+    """Accumulated features [C,H,W,D] and alpha [C,H,W] (no background) with the tiled kernel;
+    `chunk` <= Gaussians per tile per round <= `max_chunk` (equal values fix the round length)."""
     return TiledComposite.apply(means2d.flatten(0, 1), conics.flatten(0, 1), opacities.flatten(0, 1),
-                                feats.flatten(0, 1), bins, width, height, chunk)
+                                feats.flatten(0, 1), bins, width, height, chunk, max_chunk)

@@ -55,10 +55,10 @@ def _background(background: Tensor | float | tuple | None, n_cams: int, channels
 def rasterize(scene: GaussianScene, cameras: Cameras, backend: Backend = "auto",
               background: Tensor | float | tuple | None = None, sh_degree: int | None = None,
               features: Tensor | None = None, near_plane: float = 0.01, far_plane: float = 1e10,
-              eps2d: float = 0.3, tile_size: int = 8, chunk: int = 32) -> RenderOutput:
+              eps2d: float = 0.3, tile_size: int = 8, chunk: int = 32, max_chunk: int = 256) -> RenderOutput:
     """Render `scene` from every camera. `features` [N,D] or [C,N,D] overrides the scene's colours;
-    `sh_degree` limits the SH degree used (progressive SH training). `tile_size` and `chunk` tune the
-    torch backend (8x8 tiles are fastest on CPU for small Gaussians); gsplat uses its own 16x16 tiles."""
+    `sh_degree` limits the SH degree used (progressive SH training). `tile_size`, `chunk` and `max_chunk`
+    tune the torch backend (8x8 tiles are fastest on CPU for small Gaussians); gsplat uses its own 16x16 tiles."""
     cameras = cameras.to(scene.means.device, scene.means.dtype)
     kind = resolve_backend(backend, scene.means.device)
     if kind == "gsplat":
@@ -66,7 +66,8 @@ def rasterize(scene: GaussianScene, cameras: Cameras, backend: Backend = "auto",
     colors = scene.colors(cameras.centers, sh_degree) if features is None else features
     return rasterize_gaussians(scene.means, scene.quats, scene.scales, scene.opacities, colors, cameras,
                                backend=kind, background=background, near_plane=near_plane,
-                               far_plane=far_plane, eps2d=eps2d, tile_size=tile_size, chunk=chunk)
+                               far_plane=far_plane, eps2d=eps2d, tile_size=tile_size, chunk=chunk,
+                               max_chunk=max_chunk)
 
 
 def rasterize_gaussians(means: Float[Tensor, "N 3"], quats: Float[Tensor, "N 4"], scales: Float[Tensor, "N 3"],
@@ -74,7 +75,7 @@ def rasterize_gaussians(means: Float[Tensor, "N 3"], quats: Float[Tensor, "N 4"]
                         cameras: Cameras, backend: Literal["torch", "dense"] = "torch",
                         background: Tensor | float | tuple | None = None, near_plane: float = 0.01,
                         far_plane: float = 1e10, eps2d: float = 0.3, tile_size: int = 8,
-                        chunk: int = 32, pixel_chunk: int | None = None) -> RenderOutput:
+                        chunk: int = 32, max_chunk: int = 256, pixel_chunk: int | None = None) -> RenderOutput:
     """The functional core of the torch backends on raw (activated) Gaussian parameters."""
     n_cams, width, height = len(cameras), cameras.width, cameras.height
     proj = project_gaussians(means, covariance_3d(quats, scales), cameras.w2c, cameras.K, width, height,
@@ -89,7 +90,7 @@ def rasterize_gaussians(means: Float[Tensor, "N 3"], quats: Float[Tensor, "N 4"]
     else:
         ext = screen_extent(proj.radii, proj.cov2d.detach(), opac.detach())
         bins = bin_gaussians(proj.means2d.detach(), ext, proj.depths.detach(), width, height, tile_size)
-        acc, alpha = composite_tiled(proj.means2d, proj.conics, opac, feats, bins, width, height, chunk)
+        acc, alpha = composite_tiled(proj.means2d, proj.conics, opac, feats, bins, width, height, chunk, max_chunk)
     bg = _background(background, n_cams, colors.shape[-1], colors)
     out_colors = acc[..., :-1] + (1.0 - alpha)[..., None] * bg[:, None, None, :]
     depth = acc[..., -1] / alpha.clamp(min=1e-10)

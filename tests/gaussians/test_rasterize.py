@@ -31,7 +31,8 @@ def test_tiled_equals_dense_images_and_gradients(dtype, tol, tile_size):
     scene = random_scene(400, sh_degree=2, dtype=dtype)
     cams = two_cameras(37, 29, dtype=dtype)  # not a multiple of the tile size
     bg = torch.tensor([0.2, 0.5, 0.9], dtype=dtype)
-    tiled = rasterize(scene, cams, backend="torch", background=bg, chunk=8, tile_size=tile_size)
+    tiled = rasterize(scene, cams, backend="torch", background=bg, chunk=8, max_chunk=8,
+                      tile_size=tile_size)
     dense = rasterize(scene, cams, backend="dense", background=bg)
     assert 0.2 < tiled.alpha.mean() < 0.99  # a non-trivial image
     torch.testing.assert_close(tiled.colors, dense.colors, atol=tol, rtol=0)
@@ -56,7 +57,7 @@ def test_saturation_and_skip_semantics_match_kernel_loop():
     depths = torch.rand(1, n, generator=g, dtype=dtype) + 1
     ext = torch.full((1, n, 2), 30.0, dtype=dtype)
     bins = bin_gaussians(means2d, ext, depths, 16, 16, tile_size=16)
-    acc, alpha = composite_tiled(means2d, conics, opac, feats, bins, 16, 16, chunk=7)
+    acc, alpha = composite_tiled(means2d, conics, opac, feats, bins, 16, 16, chunk=7, max_chunk=7)
     order = torch.argsort(depths[0])
     stopped = 0
     for py in range(16):
@@ -79,11 +80,11 @@ def test_saturation_and_skip_semantics_match_kernel_loop():
     assert stopped > 50  # the early stop was exercised
 
 
-@pytest.mark.parametrize("chunk", [1, 5, 64])
-def test_chunk_length_does_not_change_result(chunk):
+@pytest.mark.parametrize("chunk,max_chunk", [(1, 1), (5, 5), (64, 64), (4, 256)])
+def test_chunk_length_does_not_change_result(chunk, max_chunk):
     scene, cams = random_scene(300), two_cameras()
-    ref = rasterize(scene, cams, backend="torch", chunk=16)
-    out = rasterize(scene, cams, backend="torch", chunk=chunk)
+    ref = rasterize(scene, cams, backend="torch", chunk=16, max_chunk=16)
+    out = rasterize(scene, cams, backend="torch", chunk=chunk, max_chunk=max_chunk)
     torch.testing.assert_close(out.colors, ref.colors, atol=1e-5, rtol=0)
     torch.testing.assert_close(out.alpha, ref.alpha, atol=1e-5, rtol=0)
 
@@ -101,7 +102,7 @@ def test_gradcheck_composite_tiny():
     bins = bin_gaussians(means2d.detach(), torch.full((1, n, 2), 20.0, dtype=dtype), depths, 12, 10, tile_size=4)
 
     def fn(m, c, o, f):
-        acc, alpha = composite_tiled(m, c, o, f, bins, 12, 10, chunk=2)
+        acc, alpha = composite_tiled(m, c, o, f, bins, 12, 10, chunk=2, max_chunk=2)
         return acc, alpha
 
     assert torch.autograd.gradcheck(fn, (means2d, conics, opac, feats), eps=1e-6, atol=1e-6)
@@ -117,7 +118,8 @@ def test_gradcheck_rasterize_scene_tiny():
         p = dict(zip(names, params, strict=True))
         colors = torch.clamp_min(eval_sh(1, torch.cat([p["sh0"], p["shN"]], 1), p["means"] - cams.centers) + 0.5, 0)
         out = rasterize_gaussians(p["means"], p["quats"], torch.exp(p["log_scales"]),
-                                  torch.sigmoid(p["opacity_logits"]), colors, cams, background=0.3, chunk=2)
+                                  torch.sigmoid(p["opacity_logits"]), colors, cams, background=0.3, chunk=2,
+                                  max_chunk=2)
         return out.colors, out.alpha
 
     inputs = tuple(p.detach().clone().requires_grad_() for p in scene.params.values())
