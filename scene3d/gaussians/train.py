@@ -137,9 +137,9 @@ def _state(scene, opt, ctrl, g) -> dict:
 
 def fit(cfg: FitConfig) -> dict:
     """Train, evaluate and export; returns the metrics written to metrics.json."""
+    splits = load_splits(cfg)  # bad data fails before anything is written
     run = RunDir.create("splats", cfg.name, root=cfg.output_root)
     run.save_config(cfg)
-    splits = load_splits(cfg)
     train, test = splits["train"], splits.get("test", splits["train"])
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
