@@ -221,8 +221,10 @@ def test_scalar_log_reads_a_growing_file_incrementally(tmp_path):
 # targets ---------------------------------------------------------------------------------------------
 def test_open_target_errors_name_the_path(tmp_path):
     (tmp_path / "scene.ply").write_bytes(b"ply\n")
+    (tmp_path / "notes.txt").write_text("hello")
     (tmp_path / "empty").mkdir()
-    for spec, words in [(tmp_path / "missing", "does not exist"), (tmp_path / "scene.ply", "PLY"),
+    for spec, words in [(tmp_path / "missing", "does not exist"), (tmp_path / "scene.ply", "header"),
+                        (tmp_path / "notes.txt", "cannot open .txt files"),
                         (tmp_path / "empty", "not a dataset folder"), ("synthetic:abc", "integer seed")]:
         with pytest.raises(DataError, match=words) as err:
             open_target(spec)
@@ -664,3 +666,45 @@ def test_browser_shows_the_glimpse_panel(tmp_path):
         shot = browser.wait_for(("step 3",), min_std=5)
         SHOTS.mkdir(parents=True, exist_ok=True)
         iio.imwrite(SHOTS / "viewer_glimpses.png", shot)
+
+
+# Gaussian scenes -------------------------------------------------------------------------------------
+def test_ply_opens_rasterized_server_side_and_as_native_splats(tmp_path):
+    from scene3d.gaussians import GaussianScene, rasterize
+    from scene3d.gaussians.ply import write_ply
+    from viewer.adapters.gaussians import SplatPanel, splat_arrays
+
+    torch.manual_seed(0)
+    scene = GaussianScene.random(300, torch.tensor([[-1.0, -1.0, 0.0], [1.0, 1.0, 1.0]]), sh_degree=1)
+    write_ply(tmp_path / "s.ply", scene)
+    content = open_target(tmp_path / "s.ply")
+    view = cameras_to_view(content.home)
+    with torch.no_grad():
+        truth = rasterize(content.source.scene, view_to_cameras(view, 48, 36), background=torch.ones(3))
+    frame = render_view(content.source, view, "rgb", 48)
+    torch.testing.assert_close(frame.image, truth.colors[0].clamp(0, 1), atol=1e-5, rtol=0)
+    assert 0.05 < float(truth.alpha[0].mean()) < 1  # the home camera sees the scene, not all of it
+    depth = render_view(content.source, view, "depth", 48)
+    solid = truth.alpha[0] > 0.5
+    torch.testing.assert_close(depth.depth[solid], truth.depth[0][solid])
+    arrays = splat_arrays(scene)
+    cov = torch.from_numpy(arrays["covariances"]).double()
+    rot = torch.from_numpy(np.stack([quat_to_matrix(q) for q in scene.quats.detach().numpy()]))
+    expected = rot @ torch.diag_embed(scene.scales.detach().double() ** 2) @ rot.transpose(1, 2)
+    torch.testing.assert_close(cov, expected, atol=1e-6, rtol=1e-4)
+    with ViewerServer(content, ViewerConfig(port=0)) as viewer:
+        panel = next(p for p in viewer.panels if isinstance(p, SplatPanel))
+        assert not panel.handle.visible
+        panel.native.value = True
+        assert _wait_until(lambda: panel.handle.visible)
+
+
+def test_gaussian_run_directory_shows_its_latest_checkpoint(tmp_path):
+    from scene3d.gaussians import GaussianScene
+
+    scene = GaussianScene.random(50, torch.tensor([[-1.0, -1.0, 0.0], [1.0, 1.0, 1.0]]), sh_degree=0)
+    run = RunDir(tmp_path / "gs")
+    run.save_checkpoint(5, {"scene": {k: v.detach() for k, v in scene.params.items()}})
+    content = open_target(run.path)
+    assert content.source is not None and len(content.source.scene) == 50
+    assert content.source.buffers == ("rgb", "depth", "accumulation")

@@ -157,3 +157,15 @@ def scene_scale(content: ViewerContent) -> float:
     centers = content.dataset.cameras.centers
     spread = float((centers - centers.mean(0)).norm(dim=-1).mean())
     return spread if math.isfinite(spread) and spread > 0 else 1.0
+
+
+def _register_adapters() -> None:
+    """The adapters that ship with the viewer (imported here, after ViewerContent exists)."""
+    from viewer.adapters import gaussians
+
+    FILE_ADAPTERS.setdefault(".ply", gaussians.open_ply)
+    if gaussians.source_from_run not in RUN_ADAPTERS:
+        RUN_ADAPTERS.append(gaussians.source_from_run)
+
+
+_register_adapters()

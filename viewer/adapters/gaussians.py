@@ -1,0 +1,116 @@
+"""3D Gaussian scenes (`scene3d.gaussians`) in the viewer: rasterized server-side by our
+rasterizer from the browser camera, and also drawn natively by viser's splat renderer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scene3d.cameras import Cameras, look_at
+from scene3d.checkpoint import load_checkpoint
+from scene3d.errors import CheckpointError
+from scene3d.gaussians import GaussianScene, rasterize
+from scene3d.gaussians.ply import read_ply
+from scene3d.gaussians.sh import sh_to_rgb
+from scene3d.viz import colorize_depth
+from viewer.sources import Frame, depth_range, pca_rgb
+from viewer.targets import ViewerContent
+
+
+def scene_bounds(scene: GaussianScene, quantile: float = 0.02) -> torch.Tensor:
+    """A box [2,3] around the bulk of the means (outliers beyond the 2% / 98% quantiles ignored)."""
+    means = scene.means.detach().float()
+    return torch.stack([torch.quantile(means, quantile, dim=0), torch.quantile(means, 1 - quantile, dim=0)])
+
+
+class GaussianSource:
+    """Our rasterizer (`backend` "auto": gsplat on CUDA, the tiled torch one elsewhere)."""
+
+    def __init__(self, scene: GaussianScene, background: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                 backend: str = "auto"):
+        self.scene = scene.detached() if hasattr(scene, "detached") else scene
+        self.background, self.backend = background, backend
+        self.aabb = scene_bounds(scene)
+        self.buffers = ("features" if scene.is_feature_scene else "rgb", "depth", "accumulation")
+
+    @torch.no_grad()
+    def render(self, cameras: Cameras, buffer: str) -> Frame:
+        device = self.scene.means.device
+        background = None if self.scene.is_feature_scene else torch.tensor(self.background)
+        out = rasterize(self.scene, cameras[0].to(device), self.backend, background=background)
+        color, depth, alpha = out.colors[0].cpu(), out.depth[0].cpu(), out.alpha[0].cpu()
+        solid = alpha > 0.5
+        if buffer == "rgb":
+            image = color.clamp(0, 1)
+        elif buffer == "features":
+            image = pca_rgb(color, solid)
+        elif buffer == "depth":
+            image = colorize_depth(depth, solid, *depth_range(cameras, self.aabb))
+        elif buffer == "accumulation":
+            image = alpha.clamp(0, 1)[..., None].expand(-1, -1, 3)
+        else:
+            raise ValueError(f"buffer {buffer!r} is not offered by this Gaussian source ({self.buffers})")
+        return Frame(image.float(), torch.where(solid, depth, torch.zeros_like(depth)))
+
+
+def splat_arrays(scene: GaussianScene) -> dict[str, np.ndarray]:
+    """What viser's native splat renderer takes: centers [N,3], covariances R S^2 R^T [N,3,3],
+    base colours [N,3] (SH degree 0; grey for feature scenes), opacities [N,1]."""
+    with torch.no_grad():
+        w, x, y, z = scene.quats.unbind(-1)
+        rot = torch.stack([
+            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1).reshape(-1, 3, 3)
+        m = rot * scene.scales[:, None, :]
+        covariances = m @ m.transpose(1, 2)
+        if scene.is_feature_scene:
+            rgbs = torch.full((len(scene), 3), 0.6)
+        else:
+            rgbs = sh_to_rgb(scene.params["sh0"][:, 0]).clamp(0, 1)
+        return {"centers": scene.means.float().cpu().numpy(), "covariances": covariances.float().cpu().numpy(),
+                "rgbs": rgbs.float().cpu().numpy(), "opacities": scene.opacities.reshape(-1, 1).float().cpu().numpy()}
+
+
+class SplatPanel:
+    """GUI folder "Splats": viser's own splat renderer, on or off (the server-side render stays)."""
+
+    def __init__(self, server, scene: GaussianScene):
+        self.handle = server.scene.add_gaussian_splats("/splats", **splat_arrays(scene), visible=False)
+        with server.gui.add_folder("Splats"):
+            server.gui.add_markdown(f"{len(scene):,} Gaussians")
+            self.native = server.gui.add_checkbox("Native splats (browser)", initial_value=False)
+        self.native.on_update(lambda _: setattr(self.handle, "visible", bool(self.native.value)))
+
+    def close(self) -> None:
+        """Nothing runs in the background."""
+
+
+def open_ply(path: Path) -> ViewerContent:
+    """A 3DGS PLY file: home camera outside its bounds, looking at their centre."""
+    scene = read_ply(path)
+    source = GaussianSource(scene)
+    lo, hi = source.aabb
+    center = (lo + hi) / 2
+    eye = center + torch.tensor([1.0, -1.0, 0.8]) * 1.2 * float((hi - lo).norm())
+    home = Cameras.from_fov(look_at(eye[None], center), np.radians(55.0), 640, 480)
+    return ViewerContent(f"Gaussians {path.name}", source, home=home, center=tuple(center.tolist()),
+                         extra_panels=[lambda server: SplatPanel(server, scene)])
+
+
+def source_from_run(run_dir: Path) -> GaussianSource | None:
+    """A `scene3d.gaussians.train` run: its latest checkpoint (so a run still training shows its
+    newest state), else its final `scene.ply`; None for other runs."""
+    checkpoints = sorted((run_dir / "checkpoints").glob("step_*.safetensors"))
+    if checkpoints:
+        state, _ = load_checkpoint(checkpoints[-1])
+        if "scene" in state:
+            try:
+                return GaussianSource(GaussianScene(**state["scene"]))
+            except (TypeError, ValueError) as err:
+                raise CheckpointError(checkpoints[-1], "scene", f"not a Gaussian scene ({err})") from None
+    if (run_dir / "scene.ply").is_file():
+        return GaussianSource(read_ply(run_dir / "scene.ply"))
+    return None
