@@ -36,7 +36,8 @@ class HeadlessBrowser:
         binary = binary or find_chromium()
         if binary is None:
             raise FileNotFoundError("no chromium binary on PATH (Debian: apt-get install chromium)")
-        self._profile = tempfile.TemporaryDirectory(prefix="viewer-chromium-")
+        # chromium helper processes may still be writing the profile as it is removed: ignore that
+        self._profile = tempfile.TemporaryDirectory(prefix="viewer-chromium-", ignore_cleanup_errors=True)
         self.process = subprocess.Popen(
             [binary, *CHROMIUM_FLAGS, f"--window-size={width},{height}", "--remote-debugging-port=0",
              f"--user-data-dir={self._profile.name}", "about:blank"],
