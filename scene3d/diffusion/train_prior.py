@@ -48,6 +48,7 @@ class TrainPriorConfig:
     samples_per_class: int = 8
     sample_steps: int = 50
     sample_guidance: float = 2.0
+    stop_after: int = 0  # stop (with a checkpoint) after this many steps in this invocation; 0 = run to `steps`
     seed: int = 0
     device: str = "auto"  # auto = cuda when available
 
@@ -108,8 +109,9 @@ def train_prior(config: TrainPriorConfig, run: RunDir | None = None) -> RunDir:
         save_png(run.file(f"samples_{tag}.png"),
                  sample_grid(ema_prior, config.samples_per_class, config.sample_steps, config.sample_guidance))
 
+    last = config.steps if config.stop_after <= 0 else min(config.steps, step + config.stop_after)
     bar = tqdm(total=config.steps, initial=step, desc="prior", dynamic_ncols=True)
-    while step < config.steps:
+    while step < last:
         for group in opt.param_groups:
             group["lr"] = config.lr * _lr_factor(step, config)
         idx = torch.randint(len(images), (config.batch_size,), generator=gen).to(device)
@@ -135,12 +137,15 @@ def train_prior(config: TrainPriorConfig, run: RunDir | None = None) -> RunDir:
         bar.update(1)
         if step % config.log_every == 0 or step == config.steps:
             run.log_scalars(step, {"loss": loss.item(), "grad_norm": float(grad_norm), "lr": opt.param_groups[0]["lr"]})
-            bar.set_postfix(loss=f"{float(loss):.4f}")
-        if step % config.checkpoint_every == 0 or step == config.steps:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % config.checkpoint_every == 0 or step == last:
             checkpoint()
         if config.sample_every and step % config.sample_every == 0 and step < config.steps:
             sample_png(f"{step:07d}")
     bar.close()
+    if step < config.steps:
+        run.close()
+        return run
     sample_png("final")
     PixelPrior(config.prior, ema, prior.scheduler).save_pretrained(run.path / "prior")
     run.close()
