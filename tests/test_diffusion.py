@@ -27,13 +27,15 @@ def tiny_sd_folder(folder: Path, scaling_factor: float = 0.37) -> Path:
     AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
                   down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                   norm_num_groups=4, scaling_factor=scaling_factor).save_pretrained(folder / "vae")
-    CLIPTextModel(CLIPTextConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                 num_attention_heads=2, max_position_embeddings=12)).save_pretrained(folder / "text_encoder")
+    text = CLIPTextConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                          num_attention_heads=2, max_position_embeddings=12)
+    CLIPTextModel(text).save_pretrained(folder / "text_encoder")
     vocab = ["a", "b", "o", "x", "s", "i", "d", "e", "v", "w", "h", "r", "p", "l", "n", ",", "a</w>", "x</w>",
              "e</w>", "w</w>", ",</w>", "bo", "box</w>", "side</w>", "<|startoftext|>", "<|endoftext|>"]
     CLIPTokenizer(vocab={v: i for i, v in enumerate(vocab)}, merges=[("b", "o"), ("bo", "x</w>")],
                   model_max_length=12).save_pretrained(folder / "tokenizer")
-    DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(folder / "scheduler")
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    scheduler.save_pretrained(folder / "scheduler")
     return folder
 
 

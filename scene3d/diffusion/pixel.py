@@ -80,7 +80,8 @@ class PixelPrior(DiffusionPrior):
 
     def class_index(self, prompt: str) -> int:
         if prompt not in self.config.classes:
-            raise DataError(None, "prompt", f"'{prompt}' is not a class of this prior; choose from {self.config.classes}")
+            raise DataError(None, "prompt", f"'{prompt}' is not a class of this prior; "
+                            f"choose from {self.config.classes}")
         return self.config.classes.index(prompt)
 
     def condition(self, prompt: str, batch: int, views: list[str] | None = None) -> Tensor:

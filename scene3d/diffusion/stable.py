@@ -51,9 +51,10 @@ class StableDiffusionPrior(DiffusionPrior):
         folder = Path(folder)
         missing = [c for c in COMPONENTS if not (folder / c).is_dir()]
         if missing:
-            raise DataError(folder, ", ".join(missing), "missing Stable Diffusion component folder(s). Put a local copy of "
-                            "the model in the diffusers layout there: unet/, vae/, text_encoder/, tokenizer/, scheduler/ "
-                            "(e.g. StableDiffusionPipeline.save_pretrained(folder), or a Hugging Face snapshot of "
+            raise DataError(folder, ", ".join(missing),
+                            "missing Stable Diffusion component folder(s). Put a local copy of the model in the "
+                            "diffusers layout there: unet/, vae/, text_encoder/, tokenizer/, scheduler/ (e.g. "
+                            "StableDiffusionPipeline.save_pretrained(folder), or a Hugging Face snapshot of "
                             "stable-diffusion-v1-5 copied by hand); weights are never downloaded")
         kw = {"local_files_only": True}
         unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype, **kw)
