@@ -171,3 +171,14 @@ def test_classifier_learns_and_round_trips(tmp_path):
     assert classes == config.classes and torch.allclose(loaded(x), model(x), atol=1e-6)
     with pytest.raises(DataError):
         load_classifier(tmp_path / "nothing_here")
+
+
+@pytest.mark.slow
+def test_demo_stage_quick(tmp_path):
+    from scene3d.diffusion.demo import run_demo_stage
+
+    metrics = run_demo_stage(tmp_path, quick=True)
+    assert Path(metrics["samples"]).is_file() and Path(metrics["image_check_png"]).is_file()
+    assert metrics["classifier_val_accuracy"] > 0.5
+    assert set(metrics["image_check"]) == {"sds", "vsd"}
+    assert (tmp_path / "prior_stage.json").is_file()

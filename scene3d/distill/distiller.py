@@ -90,3 +90,12 @@ class ScoreDistiller:
                 if run is not None:
                     run.log_scalars(step + 1, metrics)
         return history
+
+
+def image_target(size: int, lr: float = 0.03, seed: int = 0) -> tuple[Target, torch.nn.Parameter]:
+    """The simplest differentiable 'scene': one learnable image (sigmoid of logits) seen identically
+    from every camera. Used to test guidances and to sanity-check a prior in 2D."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.nn.Parameter(0.1 * torch.randn(1, 3, size, size, generator=g))
+    render = lambda cams: torch.sigmoid(logits).expand(len(cams), -1, -1, -1)  # noqa: E731
+    return Target(render, torch.optim.Adam([logits], lr=lr)), logits
