@@ -23,7 +23,7 @@ from scene3d.viz import image_grid, save_png
 
 
 def distill_images(prior: DiffusionPrior, guidance: str, prompt: str, steps: int, seeds: int = 2,
-                   guidance_scale: float = 5.0, lr: float = 0.03) -> torch.Tensor:
+                   guidance_scale: float = 5.0, lr: float = 0.05) -> torch.Tensor:
     """[seeds, 3, R, R] learnable images distilled towards `prompt` (2D check of a guidance)."""
     size = prior.config.resolution
     out = []
