@@ -37,19 +37,20 @@ def _image(seed: int) -> tuple[Target, Callable[[Cameras], torch.Tensor]]:
 
 def _voxels(seed: int) -> tuple[Target, Callable[[Cameras], torch.Tensor]]:
     torch.manual_seed(seed)
-    target, scene = voxel_target(lr=0.05)
+    target, scene = voxel_target(lr=VOXEL_LR)
     with torch.no_grad():
         scene.grid.normal_(0, 0.1)
 
     def render_eval(cameras: Cameras) -> torch.Tensor:
-        scene.eval()
-        with torch.no_grad():
-            images = scene.render(cameras)
+        scene.eval()  # no sample jitter
+        images = scene.render(cameras)
         scene.train()
         return images
 
     return target, render_eval
 
+
+VOXEL_LR = 0.01
 
 TARGETS: dict[str, Callable[[int], tuple[Target, Callable[[Cameras], torch.Tensor]]]] = {
     "image": _image, "voxels": _voxels}
@@ -100,7 +101,8 @@ def evaluate_score(config: EvalScoreConfig) -> dict:
                     start = time.perf_counter()
                     ScoreDistiller(prior, guidance, [target], dc).run(progress=False)
                     rates.append(config.steps / (time.perf_counter() - start))
-                    images = render_eval(views)
+                    with torch.no_grad():
+                        images = render_eval(views)
                     renders.append(images)
                     rec.append(recognition(classifier, images, classes.index(prompt)))
                     sats.append(saturation(images))
