@@ -182,3 +182,24 @@ def test_demo_stage_quick(tmp_path):
     assert metrics["classifier_val_accuracy"] > 0.5
     assert set(metrics["image_check"]) == {"sds", "vsd"}
     assert (tmp_path / "prior_stage.json").is_file()
+
+
+@pytest.mark.parametrize("name", ["sds", "vsd", "ism"])
+def test_guidances_on_the_latent_prior(tmp_path, name):
+    from scene3d.distill.score import make_guidance
+    from scene3d.distill.views import random_cameras
+
+    prior = StableDiffusionPrior.from_pretrained(tiny_sd_folder(tmp_path / "sd"))
+    guidance = make_guidance(name, prior, guidance_scale=7.5)
+    prior.denoiser.requires_grad_(True)  # even unfrozen, the UNet must get no gradient
+    cameras, views = random_cameras(2, 16)
+    if name == "vsd":  # the camera-conditioned copy starts equal to the prior
+        z, t, cond = torch.randn(2, 4, 8, 8), torch.tensor([100, 800]), prior.condition("a box", 2)
+        assert torch.allclose(guidance.estimator(z, t, cond, torch.randn(2, 16)), prior.predict_noise(z, t, cond),
+                              atol=1e-5)
+    images = torch.rand(2, 3, 16, 16, requires_grad=True)
+    out = guidance(images, prior.condition("a box", 2, views), prior.null_condition(2), cameras=cameras)
+    assert out.grad.shape == (2, 4, 8, 8)
+    out.loss.backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0  # through the (frozen) VAE encoder
+    assert all(p.grad is None for p in prior.parameters())
