@@ -62,3 +62,27 @@ def test_eval_score_writes_its_report(tmp_path):
     for key in ("sds/image", "ism/image"):
         run = result["runs"][key]
         assert 0 <= run["recognition"] <= 1 and run["diversity"] > 0 and run["steps_per_second"] > 0
+
+
+def test_distill_score_run_writes_views_and_turntable(tmp_path):
+    import pytest
+
+    from scene3d.diffusion import PixelPrior, PixelPriorConfig
+    from scene3d.distill.distiller import DistillConfig
+    from scene3d.distill.run_score import DistillScoreConfig, distill_score
+    from scene3d.errors import DataError
+
+    torch.manual_seed(0)
+    PixelPrior(PixelPriorConfig(resolution=16, block_out_channels=(8, 16), norm_num_groups=4,
+                                attention=False)).save_pretrained(tmp_path / "prior")
+    config = DistillScoreConfig(prior=tmp_path / "prior", guidance="vsd", target="voxels", root=tmp_path,
+                                classifier=None, turntable_frames=4,
+                                distill=DistillConfig(prompt="torus", steps=2, batch_size=2, render_size=16, log_every=1))
+    metrics = distill_score(config)
+    run = tmp_path / "score" / "torus_vsd_voxels_s0"
+    for name in ("views.png", "turntable.gif", "metrics.json", "scalars.jsonl", "config.json"):
+        assert (run / name).is_file(), name
+    assert 0 <= metrics["saturation"] <= 1
+    config.guidance = "dds"
+    with pytest.raises(DataError, match="guidance"):
+        distill_score(config)

@@ -2,58 +2,29 @@
 evenly spaced views, and report the fraction the independent classifier recognises as the prompt,
 colour saturation vs the training renders, diversity across seeds, and guidance steps per second.
 
-Targets are factories `seed -> (Target, render)`; `image` and `voxels` exist now, radiance fields
-and Gaussian scenes register here when they land.
+Targets come from `scene3d.distill.targets.TARGETS` (factories `seed -> (Target, render_for_eval)`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from einops import rearrange
 
-from scene3d.cameras import Cameras
 from scene3d.checkpoint import atomic_write_json
 from scene3d.diffusion import load_prior
 from scene3d.diffusion.classifier import ClassifierConfig, load_classifier, train_classifier
 from scene3d.diffusion.data import render_objects
-from scene3d.distill.distiller import DistillConfig, ScoreDistiller, Target, image_target
+from scene3d.distill.distiller import DistillConfig, ScoreDistiller
 from scene3d.distill.evaluate import diversity, recognition, saturation
 from scene3d.distill.score import make_guidance
-from scene3d.distill.targets import voxel_target
+from scene3d.distill.targets import TARGETS
 from scene3d.distill.views import turntable_cameras
 from scene3d.runs import RunDir, config_to_dict
 from scene3d.viz import image_grid, save_png
-
-
-def _image(seed: int) -> tuple[Target, Callable[[Cameras], torch.Tensor]]:
-    target, _ = image_target(32, lr=0.05, seed=seed)
-    return target, target.render
-
-
-def _voxels(seed: int) -> tuple[Target, Callable[[Cameras], torch.Tensor]]:
-    torch.manual_seed(seed)
-    target, scene = voxel_target(lr=VOXEL_LR)
-    with torch.no_grad():
-        scene.grid.normal_(0, 0.1)
-
-    def render_eval(cameras: Cameras) -> torch.Tensor:
-        scene.eval()  # no sample jitter
-        images = scene.render(cameras)
-        scene.train()
-        return images
-
-    return target, render_eval
-
-
-VOXEL_LR = 0.01
-
-TARGETS: dict[str, Callable[[int], tuple[Target, Callable[[Cameras], torch.Tensor]]]] = {
-    "image": _image, "voxels": _voxels}
 
 
 @dataclass

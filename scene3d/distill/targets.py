@@ -4,9 +4,14 @@
 `grid_sample`) around the origin, volume rendered with uniform samples per ray over a white
 background. It exists to exercise score distillation in 3D before the radiance fields
 (`scene3d/fields`) and Gaussians (`scene3d/gaussians`) plug into the same `Target` interface.
+
+`TARGETS` maps a name to a factory `seed -> (Target, render_for_eval)`; fields and Gaussian scenes
+register here when they land.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +20,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from scene3d.cameras import Cameras
-from scene3d.distill.distiller import Target
+from scene3d.distill.distiller import Target, image_target
 
 
 class VoxelTarget(nn.Module):
@@ -67,3 +72,27 @@ class VoxelTarget(nn.Module):
 def voxel_target(lr: float = 0.05, **kwargs) -> tuple[Target, VoxelTarget]:
     scene = VoxelTarget(**kwargs)
     return Target(scene.render, torch.optim.Adam(scene.parameters(), lr=lr)), scene
+
+
+def _image(seed: int) -> tuple[Target, Callable[[Cameras], torch.Tensor]]:
+    target, _ = image_target(32, lr=0.05, seed=seed)
+    return target, target.render
+
+
+def _voxels(seed: int) -> tuple[Target, Callable[[Cameras], torch.Tensor]]:
+    torch.manual_seed(seed)
+    target, scene = voxel_target(lr=0.01)
+    with torch.no_grad():
+        scene.grid.normal_(0, 0.1)
+
+    def render_eval(cameras: Cameras) -> torch.Tensor:
+        scene.eval()  # no sample jitter
+        images = scene.render(cameras)
+        scene.train()
+        return images
+
+    return target, render_eval
+
+
+TARGETS: dict[str, Callable[[int], tuple[Target, Callable[[Cameras], torch.Tensor]]]] = {
+    "image": _image, "voxels": _voxels}
