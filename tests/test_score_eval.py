@@ -77,7 +77,8 @@ def test_distill_score_run_writes_views_and_turntable(tmp_path):
                                 attention=False)).save_pretrained(tmp_path / "prior")
     config = DistillScoreConfig(prior=tmp_path / "prior", guidance="vsd", target="voxels", root=tmp_path,
                                 classifier=None, turntable_frames=4,
-                                distill=DistillConfig(prompt="torus", steps=2, batch_size=2, render_size=16, log_every=1))
+                                distill=DistillConfig(prompt="torus", steps=2, batch_size=2, render_size=16,
+                                                      log_every=1))
     metrics = distill_score(config)
     run = tmp_path / "score" / "torus_vsd_voxels_s0"
     for name in ("views.png", "turntable.gif", "metrics.json", "scalars.jsonl", "config.json"):
