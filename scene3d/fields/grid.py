@@ -8,13 +8,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor, nn
 
 from scene3d.fields.base import Field, FieldConfig, register_field
-from scene3d.fields.encoding import sh_dim, spherical_harmonics
+from scene3d.fields.encoding import sh_dim, spherical_harmonics, trilinear_interpolate
 
 
 def voxel_resolution(n_voxels: float, aabb: Tensor) -> tuple[int, int, int]:
@@ -24,17 +23,16 @@ def voxel_resolution(n_voxels: float, aabb: Tensor) -> tuple[int, int, int]:
     return tuple(max(2, math.ceil(e / side)) for e in extent.tolist())
 
 
-def sample_grid(volume: Float[Tensor, "1 C Z Y X"], coords: Float[Tensor, "*B 3"]) -> Float[Tensor, "*B C"]:
-    """Trilinear interpolation of a [1,C,Z,Y,X] volume at coords in [-1, 1]^3 (x, y, z order)."""
-    batch = coords.shape[:-1]
-    grid = rearrange(coords.reshape(-1, 3), "p c -> 1 p 1 1 c")
-    out = F.grid_sample(volume, grid, mode="bilinear", align_corners=True)
-    return rearrange(out, "1 c p 1 1 -> p c").reshape(*batch, -1)
-
-
-def total_variation(volume: Float[Tensor, "1 C Z Y X"]) -> Tensor:
-    """Mean squared difference between neighbouring voxels along the three axes."""
-    return sum(volume.diff(dim=d).square().mean() for d in (2, 3, 4))
+def total_variation(voxels: Float[Tensor, "V C"], res: tuple[int, int, int], n_samples: int,
+                    generator: torch.Generator | None = None) -> Tensor:
+    """Per-channel [C] mean squared difference to the +x, +y, +z neighbours over random voxels (as
+    Plenoxels, which evaluates TV on a random subset each step)."""
+    rx, ry, rz = res
+    sizes = torch.tensor([rx - 1, ry - 1, rz - 1], device=voxels.device)
+    ijk = (torch.rand(n_samples, 3, generator=generator, device=voxels.device) * sizes).long()
+    index = ijk[:, 0] + rx * (ijk[:, 1] + ry * ijk[:, 2])
+    center = voxels[index]
+    return sum((voxels[index + step] - center).square().mean(0) for step in (1, rx, rx * ry))
 
 
 @dataclass
@@ -48,6 +46,7 @@ class GridFieldConfig(FieldConfig):
     init_density: float = 0.1
     tv_density: float = 1e-4
     tv_color: float = 1e-4
+    tv_samples: int = 16384
     lr: float = 0.1
 
     @classmethod
@@ -57,22 +56,22 @@ class GridFieldConfig(FieldConfig):
 
 @register_field("grid")
 class GridField(Field):
-    """embed: trilinear (density, SH coefficients) at x; decode: sigmoid(SH(dir) . coefficients)."""
+    """One channels-last table of voxels [V, 1 + C K] (density pre-activation, SH coefficients).
+    embed: trilinear interpolation at x; decode: sigmoid(SH(dir) . coefficients)."""
 
     Config = GridFieldConfig
     config: GridFieldConfig
 
     def __init__(self, config: GridFieldConfig):
         super().__init__(config)
-        rx, ry, rz = voxel_resolution(config.resolution**3, self.aabb)
+        self.resolution = voxel_resolution(config.resolution**3, self.aabb)
         self.n_sh = sh_dim(config.sh_degree)
-        self.density_grid = nn.Parameter(torch.full((1, 1, rz, ry, rx), config.init_density))
-        self.color_grid = nn.Parameter(torch.zeros(1, config.color_dim * self.n_sh, rz, ry, rx))
+        voxels = torch.zeros(math.prod(self.resolution), 1 + config.color_dim * self.n_sh)
+        voxels[:, 0] = config.init_density
+        self.voxels = nn.Parameter(voxels)
 
     def embed(self, x: Float[Tensor, "*B 3"]) -> Float[Tensor, "*B F"]:
-        coords = self.normalize(x) * 2 - 1
-        density, color = sample_grid(self.density_grid, coords), sample_grid(self.color_grid, coords)
-        return torch.cat([density, color], dim=-1)
+        return trilinear_interpolate(self.voxels, self.resolution, self.normalize(x))
 
     def decode_density(self, features: Float[Tensor, "*B F"]) -> Float[Tensor, "*B"]:
         return features[..., 0]
@@ -85,5 +84,5 @@ class GridField(Field):
         return self.decode_density(features), rgb
 
     def regularization(self) -> Tensor:
-        return (self.config.tv_density * total_variation(self.density_grid)
-                + self.config.tv_color * total_variation(self.color_grid))
+        tv = total_variation(self.voxels, self.resolution, self.config.tv_samples)
+        return self.config.tv_density * tv[0] + self.config.tv_color * tv[1:].mean()

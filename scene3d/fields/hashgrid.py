@@ -14,7 +14,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from scene3d.fields.base import Field, FieldConfig, register_field
-from scene3d.fields.encoding import sh_dim, spherical_harmonics
+from scene3d.fields.encoding import cell_corners, corner_combine, sh_dim, spherical_harmonics
 
 # The spatial-hash primes of the paper: h(x) = xor_i (x_i * pi_i) mod T.
 PRIMES = (1, 2654435761, 805459861)
@@ -81,30 +81,18 @@ class HashEncoding(nn.Module):
     def forward(self, x: Float[Tensor, "*B 3"]) -> Float[Tensor, "*B LF"]:
         batch = x.shape[:-1]
         x = x.reshape(-1, 3)
-        res = self.resolutions[:, None]                                            # [L,1]
-        pos = x[:, None, :] * (res - 1)                                            # [P,L,3]
-        cell = torch.minimum(pos.floor().long(), res - 2)
-        frac = pos - cell
-        # Per axis, the two corner coordinates and their linear weights: [P,L,3,2].
-        coords = torch.stack([cell, cell + 1], dim=-1)
-        w = torch.stack([1 - frac, frac], dim=-1)
-        weights = _outer3(w, torch.mul)                                            # [P,L,8]
+        # Per level and axis, the two corner coordinates and their linear weights: [P,L,3,2].
+        coords, w = cell_corners(x[:, None, :], self.resolutions[:, None])
+        weights = corner_combine(w, torch.mul)                                     # [P,L,8]
         # The coarse levels (a prefix, since resolutions grow) are indexed densely, the rest hashed.
         n = self.n_dense
-        dense_index = _outer3(coords[:, :n] * self.strides[:n, :, None], torch.add)
-        hashed_index = _outer3(coords[:, n:] * self.primes[:, None], torch.bitwise_xor) & self.hash_mask
-        index = torch.cat([dense_index, hashed_index], dim=1) + self.offsets[:, None]
+        dense_index = corner_combine(coords[:, :n] * self.strides[:n, :, None], torch.add)
+        hashed = corner_combine(coords[:, n:] * self.primes[:, None], torch.bitwise_xor) & self.hash_mask
+        index = torch.cat([dense_index, hashed], dim=1) + self.offsets[:, None]
         values = self.table.index_select(0, index.flatten())  # index_select: its backward is fast on CPU
         values = rearrange(values, "(p l c) f -> p l c f", l=self.n_levels, c=8)
         out = torch.einsum("plc,plcf->plf", weights, values)
         return rearrange(out, "p l f -> p (l f)").reshape(*batch, self.out_dim)
-
-
-def _outer3(per_axis: Tensor, combine) -> Tensor:
-    """Combine [..., 3, 2] per-axis values over the 8 corners: [..., 8] (x slowest, z fastest)."""
-    x, y, z = per_axis.unbind(-2)
-    out = combine(combine(x[..., :, None, None], y[..., None, :, None]), z[..., None, None, :])
-    return rearrange(out, "... a b c -> ... (a b c)")
 
 
 def hash_encode_reference(encoding: HashEncoding, x: Float[Tensor, "P 3"]) -> Float[Tensor, "P LF"]:

@@ -25,7 +25,7 @@ class OccupancyGridConfig:
     between updates and the initial steps during which every cell is re-measured (afterwards a
     quarter of the cells at random plus a quarter of the occupied ones, as in Instant-NGP)."""
 
-    resolution: int = 64
+    resolution: int = 32
     decay: float = 0.95
     density_threshold: float = 0.01
     update_every: int = 16
