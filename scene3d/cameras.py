@@ -66,7 +66,7 @@ class Cameras:
         if self.c2w.shape[-2:] != (4, 4) or self.c2w.ndim != 3:
             raise ValueError(f"Cameras.c2w must be [N,4,4], got {tuple(self.c2w.shape)}")
         if self.K.ndim == 2:
-            self.K = self.K[None].expand(len(self.c2w), 3, 3)
+            self.K = self.K[None].repeat(len(self.c2w), 1, 1)
         if self.K.shape != (len(self.c2w), 3, 3):
             raise ValueError(f"Cameras.K must be [N,3,3] with N={len(self.c2w)}, got {tuple(self.K.shape)}")
         self.K = self.K.to(self.c2w)
@@ -118,11 +118,11 @@ class Cameras:
         return self.c2w[:, :3, 2]
 
     @property
-    def fov_x(self) -> Float[Tensor, "N"]:
+    def fov_x(self) -> Float[Tensor, " N"]:
         return 2 * torch.atan(0.5 * self.width / self.K[:, 0, 0])
 
     @property
-    def fov_y(self) -> Float[Tensor, "N"]:
+    def fov_y(self) -> Float[Tensor, " N"]:
         return 2 * torch.atan(0.5 * self.height / self.K[:, 1, 1])
 
     def scaled(self, factor: float) -> Cameras:

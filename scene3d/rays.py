@@ -78,7 +78,7 @@ class RaySamples:
     deltas: Float[Tensor, "R S"]
 
 
-def stratified_samples(near: Float[Tensor, "R"], far: Float[Tensor, "R"], n_samples: int,
+def stratified_samples(near: Float[Tensor, " R"], far: Float[Tensor, " R"], n_samples: int,
                        perturb: bool = True, generator: torch.Generator | None = None) -> RaySamples:
     """n_samples per ray in equal bins of [near, far], one uniformly jittered sample per bin when
     `perturb` (bin midpoints otherwise). deltas are the bin lengths, which sum to far - near."""

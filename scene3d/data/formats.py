@@ -1,0 +1,370 @@
+"""Blender (`transforms_{split}.json`) and nerfstudio (`transforms.json`) datasets on disk.
+
+Both store OpenGL camera-to-world matrices; we convert to OpenCV at this boundary. Intrinsics come
+from `fl_x, fl_y, cx, cy, w, h` (top level or per frame) or, for Blender files without them, from
+`camera_angle_x` and the image size. Optional per-frame buffers: `depth_file_path` (.npy or 16-bit PNG,
+times `depth_unit_scale_factor` as in nerfstudio, default 1e-3), `mask_path`, and our extensions
+`semantic_path`, `instance_path` (8/16-bit PNG labels) and `normal_path` (.npy world normals).
+
+Every problem raises `DataError(file, field, problem)`: one line naming the file and the field.
+The JSON file is written last, so an interrupted write leaves no loadable half-dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from tqdm.auto import tqdm
+
+from scene3d.cameras import Cameras, opencv_to_opengl, opengl_to_opencv
+from scene3d.checkpoint import atomic_write_json
+from scene3d.data.dataset import MultiViewDataset
+from scene3d.errors import DataError
+
+SPLITS = ("train", "val", "test")
+_EXTRA_BUFFERS = {"depth_file_path": "depths", "mask_path": "masks", "normal_path": "normals",
+                  "semantic_path": "semantic", "instance_path": "instance"}
+
+
+# writing --------------------------------------------------------------------------------------
+def _write_view_files(ds: MultiViewDataset, i: int, folder: Path, stem: str, root: Path) -> dict[str, Any]:
+    """Write one view's image and buffers; return the frame entry's file fields (relative paths)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    entry: dict[str, Any] = {}
+    iio.imwrite(folder / f"{stem}.png", (ds.images[i].clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8))
+    entry["file_path"] = str((folder / f"{stem}.png").relative_to(root))
+    if ds.depths is not None:
+        np.save(folder / f"{stem}_depth.npy", ds.depths[i].numpy().astype(np.float32))
+        entry["depth_file_path"] = str((folder / f"{stem}_depth.npy").relative_to(root))
+    if ds.masks is not None:
+        iio.imwrite(folder / f"{stem}_mask.png", ds.masks[i].numpy().astype(np.uint8) * 255)
+        entry["mask_path"] = str((folder / f"{stem}_mask.png").relative_to(root))
+    if ds.normals is not None:
+        np.save(folder / f"{stem}_normal.npy", ds.normals[i].numpy().astype(np.float32))
+        entry["normal_path"] = str((folder / f"{stem}_normal.npy").relative_to(root))
+    for name in ("semantic", "instance"):
+        labels = getattr(ds, name)
+        if labels is not None:
+            iio.imwrite(folder / f"{stem}_{name}.png", labels[i].numpy().astype(np.uint16))
+            entry[f"{name}_path"] = str((folder / f"{stem}_{name}.png").relative_to(root))
+    return entry
+
+
+def _intrinsics_dict(cameras: Cameras) -> dict[str, float]:
+    k = cameras.K[0]
+    return {"fl_x": float(k[0, 0]), "fl_y": float(k[1, 1]), "cx": float(k[0, 2]), "cy": float(k[1, 2]),
+            "w": cameras.width, "h": cameras.height}
+
+
+def _scene_fields(ds: MultiViewDataset) -> dict[str, Any]:
+    """Scene bounds, background, and the depth scale (our .npy depths are already in scene units)."""
+    extra = {"depth_unit_scale_factor": 1.0} if ds.depths is not None else {}
+    return {"aabb": ds.aabb.tolist(), "background": ds.background.tolist(), **extra}
+
+
+def save_blender(splits: dict[str, MultiViewDataset], root: str | Path, progress: bool = False) -> Path:
+    """Write `transforms_{split}.json` + `{split}/NAME.png` (+ buffers) per split."""
+    root = Path(root)
+    for split, ds in splits.items():
+        frames = []
+        for i, name in enumerate(tqdm(ds.names, desc=f"writing {split}", disable=not progress)):
+            entry = _write_view_files(ds, i, root / split, name, root)
+            entry["file_path"] = "./" + entry["file_path"].removesuffix(".png")  # Blender's own style
+            entry["transform_matrix"] = opencv_to_opengl(ds.cameras.c2w[i]).tolist()
+            frames.append(entry)
+        doc = {"camera_angle_x": float(ds.cameras.fov_x[0]), **_intrinsics_dict(ds.cameras), **_scene_fields(ds),
+               "frames": frames}
+        atomic_write_json(root / f"transforms_{split}.json", doc)
+    return root
+
+
+def save_nerfstudio(splits: dict[str, MultiViewDataset], root: str | Path, progress: bool = False) -> Path:
+    """Write one `transforms.json` (nerfstudio layout, `{split}_filenames` lists) + `images/`."""
+    root = Path(root)
+    frames, split_lists = [], {}
+    first = next(iter(splits.values()))
+    for split, ds in splits.items():
+        names = []
+        for i, name in enumerate(tqdm(ds.names, desc=f"writing {split}", disable=not progress)):
+            entry = _write_view_files(ds, i, root / "images", name, root)
+            entry["transform_matrix"] = opencv_to_opengl(ds.cameras.c2w[i]).tolist()
+            if not torch.allclose(ds.cameras.K[i], first.cameras.K[0]):
+                entry.update({k: v for k, v in _intrinsics_dict(ds.cameras[i]).items() if k not in ("w", "h")})
+            frames.append(entry)
+            names.append(entry["file_path"])
+        split_lists[f"{split}_filenames"] = names
+    doc = {"camera_model": "OPENCV", **_intrinsics_dict(first.cameras), **_scene_fields(first),
+           **split_lists, "frames": frames}
+    atomic_write_json(root / "transforms.json", doc)
+    return root
+
+
+# reading --------------------------------------------------------------------------------------
+class _Doc:
+    """A parsed transforms file with typed, located field access."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            text = path.read_text()
+        except OSError as err:
+            raise DataError(path, None, f"cannot read ({err.strerror or err})") from None
+        except UnicodeDecodeError:
+            raise DataError(path, None, "not a UTF-8 text file") from None
+        try:
+            self.data = json.loads(text)
+        except json.JSONDecodeError as err:
+            where = f"line {err.lineno}, column {err.colno}"
+            raise DataError(path, None, f"malformed JSON ({err.msg} at {where})") from None
+        if not isinstance(self.data, dict):
+            raise DataError(path, None, f"top level must be a JSON object, got {type(self.data).__name__}")
+
+    def error(self, field: str, problem: str) -> DataError:
+        return DataError(self.path, field, problem)
+
+    def number(self, obj: dict, key: str, where: str, default: float | None = None, positive: bool = False) -> float:
+        if key not in obj:
+            if default is None:
+                raise self.error(where, "missing")
+            return default
+        value = obj[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise self.error(where, f"must be a finite number, got {value!r}"[:200])
+        if positive and value <= 0:
+            raise self.error(where, f"must be positive, got {value}")
+        return float(value)
+
+    def matrix(self, obj: dict, key: str, where: str) -> torch.Tensor:
+        if key not in obj:
+            raise self.error(where, "missing")
+        try:
+            m = np.asarray(obj[key], dtype=np.float64)
+        except (ValueError, TypeError):
+            raise self.error(where, "must be a 4x4 array of numbers") from None
+        if m.shape == (3, 4):
+            m = np.concatenate([m, [[0, 0, 0, 1]]])
+        if m.shape != (4, 4):
+            raise self.error(where, f"must be a 4x4 array of numbers, got shape {m.shape}")
+        if not np.isfinite(m).all():
+            raise self.error(where, "contains NaN or infinity")
+        if abs(np.linalg.det(m[:3, :3])) < 1e-8:
+            raise self.error(where, "rotation part is singular")
+        return torch.from_numpy(m).float()
+
+    def file(self, obj: dict, key: str, where: str, suffixes: tuple[str, ...] = ("",)) -> Path:
+        """A file path named by `obj[key]`, relative to the JSON's folder, that must exist inside it."""
+        value = obj.get(key)
+        if not isinstance(value, str) or not value:
+            raise self.error(where, f"must be a non-empty path string, got {value!r}"[:200])
+        root = self.path.parent.resolve()
+        for suffix in suffixes:
+            candidate = (root / (value + suffix)).resolve()
+            if not candidate.is_relative_to(root):
+                raise self.error(where, f"path '{value}' points outside the dataset folder")
+            if candidate.is_file():
+                return candidate
+        raise DataError(root / value, where, "file does not exist")
+
+
+def _read_image(path: Path, where: str) -> np.ndarray:
+    try:
+        img = iio.imread(path)
+    except Exception as err:  # decoders raise many types; each becomes one clear message
+        raise DataError(path, where, f"cannot decode image ({type(err).__name__}: {err})"[:300]) from None
+    if img.dtype not in (np.uint8, np.uint16) or img.ndim not in (2, 3):
+        raise DataError(path, where, f"unsupported image of dtype {img.dtype} and shape {img.shape}")
+    return img
+
+
+def _to_float(img: np.ndarray) -> np.ndarray:
+    return img.astype(np.float32) / (255.0 if img.dtype == np.uint8 else 65535.0)
+
+
+def _load_rgb(path: Path, where: str, background: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """RGB float [H,W,3] composited over the background, and the alpha mask if the image has one."""
+    img = _read_image(path, where)
+    if img.ndim == 2:
+        img = img[..., None]
+    channels = img.shape[-1]
+    x = _to_float(img)
+    if channels == 1:
+        return np.repeat(x, 3, -1), None
+    if channels == 3:
+        return x, None
+    if channels == 4:
+        alpha = x[..., 3:]
+        return x[..., :3] * alpha + background * (1 - alpha), alpha[..., 0] > 0.5
+    raise DataError(path, where, f"image has {channels} channels; expected 1, 3 or 4")
+
+
+def _load_buffer(kind: str, path: Path, where: str, scale: float) -> np.ndarray:
+    """A depth, mask, normal or label image as an array of the right kind."""
+    if path.suffix == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise DataError(path, where, f"cannot read .npy ({err})"[:300]) from None
+        if kind == "depths":
+            arr = arr * scale
+    else:
+        img = _read_image(path, where)
+        if kind == "depths":
+            arr = img.astype(np.float32) * scale
+        elif kind == "masks":
+            arr = (img[..., 0] if img.ndim == 3 else img) > (127 if img.dtype == np.uint8 else 32767)
+        elif kind in ("semantic", "instance"):
+            arr = img.astype(np.int64)
+        else:
+            raise DataError(path, where, "normals must be stored as .npy")
+    if kind in ("depths", "normals") and not np.isfinite(arr).all():
+        raise DataError(path, where, "contains NaN or infinity")
+    return arr
+
+
+def _downscale(x: torch.Tensor, factor: int, kind: str) -> torch.Tensor:
+    """[N,H,W,...] -> [N,H/f,W/f,...]: area average for colours, the centre sample for the rest."""
+    if factor == 1:
+        return x
+    if kind == "images":
+        return rearrange(F.avg_pool2d(rearrange(x, "n h w c -> n c h w"), factor), "n c h w -> n h w c")
+    off = factor // 2
+    return x[:, off::factor, off::factor]
+
+
+def _split_frames(doc: _Doc, split: str, blender: bool) -> list[tuple[int, dict]]:
+    frames = doc.data.get("frames")
+    if not isinstance(frames, list) or not frames:
+        raise doc.error("frames", "must be a non-empty list")
+    for i, fr in enumerate(frames):
+        if not isinstance(fr, dict):
+            raise doc.error(f"frames[{i}]", "must be an object")
+    if blender:
+        return list(enumerate(frames))
+    listed = doc.data.get(f"{split}_filenames")
+    if listed is None:
+        if split != "train":
+            raise doc.error(f"{split}_filenames", f"missing, so the file has no '{split}' split")
+        return list(enumerate(frames))
+    if not isinstance(listed, list) or not listed or not all(isinstance(n, str) for n in listed):
+        raise doc.error(f"{split}_filenames", "must be a non-empty list of file paths")
+    wanted = set(listed)
+    chosen = [(i, fr) for i, fr in enumerate(frames) if fr.get("file_path") in wanted]
+    if len(chosen) != len(wanted):
+        found = {fr.get("file_path") for _, fr in chosen}
+        raise doc.error(f"{split}_filenames", f"names a file no frame has: {sorted(wanted - found)[0]!r}")
+    return chosen
+
+
+def load_dataset(path: str | Path, split: str = "train", downscale: int = 1) -> MultiViewDataset:
+    """Load a Blender (`transforms_{split}.json`) or nerfstudio (`transforms.json`) dataset.
+
+    `path` is the dataset folder or the JSON file itself; `downscale` is an integer factor.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if (path / f"transforms_{split}.json").is_file():
+            path = path / f"transforms_{split}.json"
+        elif (path / "transforms.json").is_file():
+            path = path / "transforms.json"
+        else:
+            raise DataError(path, None, f"no transforms_{split}.json or transforms.json in this folder")
+    elif not path.is_file():
+        raise DataError(path, None, "dataset path does not exist")
+    if not isinstance(downscale, int) or downscale < 1:
+        raise DataError(path, "downscale", f"must be a positive integer, got {downscale!r}")
+    doc = _Doc(path)
+    blender = path.name.startswith("transforms_")
+    background = np.asarray(doc.data.get("background", [1.0, 1.0, 1.0]), dtype=np.float32)
+    if background.shape != (3,) or not np.isfinite(background).all():
+        raise doc.error("background", "must be three finite numbers")
+    depth_scale = doc.number(doc.data, "depth_unit_scale_factor", "depth_unit_scale_factor", default=1e-3,
+                             positive=True)
+
+    images, masks, c2ws, intrinsics, names = [], [], [], [], []
+    buffers: dict[str, list[np.ndarray]] = {}
+    size: tuple[int, int] | None = None
+    for i, frame in _split_frames(doc, split, blender):
+        where = f"frames[{i}]"
+        img_path = doc.file(frame, "file_path", f"{where}.file_path", suffixes=("", ".png"))
+        rgb, alpha = _load_rgb(img_path, f"{where}.file_path", background)
+        h, w = rgb.shape[:2]
+        dw = int(doc.number(frame, "w", f"{where}.w", default=doc.number(doc.data, "w", "w", default=w)))
+        dh = int(doc.number(frame, "h", f"{where}.h", default=doc.number(doc.data, "h", "h", default=h)))
+        if (dw, dh) != (w, h):
+            raise DataError(img_path, f"{where}.file_path", f"image is {w}x{h} but the file declares w={dw}, h={dh}")
+        if size is not None and (w, h) != size:
+            raise DataError(img_path, f"{where}.file_path", f"image is {w}x{h}, earlier frames are {size[0]}x{size[1]}")
+        size = (w, h)
+        c2ws.append(opengl_to_opencv(doc.matrix(frame, "transform_matrix", f"{where}.transform_matrix")))
+        intrinsics.append(_frame_intrinsics(doc, frame, where, w, h))
+        images.append(rgb)
+        masks.append(alpha)
+        names.append(Path(frame["file_path"]).stem)
+        for key, kind in _EXTRA_BUFFERS.items():
+            if key in frame:
+                buf_path = doc.file(frame, key, f"{where}.{key}")
+                arr = _load_buffer(kind, buf_path, f"{where}.{key}", depth_scale)
+                expected = (h, w, 3) if kind == "normals" else (h, w)
+                if arr.shape != expected:
+                    problem = f"shape {arr.shape} does not match the image {expected}"
+                    raise DataError(buf_path, f"{where}.{key}", problem)
+                buffers.setdefault(kind, []).append(arr)
+    n = len(images)
+    for kind, arrays in buffers.items():
+        if len(arrays) != n:
+            raise doc.error(f"frames[*].{next(k for k, v in _EXTRA_BUFFERS.items() if v == kind)}",
+                            "given for some frames but not all")
+    if "masks" not in buffers and all(m is not None for m in masks):
+        buffers["masks"] = masks
+    w, h = size
+    if w % downscale or h % downscale:
+        raise DataError(path, "downscale", f"{w}x{h} images are not divisible by {downscale}")
+    cameras = Cameras(torch.stack(c2ws), torch.stack(intrinsics), w, h)
+    aabb = _aabb(doc, cameras)
+    cameras = cameras.scaled(1.0 / downscale)
+    data = {kind: _downscale(torch.from_numpy(np.stack(arrs)), downscale, kind) for kind, arrs in buffers.items()}
+    return MultiViewDataset(cameras=cameras, images=_downscale(torch.from_numpy(np.stack(images)), downscale, "images"),
+                            aabb=aabb, background=torch.from_numpy(background), names=names, **data)
+
+
+def _frame_intrinsics(doc: _Doc, frame: dict, where: str, w: int, h: int) -> torch.Tensor:
+    """K from per-frame or top-level fl_x/fl_y/cx/cy, else from camera_angle_x (Blender)."""
+    top = doc.data
+    if "fl_x" in frame or "fl_x" in top:
+        src, loc = (frame, where + ".") if "fl_x" in frame else (top, "")
+        fx = doc.number(src, "fl_x", f"{loc}fl_x", positive=True)
+        fy = doc.number(src, "fl_y", f"{loc}fl_y", default=fx, positive=True)
+    elif "camera_angle_x" in top:
+        angle = doc.number(top, "camera_angle_x", "camera_angle_x", positive=True)
+        if angle >= math.pi:
+            raise doc.error("camera_angle_x", f"must be below pi radians, got {angle}")
+        fx = fy = 0.5 * w / math.tan(0.5 * angle)
+    else:
+        raise doc.error("fl_x", "missing (and no camera_angle_x to derive it from)")
+    src = frame if "cx" in frame else top
+    cx = doc.number(src, "cx", "cx", default=w / 2)
+    cy = doc.number(frame if "cy" in frame else top, "cy", "cy", default=h / 2)
+    return torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+
+
+def _aabb(doc: _Doc, cameras: Cameras) -> torch.Tensor:
+    """The file's `aabb`, else a box around the point the cameras look at (half the camera distance)."""
+    if "aabb" in doc.data:
+        try:
+            box = torch.tensor(doc.data["aabb"], dtype=torch.float32)
+        except (ValueError, TypeError):
+            raise doc.error("aabb", "must be [[xmin, ymin, zmin], [xmax, ymax, zmax]]") from None
+        if box.shape != (2, 3) or not torch.isfinite(box).all() or (box[1] <= box[0]).any():
+            raise doc.error("aabb", "must be [[xmin, ymin, zmin], [xmax, ymax, zmax]] with min < max")
+        return box
+    centers = cameras.centers
+    half = 0.5 * centers.norm(dim=-1).mean()
+    return torch.stack([-half.expand(3), half.expand(3)])
