@@ -3,12 +3,11 @@ colour inside [-1, 1]^3, rendered by the volume renderer itself into a small mul
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
-from scene3d.cameras import Cameras, orbit_cameras
+from scene3d.cameras import orbit_cameras
+from scene3d.data.dataset import MultiViewDataset
 from scene3d.fields.base import Field, FieldConfig
 from scene3d.render import render_image
 
@@ -39,23 +38,12 @@ class BlobField(Field):
         return self.decode_density(features), rgb
 
 
-@dataclass
-class Views:
-    """The subset of MultiViewDataset the trainer reads."""
-
-    cameras: Cameras
-    images: Tensor
-    aabb: Tensor
-    background: Tensor
-    masks: Tensor | None = None
-
-
-def blob_views(n: int, size: int = 16, offset_deg: float = 0.0, elevation: float = 25.0) -> Views:
+def blob_views(n: int, size: int = 16, offset_deg: float = 0.0, elevation: float = 25.0) -> MultiViewDataset:
     cameras = orbit_cameras(n, 3.0, elevation_deg=elevation, fov_x_deg=45.0, width=size, height=size,
                             azimuth_offset_deg=offset_deg)
     out = render_image(BlobField(), cameras, 128, background=torch.ones(3))
-    return Views(cameras, out["rgb"], torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]), torch.ones(3),
-                 out["accumulation"] > 0.5)
+    return MultiViewDataset(cameras, out["rgb"], torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]),
+                            torch.ones(3), masks=out["accumulation"] > 0.5)
 
 
 def psnr(a: Tensor, b: Tensor) -> float:

@@ -133,14 +133,16 @@ class HashGridField(Field):
         c = config
         self.encoding = HashEncoding(c.level_resolutions(), c.features_per_level, c.log2_table_size,
                                      c.init_scale)
-        self.density_mlp = nn.Sequential(nn.Linear(self.encoding.out_dim, c.hidden_dim), nn.ReLU(),
-                                         nn.Linear(c.hidden_dim, c.geo_dim))
+        # Bias-free layers as in tiny-cuda-nn's fully fused MLPs. (With biases, the first steps,
+        # which lower the density everywhere, can push every hidden ReLU dead for good.)
+        self.density_mlp = nn.Sequential(nn.Linear(self.encoding.out_dim, c.hidden_dim, bias=False), nn.ReLU(),
+                                         nn.Linear(c.hidden_dim, c.geo_dim, bias=False))
         layers: list[nn.Module] = []
         in_dim = c.geo_dim + sh_dim(c.sh_degree)
         for _ in range(c.color_layers):
-            layers += [nn.Linear(in_dim, c.hidden_dim), nn.ReLU()]
+            layers += [nn.Linear(in_dim, c.hidden_dim, bias=False), nn.ReLU()]
             in_dim = c.hidden_dim
-        self.color_mlp = nn.Sequential(*layers, nn.Linear(in_dim, c.color_dim))
+        self.color_mlp = nn.Sequential(*layers, nn.Linear(in_dim, c.color_dim, bias=False))
 
     def embed(self, x: Float[Tensor, "*B 3"]) -> Float[Tensor, "*B LF"]:
         return self.encoding(self.normalize(x))

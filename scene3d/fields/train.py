@@ -10,7 +10,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import imageio.v3 as iio
 import numpy as np
@@ -22,20 +22,15 @@ from tqdm import tqdm
 
 from scene3d.cameras import Cameras, orbit_cameras
 from scene3d.checkpoint import load_checkpoint
+from scene3d.data.dataset import MultiViewDataset, make_multiview_dataset
+from scene3d.data.formats import load_dataset
+from scene3d.data.synthetic import WorldConfig, make_world
 from scene3d.errors import CheckpointError
 from scene3d.fields.base import Field, build_field, field_spec, load_field_state
+from scene3d.metrics import psnr, ssim
 from scene3d.rays import Rays
 from scene3d.render import OccupancyGrid, OccupancyGridConfig, render_image, render_rays
 from scene3d.runs import RunDir, config_to_dict
-
-
-class MultiViewData(Protocol):
-    """What training needs from `scene3d.data.dataset.MultiViewDataset`."""
-
-    cameras: Cameras
-    images: Float[Tensor, "N H W 3"]
-    aabb: Float[Tensor, "2 3"]
-    background: Float[Tensor, "3"]
 
 
 @dataclass
@@ -82,7 +77,7 @@ def pick_device(device: str) -> torch.device:
 class FieldTrainer:
     """Owns the field, optimizer, occupancy grid and RNG; `train_step` is one optimisation step."""
 
-    def __init__(self, config: FitConfig, train: MultiViewData, test: MultiViewData | None = None,
+    def __init__(self, config: FitConfig, train: MultiViewDataset, test: MultiViewDataset | None = None,
                  field: Field | None = None):
         self.config = config
         self.device = pick_device(config.device)
@@ -146,16 +141,14 @@ class FieldTrainer:
 
     def evaluate(self, n_views: int | None = None) -> tuple[dict[str, float], dict[str, Tensor]]:
         """Test PSNR / SSIM over the first n_views test views (all when None) and the renders."""
-        from scene3d.metrics import psnr, ssim
-
         data = self.test_data
         n = len(data.cameras) if n_views is None else min(n_views, len(data.cameras))
         start = time.perf_counter()
         out = self.render(data.cameras[:n])
         seconds = time.perf_counter() - start
         pred, target = out["rgb"].clamp(0, 1).cpu(), data.images[:n].float()
-        metrics = {"test_psnr": float(psnr(pred, target).mean()),
-                   "test_ssim": float(ssim(pred, target).mean()), "render_seconds_per_view": seconds / n}
+        metrics = {"test_psnr": mean_over_views(psnr, pred, target), "test_ssim": mean_over_views(ssim, pred, target),
+                   "render_seconds_per_view": seconds / n}
         return metrics, out
 
     # state -------------------------------------------------------------------------------------
@@ -182,6 +175,11 @@ class FieldTrainer:
             self.step = int(state["step"])
         except (KeyError, ValueError, RuntimeError) as err:
             raise CheckpointError(path, "trainer state", f"cannot resume ({err})") from None
+
+
+def mean_over_views(metric, pred: Float[Tensor, "N H W 3"], target: Float[Tensor, "N H W 3"]) -> float:
+    """A per-image metric averaged over views (the usual way test PSNR is reported)."""
+    return float(torch.stack([metric(p, t) for p, t in zip(pred, target, strict=True)]).mean())
 
 
 # outputs ------------------------------------------------------------------------------------------
@@ -226,15 +224,10 @@ def save_turntable(trainer: FieldTrainer, run: RunDir, n_frames: int) -> Path:
     return path
 
 
-def load_data(config: FitConfig) -> tuple[MultiViewData, MultiViewData]:
+def load_data(config: FitConfig) -> tuple[MultiViewDataset, MultiViewDataset]:
     """(train, test) splits: from `config.data`, or rendered from the synthetic world."""
     if config.data is not None:
-        from scene3d.data.dataset import load_dataset
-
         return load_dataset(config.data, "train"), load_dataset(config.data, "test")
-    from scene3d.data.dataset import make_multiview_dataset
-    from scene3d.data.synthetic import WorldConfig, make_world
-
     world = make_world(config.world_seed, WorldConfig())
     splits = make_multiview_dataset(world, n_train=config.n_train_views, n_val=0, n_test=config.n_test_views,
                                     width=config.image_size, height=config.image_size, seed=config.world_seed)
@@ -242,7 +235,7 @@ def load_data(config: FitConfig) -> tuple[MultiViewData, MultiViewData]:
 
 
 # the loop -----------------------------------------------------------------------------------------
-def fit_field(config: FitConfig, train: MultiViewData, test: MultiViewData, run: RunDir | None = None,
+def fit_field(config: FitConfig, train: MultiViewDataset, test: MultiViewDataset, run: RunDir | None = None,
               field: Field | None = None, progress: bool = True) -> tuple[FieldTrainer, dict[str, Any]]:
     """Train to `config.steps` (resuming from the run's latest checkpoint when `config.resume`),
     evaluate, write renders, a turntable video and metrics. Returns the trainer and final metrics."""

@@ -21,9 +21,11 @@ from torch import Tensor, nn
 @dataclass
 class OccupancyGridConfig:
     """resolution: cells per axis; decay: EMA factor per update; density_threshold: a cell is free
-    when its density stays below min(threshold, mean density); update_every / warmup_steps: steps
-    between updates and the initial steps during which every cell is re-measured (afterwards a
-    quarter of the cells at random plus a quarter of the occupied ones, as in Instant-NGP)."""
+    when its density stays below min(threshold, mean density); update_every: steps between updates;
+    warmup_steps: the initial steps during which every cell is re-measured (afterwards a quarter
+    of the cells at random plus a quarter of the occupied ones, as in Instant-NGP) and, unlike
+    Instant-NGP, nothing is skipped yet: with the small batches of a CPU run a field can briefly
+    lose all its density early on, and a grid pruned then would never let it recover."""
 
     resolution: int = 32
     decay: float = 0.95
@@ -86,4 +88,5 @@ class OccupancyGrid(nn.Module):
         bits = rearrange(self.density > threshold, "(z y x) -> z y x", z=c.resolution, y=c.resolution)
         if c.dilate:
             bits = F.max_pool3d(bits[None, None].float(), kernel_size=3, stride=1, padding=1)[0, 0] > 0
-        self.bitfield.copy_(bits)
+        if step >= c.warmup_steps:
+            self.bitfield.copy_(bits)
