@@ -4,6 +4,9 @@ outputs, and an interrupted run resumes exactly."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,3 +87,41 @@ def test_resuming_from_a_corrupt_checkpoint_names_the_file(tmp_path, blob_data):
     ckpt.write_bytes(ckpt.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="step_0000003"):
         run_tensorf(tmp_path, blob_data, "broken", 6)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "fit_field.py"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_fit_field_script_reports_missing_data_in_one_line(tmp_path):
+    result = run_script("--data", str(tmp_path / "nowhere"), "--output-root", str(tmp_path))
+    assert result.returncode == 2
+    assert "nowhere" in result.stderr and result.stderr.strip().count("\n") == 0
+
+
+@pytest.mark.slow
+def test_fit_field_script_on_a_blender_dataset(tmp_path):
+    from scene3d.data.generate import WorldDatasetConfig, write_world_dataset
+
+    data = tmp_path / "world"
+    write_world_dataset(WorldDatasetConfig(out=data, n_train=8, n_val=1, n_test=2, width=24, height=24))
+    result = run_script("--field", "hashgrid", "--data", str(data), "--steps", "20", "--eval-every", "10",
+                        "--batch-rays", "128", "--n-samples", "16", "--turntable-frames", "3",
+                        "--output-root", str(tmp_path), "--name", "cli")
+    assert result.returncode == 0, result.stderr
+    assert "test PSNR" in result.stdout
+    metrics = json.loads((tmp_path / "fields" / "cli" / "metrics.json").read_text())
+    assert metrics["steps"] == 20 and metrics["test_psnr"] > 5
+
+
+@pytest.mark.slow
+def test_demo_stage_quick(tmp_path):
+    from scene3d.fields.demo import DEMO_FIELD, run_demo_stage
+
+    result = run_demo_stage(tmp_path, quick=True)
+    assert result["field"] == DEMO_FIELD and result["test_psnr"] > 18
+    assert (tmp_path / "fields" / DEMO_FIELD / "turntable.mp4").is_file()

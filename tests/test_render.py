@@ -109,9 +109,9 @@ def test_occupancy_skipping_renders_the_reference_image_with_fewer_queries():
 
 def test_occupancy_grid_forgets_density_that_went_away():
     field = BlobField()
-    grid = OccupancyGrid(field.aabb, OccupancyGridConfig(resolution=16, warmup_steps=0, decay=0.5))
-    grid.update(lambda x: torch.ones(len(x)), 0)
-    assert grid.occupied_fraction == 1.0
+    grid = OccupancyGrid(field.aabb, OccupancyGridConfig(resolution=16, warmup_steps=1, decay=0.5))
+    grid.update(field.density, 0)
+    assert grid.occupied_fraction == 1.0  # nothing is skipped during the warm-up
     for step in range(1, 30):
         grid.update(field.density, step, torch.Generator().manual_seed(step))
     assert grid.occupied_fraction < 0.4
