@@ -92,7 +92,7 @@ class FieldTrainer:
         self.origins, self.dirs = rays.origins.to(self.device), rays.dirs.to(self.device)
         self.targets = rearrange(train.images, "n h w c -> (n h w) c").to(self.device)
         self.masks = (rearrange(train.masks, "n h w -> (n h w)").to(self.device).float()
-                      if getattr(train, "masks", None) is not None else None)
+                      if train.masks is not None else None)
         self.background = train.background.to(self.device).float()
         self.optimizer = self._make_optimizer()
 
