@@ -27,7 +27,9 @@ LINE_AXES = (2, 1, 0)
 class TensoRFFieldConfig(FieldConfig):
     """Small CPU default; `paper()` is TensoRF-VM-192 on Synthetic-NeRF: 16 density and 48 appearance
     components per mode, 128^3 voxels growing to 300^3 at steps 2000..7000, 27-d appearance basis,
-    128-wide render MLP with 2 frequencies for view and features, Adam at 0.02 (grids) / 1e-3."""
+    128-wide render MLP with 2 frequencies for view and features, Adam at 0.02 (grids) / 1e-3.
+    density_shift plays the part of TensoRF's softplus shift (-10): components at zero, where the
+    L1 term pulls them, are empty space (exp(-5) = 0.007) rather than a haze of density 1."""
 
     density_components: int = 8
     appearance_components: int = 12
@@ -39,6 +41,7 @@ class TensoRFFieldConfig(FieldConfig):
     n_freq_view: int = 2
     n_freq_feature: int = 2
     init_scale: float = 0.1
+    density_shift: float = -5.0
     l1_weight: float = 8e-5
     lr: float = 0.02
     lr_basis: float = 1e-3
@@ -115,7 +118,7 @@ class TensoRFField(Field):
         return features.reshape(*batch, -1)
 
     def decode_density(self, features: Float[Tensor, "*B F"]) -> Float[Tensor, "*B"]:
-        return features[..., : 3 * self.config.density_components].sum(dim=-1)
+        return features[..., : 3 * self.config.density_components].sum(dim=-1) + self.config.density_shift
 
     def decode(self, features: Float[Tensor, "*B F"], dirs: Float[Tensor, "*B 3"]
                ) -> tuple[Float[Tensor, "*B"], Float[Tensor, "*B C"]]:
