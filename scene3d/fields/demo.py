@@ -15,8 +15,8 @@ def run_demo_stage(out_dir: Path, quick: bool) -> dict[str, Any]:
     is rendered afresh when it is missing). Writes `out_dir/fields/<field>/` and returns its metrics."""
     data = Path(out_dir) / "world"
     config = FitConfig(field=DEMO_FIELD, data=data if data.is_dir() else None, output_root=Path(out_dir),
-                       steps=300 if quick else 3000, batch_rays=1024, n_samples=48 if quick else 64,
-                       eval_every=100 if quick else 500, checkpoint_every=1000, turntable_frames=12 if quick else 36,
+                       steps=300 if quick else 1000, batch_rays=1024, n_samples=48 if quick else 64,
+                       eval_every=100 if quick else 250, checkpoint_every=500, turntable_frames=12 if quick else 36,
                        image_size=32 if quick else 64, resume=False)
     train, test = load_data(config)
     _, metrics = fit_field(config, train, test)
