@@ -114,3 +114,17 @@ def test_scene_images_have_labels_and_a_dominant_class():
     # the dominant type is visible in most scenes (labels use CLASS_NAMES = type index + 2)
     present = [(s.labels[i] == s.scene_class[i] + 2).any() for i in range(6)]
     assert sum(present) >= 5
+
+
+def test_only_the_specular_term_depends_on_the_view():
+    from scene3d.data.synthetic import WorldConfig, shade
+
+    world = make_world(1, WorldConfig(specular=0.6))
+    points_normal = torch.nn.functional.normalize(torch.tensor([[0.3, 0.2, 1.0], [0.0, 0.5, 1.0]]), dim=-1)
+    albedo = torch.tensor([[0.5, 0.4, 0.3], [0.2, 0.6, 0.4]])
+    light = world.light_dir
+    d1 = -light.expand(2, 3)  # looking back along the light: the highlight
+    d2 = torch.nn.functional.normalize(-light + torch.tensor([0.9, -0.9, 0.0]), dim=-1).expand(2, 3)
+    assert not torch.allclose(shade(world, albedo, points_normal, d1), shade(world, albedo, points_normal, d2))
+    world.specular = 0.0
+    torch.testing.assert_close(shade(world, albedo, points_normal, d1), shade(world, albedo, points_normal, d2))

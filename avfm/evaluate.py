@@ -1,0 +1,266 @@
+"""Evaluation of a pretrained CanViT with frozen probes: mIoU and top-1 per glimpse and per policy,
+next to the teacher's probes on the full scene at high resolution, on an input-matched
+low-resolution full image (the pixels of one glimpse) and at matched FLOPs (one glimpse's FLOPs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from avfm.data import SceneSet
+from avfm.flops import canvit_flops, vit_flops
+from avfm.glimpse import build_policy, extract_glimpse, sample_viewpoints
+from avfm.model import CanViT
+from avfm.probes import entropy_map, fit_cls_probe, fit_seg_probe, miou, top1
+from avfm.teachers import Teacher, ViTTeacher
+from avfm.train import DataConfig, OptimConfig, TeacherConfig, TrainConfig, setup
+from scene3d.errors import CheckpointError
+from scene3d.runs import RunDir
+
+
+@dataclass
+class EvalConfig:
+    run_dir: str = "outputs/avfm/avfm"
+    policies: tuple[str, ...] = ("c2f", "eg_c2f", "full_first", "random", "repeated_full", "f2c")
+    steps: int = 10
+    probe_rollout: int = 6  # R-IID glimpses per probe-training scene (the paper uses 10)
+    probe_steps: int = 400
+    canvas_grid: int | None = None
+    seed: int = 0
+    name: str = "eval"
+    out_root: str = "outputs"
+
+
+def train_config_from_dict(d: dict) -> TrainConfig:
+    """Rebuild the nested `TrainConfig` saved beside a run."""
+    from avfm.teachers import DenseTeacherConfig
+
+    d = dict(d)
+    teacher = dict(d.pop("teacher"))
+    teacher["train"] = DenseTeacherConfig(**teacher["train"])
+    optim = dict(d.pop("optim"))
+    optim["betas"] = tuple(optim["betas"])
+    return TrainConfig(
+        data=DataConfig(**d.pop("data")), teacher=TeacherConfig(**teacher), optim=OptimConfig(**optim), **d
+    )
+
+
+def load_run(run_dir: str | Path) -> tuple[CanViT, TrainConfig, Teacher, SceneSet, SceneSet]:
+    """The trained model (latest checkpoint), its config, teacher and train / held-out scenes."""
+    if not (Path(run_dir) / "config.json").is_file():
+        raise CheckpointError(run_dir, "config.json", "not a training run folder")
+    run = RunDir(run_dir)
+    cfg = train_config_from_dict(json.loads((run.path / "config.json").read_text()))
+    cfg = dataclasses.replace(cfg, progress=False)
+    loaded = run.load_latest()
+    if loaded is None:
+        raise CheckpointError(run.path, "checkpoints", "no checkpoint in this run")
+    state, _ = loaded
+    model, teacher, train_set, val_set, _ = setup(cfg, run)
+    model.load_state_dict(state["model"])
+    return model.eval(), cfg, teacher, train_set, val_set
+
+
+@torch.no_grad()
+def canvas_features(model: CanViT, images: Tensor, steps: int, generator, canvas_grid: int, s_min=0.05):
+    """Canvas cells [N*steps, G*G, Dc] and CLS [N*steps, D] along R-IID rollouts (probe training data)."""
+    b = images.shape[0]
+    state = model.init_state(b, canvas_grid)
+    cells, cls = [], []
+    for _ in range(steps):
+        vp = sample_viewpoints(b, generator, s_min)
+        state, _ = model.step(extract_glimpse(images, vp, model.cfg.glimpse_px), vp, state, heads=False)
+        cells.append(model.canvas_cells(state))
+        cls.append(state.cls[:, 0])
+    return torch.cat(cells), torch.cat(cls)
+
+
+@torch.no_grad()
+def evaluate_policy(
+    model,
+    images,
+    labels,
+    scene_class,
+    seg_probe,
+    cls_probe,
+    policy: str,
+    steps: int,
+    canvas_grid: int,
+    num_classes: int,
+    generator,
+) -> dict[str, list[float]]:
+    """mIoU (and top-1) after each glimpse of `policy` over the scenes."""
+    b = images.shape[0]
+    run = build_policy(policy).start(b, steps, generator)
+    state = model.init_state(b, canvas_grid)
+    out = {"miou": [], "top1": []}
+    uncertainty = None
+    for _ in range(steps):
+        vp = run.next(uncertainty)
+        state, _ = model.step(extract_glimpse(images, vp, model.cfg.glimpse_px), vp, state, heads=False)
+        cells = model.canvas_cells(state)
+        pred = seg_probe(cells, size=tuple(labels.shape[-2:])).argmax(1)
+        out["miou"].append(miou(pred, labels, num_classes))
+        if cls_probe is not None:
+            out["top1"].append(top1(cls_probe(state.cls[:, 0]), scene_class))
+        uncertainty = entropy_map(seg_probe, cells)
+    return out
+
+
+def _resize(images: Tensor, px: int) -> Tensor:
+    return F.interpolate(images, size=(px, px), mode="bilinear", antialias=True, align_corners=False)
+
+
+@torch.no_grad()
+def _teacher_tokens(teacher: Teacher, images: Tensor, batch: int = 32) -> tuple[Tensor, Tensor]:
+    outs = [teacher(images[i : i + batch]) for i in range(0, len(images), batch)]
+    return torch.cat([o.patches for o in outs]), torch.cat([o.cls for o in outs])
+
+
+def teacher_baseline(teacher, train_set: SceneSet, eval_set: SceneSet, px: int, probe_steps: int, seed: int):
+    """The teacher's own probes, trained and evaluated with the scenes resized to px x px."""
+    num_classes = train_set.num_classes
+    tok, cls = _teacher_tokens(teacher, _resize(train_set.images, px))
+    seg = fit_seg_probe(tok, train_set.labels, num_classes, layer_norm=False, steps=probe_steps, seed=seed)
+    tok_e, cls_e = _teacher_tokens(teacher, _resize(eval_set.images, px))
+    with torch.no_grad():
+        result = {
+            "px": px,
+            "miou": miou(
+                seg(tok_e, size=tuple(eval_set.labels.shape[-2:])).argmax(1), eval_set.labels, num_classes
+            ),
+        }
+    if train_set.scene_class is not None:
+        n_scene = int(train_set.scene_class.max()) + 1
+        probe = fit_cls_probe(
+            cls, train_set.scene_class, n_scene, layer_norm=False, steps=probe_steps, seed=seed
+        )
+        with torch.no_grad():
+            result["top1"] = top1(probe(cls_e), eval_set.scene_class)
+    if isinstance(teacher, ViTTeacher):
+        c = teacher.vit.cfg
+        result["gflops"] = vit_flops(c.dim, c.depth, c.mlp_ratio, c.patch_size, px, 1 + c.registers) / 1e9
+    return result
+
+
+def flop_matched_px(teacher: Teacher, gflops: float) -> int | None:
+    """The teacher input size (a multiple of its patch) whose FLOPs are closest to `gflops`."""
+    if not isinstance(teacher, ViTTeacher):
+        return None
+    c = teacher.vit.cfg
+    sizes = range(c.patch_size, 64 * c.patch_size + 1, c.patch_size)
+    return min(
+        sizes, key=lambda px: abs(vit_flops(c.dim, c.depth, c.mlp_ratio, c.patch_size, px) / 1e9 - gflops)
+    )
+
+
+def evaluate(
+    model: CanViT, teacher: Teacher, train_set: SceneSet, eval_set: SceneSet, cfg: EvalConfig
+) -> dict:
+    """All metrics of one evaluation (see module docstring)."""
+    if train_set.labels is None or eval_set.labels is None:
+        raise ValueError("evaluation needs dense labels")
+    grid = cfg.canvas_grid or model.cfg.canvas_grid
+    num_classes = train_set.num_classes
+    g = torch.Generator().manual_seed(cfg.seed)
+    cells, cls = canvas_features(model, train_set.images, cfg.probe_rollout, g, grid)
+    labels = train_set.labels.repeat(cfg.probe_rollout, 1, 1)
+    seg = fit_seg_probe(cells, labels, num_classes, steps=cfg.probe_steps, seed=cfg.seed)
+    cls_probe = None
+    if train_set.scene_class is not None:
+        n_scene = int(train_set.scene_class.max()) + 1
+        targets = train_set.scene_class.repeat(cfg.probe_rollout)
+        cls_probe = fit_cls_probe(cls, targets, n_scene, steps=cfg.probe_steps, seed=cfg.seed)
+
+    per_glimpse = canvit_flops(model.cfg, grid)["total"] / 1e9
+    policies = {}
+    for name in cfg.policies:
+        policies[name] = evaluate_policy(
+            model,
+            eval_set.images,
+            eval_set.labels,
+            eval_set.scene_class,
+            seg,
+            cls_probe,
+            name,
+            cfg.steps,
+            grid,
+            num_classes,
+            torch.Generator().manual_seed(cfg.seed + 1),
+        )
+    full_px = eval_set.images.shape[-1]
+    baselines = {
+        "teacher_full": teacher_baseline(teacher, train_set, eval_set, full_px, cfg.probe_steps, cfg.seed),
+        "teacher_input_matched": teacher_baseline(
+            teacher, train_set, eval_set, model.cfg.glimpse_px, cfg.probe_steps, cfg.seed
+        ),
+    }
+    px = flop_matched_px(teacher, per_glimpse)
+    if px is not None:
+        baselines["teacher_flop_matched"] = teacher_baseline(
+            teacher, train_set, eval_set, px, cfg.probe_steps, cfg.seed
+        )
+    return {
+        "canvas_grid": grid,
+        "glimpse_px": model.cfg.glimpse_px,
+        "scene_px": full_px,
+        "gflops_per_glimpse": per_glimpse,
+        "policies": policies,
+        "baselines": baselines,
+        "n_probe_scenes": len(train_set),
+        "n_eval_scenes": len(eval_set),
+    }
+
+
+def plot(metrics: dict, path: Path) -> Path:
+    """mIoU against glimpses (per policy) and against cumulative GFLOPs, with the teacher baselines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    per = metrics["gflops_per_glimpse"]
+    for name, curve in metrics["policies"].items():
+        t = range(1, len(curve["miou"]) + 1)
+        axes[0].plot(t, curve["miou"], marker="o", label=name)
+        axes[1].plot([per * k for k in t], curve["miou"], marker="o", label=name)
+    for (name, base), style in zip(metrics["baselines"].items(), ("-", "--", ":"), strict=False):
+        axes[0].axhline(base["miou"], color="k", ls=style, label=f"{name} ({base['px']} px)")
+        if "gflops" in base:
+            axes[1].scatter([base["gflops"]], [base["miou"]], color="k", marker="x")
+            axes[1].annotate(name, (base["gflops"], base["miou"]), fontsize=7)
+    axes[0].set(xlabel="glimpses", ylabel="probe mIoU", title="mIoU per glimpse")
+    axes[1].set(xlabel="cumulative GFLOPs", ylabel="probe mIoU", xscale="log", title="accuracy vs compute")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def run_evaluation(cfg: EvalConfig) -> dict:
+    """Load a run, evaluate, write `metrics.json` and `miou.png` in `<out_root>/avfm_eval/<name>/`."""
+    model, _, teacher, train_set, val_set = load_run(cfg.run_dir)
+    metrics = evaluate(model, teacher, train_set, val_set, cfg)
+    out = RunDir.create("avfm_eval", cfg.name, root=cfg.out_root)
+    out.save_config(cfg)
+    out.save_metrics(metrics)
+    plot(metrics, out.file("miou.png"))
+    return {"run_dir": str(out.path), **metrics}
+
+
+def summarize(metrics: dict) -> dict:
+    """A few headline numbers: per-policy first/last mIoU and the teacher baselines."""
+    summary = {f"{k}/miou_first": v["miou"][0] for k, v in metrics["policies"].items()}
+    summary |= {f"{k}/miou_last": v["miou"][-1] for k, v in metrics["policies"].items()}
+    summary |= {f"{k}/miou": v["miou"] for k, v in metrics["baselines"].items()}
+    return {k: (round(v, 4) if isinstance(v, float) and not math.isnan(v) else v) for k, v in summary.items()}

@@ -1,0 +1,343 @@
+"""Passive-to-active dense latent distillation (CanViT §5), single process or `torchrun` DDP.
+
+Per optimizer step and scene: two rollouts from a fresh canvas, one F-IID (full scene first) and one
+R-IID (random viewpoints throughout); each rollout's length is 2, plus 2 while a coin lands heads.
+At every step the canvas predicts the teacher's standardised patch embeddings of the whole scene
+and the CLS predicts its standardised CLS (MSE, averaged over steps and over the two rollouts).
+Truncated BPTT in chunks of 2 glimpses, AdamW with linear warm-up then constant, gradient clipping.
+
+Randomness: every step draws from a generator seeded by (seed, step, rank), so an exact resume
+needs only the model, the optimizer and the step; checkpoints are atomic (`RunDir`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+
+from avfm.data import SceneSet, load_scenes, load_target_shards, precompute_targets, save_target_shards
+from avfm.glimpse import Viewpoint, extract_glimpse, sample_rollout_length, sample_viewpoints
+from avfm.model import CanViT, build_model
+from avfm.teachers import (
+    DenseTeacherConfig,
+    Teacher,
+    build_teacher,
+    load_vit_teacher,
+    save_vit_teacher,
+    train_dense_teacher,
+)
+from scene3d.runs import RunDir
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"  # synthetic | toy | folder
+    path: str | None = None
+    n_train: int = 256
+    n_val: int = 64
+    resolution: int = 64
+    seed: int = 0
+
+
+@dataclass
+class TeacherConfig:
+    name: str = "trained"  # trained | random_vit | dinov2 | dinov3 | hf
+    path: str | None = None  # HF directory or trained-teacher checkpoint; `trained` without a path trains one
+    seed: int = 0
+    train: DenseTeacherConfig = field(default_factory=DenseTeacherConfig)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3  # paper: 4e-4 at batch 64 for CanViT-B
+    warmup_steps: int = 50  # paper: 100k
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    clip: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    model: str = "canvit_tiny"
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    steps: int = 400
+    batch_size: int = 16
+    chunk: int = 2
+    p_stop: float = 0.5
+    s_min: float = 0.05
+    canvas_grid: int | None = None  # default: the model config's
+    standardizer_scenes: int = 256
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 100
+    max_minutes: float | None = None
+    run_name: str = "avfm"
+    out_root: str = "outputs"
+    device: str = "auto"
+    amp: bool = False  # bf16 autocast for the forward (canvas, RoPE and VPE stay fp32); backward outside
+    progress: bool = True
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1009 + rank)
+
+
+def rollout_loss(
+    model: CanViT,
+    scenes: Tensor,
+    target_patches: Tensor,
+    target_cls: Tensor,
+    first: Viewpoint | None,
+    generator: torch.Generator,
+    cfg: TrainConfig,
+    weight: float = 1.0,
+) -> dict[str, float]:
+    """One rollout with TBPTT: backward per chunk of `cfg.chunk` glimpses, the state detached between.
+
+    Gradients are accumulated into the model (scaled by weight / T); returns the mean losses."""
+    b = scenes.shape[0]
+    length = sample_rollout_length(generator, cfg.chunk, cfg.p_stop)
+    state = model.init_state(b, canvas_grid=math.isqrt(target_patches.shape[1]))
+    totals = {"patch": 0.0, "cls": 0.0}
+    for start in range(0, length, cfg.chunk):
+        chunk_loss = 0.0
+        for t in range(start, min(start + cfg.chunk, length)):
+            vp = first if (t == 0 and first is not None) else sample_viewpoints(b, generator, cfg.s_min)
+            vp = vp.to(scenes.device)
+            with torch.autocast(scenes.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                state, out = model.step(extract_glimpse(scenes, vp, model.cfg.glimpse_px), vp, state)
+            patch = F.mse_loss(out.scene_patches.float(), target_patches)
+            cls = F.mse_loss(out.scene_cls.float(), target_cls)
+            chunk_loss = chunk_loss + (patch + cls) * (weight / length)
+            totals["patch"] += patch.item() / length
+            totals["cls"] += cls.item() / length
+        chunk_loss.backward()
+        state = state.detach()
+    totals["length"] = length
+    return totals
+
+
+def train_step(
+    model: CanViT, scenes: Tensor, patches: Tensor, cls: Tensor, generator, cfg: TrainConfig
+) -> dict:
+    """Both rollouts (F-IID and R-IID) of one batch; accumulates gradients, returns the losses."""
+    b = scenes.shape[0]
+    f = rollout_loss(model, scenes, patches, cls, Viewpoint.full(b), generator, cfg, weight=0.5)
+    r = rollout_loss(model, scenes, patches, cls, None, generator, cfg, weight=0.5)
+    return {
+        "loss": 0.5 * (f["patch"] + f["cls"] + r["patch"] + r["cls"]),
+        "f_iid/patch": f["patch"],
+        "f_iid/cls": f["cls"],
+        "r_iid/patch": r["patch"],
+        "r_iid/cls": r["cls"],
+        "glimpses": f["length"] + r["length"],
+    }
+
+
+def make_teacher(
+    cfg: TeacherConfig, train_set: SceneSet, run: RunDir | None, progress: bool = False
+) -> Teacher:
+    """The configured teacher; `trained` without a path trains one on the training scenes (once:
+    it is saved in the run folder and reloaded on resume)."""
+    if cfg.name == "trained" and cfg.path is None:
+        saved = None if run is None else run.path / "teacher.safetensors"
+        if saved is not None and saved.is_file():
+            return load_vit_teacher(saved)
+        if train_set.labels is None:
+            raise ValueError("the 'trained' teacher needs dense labels in the training scenes")
+        teacher, _ = train_dense_teacher(
+            train_set.images,
+            train_set.labels,
+            train_set.num_classes,
+            train_set.scene_class,
+            cfg.train,
+            progress,
+        )
+        if saved is not None and _rank() == 0:
+            save_vit_teacher(saved, teacher)
+        return teacher
+    if cfg.name == "random_vit":
+        return build_teacher("random_vit", seed=cfg.seed)
+    return build_teacher(cfg.name, path=cfg.path)
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def set_lr(opt: torch.optim.Optimizer, cfg: OptimConfig, step: int) -> float:
+    lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    for group in opt.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def average_gradients(model: torch.nn.Module) -> None:
+    """All-reduce (mean) gradients across DDP ranks; a no-op in a single process."""
+    if _world() == 1:
+        return
+    for p in model.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad /= _world()
+
+
+def assert_replicas_in_sync(model: torch.nn.Module) -> None:
+    """Under DDP, check every rank holds the same parameters (one all-gather of a checksum)."""
+    if _world() == 1:
+        return
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
+    gathered = [torch.zeros_like(checksum) for _ in range(_world())]
+    dist.all_gather(gathered, checksum)
+    if any(not torch.equal(g, gathered[0]) for g in gathered):
+        raise RuntimeError(f"DDP replicas diverged: parameter checksums {[g.item() for g in gathered]}")
+
+
+def training_targets(teacher: Teacher, train_set: SceneSet, grid: int, run: RunDir | None):
+    """Teacher targets of the training scenes, computed once and kept as fp16 shards in the run
+    folder (`targets/`); reloaded from there on resume. Always fp16-rounded, so a resumed run sees
+    exactly the targets of the first one."""
+    folder = None if run is None else run.path / "targets"
+    if folder is not None and any(folder.glob("shard_*.safetensors")):
+        patches, cls = (torch.cat(t) for t in zip(*load_target_shards(folder), strict=True))
+        if patches.shape[:2] == (len(train_set), grid * grid):
+            return patches, cls
+    patches, cls = precompute_targets(teacher, train_set.images, grid)
+    if folder is not None and _rank() == 0:
+        save_target_shards(folder, patches, cls)
+    return patches.half().float(), cls.half().float()
+
+
+def setup(cfg: TrainConfig, run: RunDir | None):
+    """Data, teacher, standardised targets and the model (standardizer fitted)."""
+    scenes = load_scenes(
+        cfg.data.source, cfg.data.n_train + cfg.data.n_val, cfg.data.resolution, cfg.data.seed, cfg.data.path
+    )
+    train_set, val_set = scenes.split(cfg.data.n_train)
+    teacher = make_teacher(cfg.teacher, train_set, run, cfg.progress and _rank() == 0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        overrides = {"teacher_dim": teacher.dim}
+        if cfg.canvas_grid is not None:
+            overrides["canvas_grid"] = cfg.canvas_grid
+        model = build_model(cfg.model, **overrides)
+    train_patches, train_cls = training_targets(teacher, train_set, model.cfg.canvas_grid, run)
+    n_std = min(cfg.standardizer_scenes, len(train_set))
+    model.fit_standardizer(train_patches[:n_std], train_cls[:n_std])
+    return model, teacher, train_set, val_set, (train_patches, train_cls)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run (or resume) a pretraining run in `<out_root>/avfm/<run_name>/`; returns its metrics."""
+    from tqdm import tqdm
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
+        dist.init_process_group(backend)
+    rank, device = _rank(), _device(cfg.device)
+    if device.type == "cuda" and _world() > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    run = RunDir.create("avfm", cfg.run_name, root=cfg.out_root)
+    if rank == 0:
+        run.save_config(cfg)
+
+    model, teacher, train_set, val_set, (train_patches, train_cls) = setup(cfg, run)
+    model.to(device).train()
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
+    )
+    start = 0
+    if (loaded := run.load_latest()) is not None:
+        state, _ = loaded
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+    std_patches, std_cls = model.standardize(train_patches, train_cls)
+
+    t0, history, step = time.time(), [], start
+    bar = tqdm(
+        range(start, cfg.steps),
+        desc="avfm",
+        disable=not (cfg.progress and rank == 0),
+        initial=start,
+        total=cfg.steps,
+    )
+    for step in bar:
+        g = step_generator(cfg.seed, step, rank)
+        idx = torch.randint(len(train_set), (cfg.batch_size,), generator=g)
+        scenes = train_set.images[idx].to(device)
+        info = train_step(model, scenes, std_patches[idx].to(device), std_cls[idx].to(device), g, cfg)
+        average_gradients(model)
+        info["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip).item()
+        info["lr"] = set_lr(opt, cfg.optim, step)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        history.append(info["loss"])
+        bar.set_postfix(loss=f"{info['loss']:.3f}")
+        done = step + 1
+        timed_out = cfg.max_minutes is not None and time.time() - t0 > 60 * cfg.max_minutes
+        if rank == 0 and (done % cfg.log_every == 0 or done == cfg.steps):
+            run.log_scalars(done, {f"train/{k}": float(v) for k, v in info.items()})
+        if rank == 0 and (done % cfg.ckpt_every == 0 or done == cfg.steps or timed_out):
+            run.save_checkpoint(done, {"model": model.state_dict(), "optimizer": opt.state_dict()}, cfg)
+        if timed_out:
+            break
+    steps_done = (step + 1 if cfg.steps > start else start) - start
+    assert_replicas_in_sync(model)
+
+    val = validation_loss(model, val_set, teacher, cfg, device) if len(val_set) else {}
+    metrics = {
+        "steps": start + steps_done,
+        "steps_this_run": steps_done,
+        "seconds": time.time() - t0,
+        "first_losses": history[:5],
+        "last_losses": history[-5:],
+        **{f"val/{k}": v for k, v in val.items()},
+    }
+    if rank == 0:
+        run.save_metrics(metrics)
+        run.close()
+    return {"run_dir": str(run.path), **metrics}
+
+
+@torch.no_grad()
+def validation_loss(model: CanViT, val_set: SceneSet, teacher: Teacher, cfg: TrainConfig, device) -> dict:
+    """Mean standardised patch / CLS MSE over 4 glimpses of F-IID and R-IID on held-out scenes."""
+    was_training = model.training
+    model.eval()
+    patches, cls = precompute_targets(teacher, val_set.images, model.cfg.canvas_grid)
+    patches, cls = model.standardize(patches, cls)
+    g = torch.Generator().manual_seed(cfg.seed + 7)
+    out = {}
+    for name, first in (("f_iid", True), ("r_iid", False)):
+        b = len(val_set)
+        vps = [sample_viewpoints(b, g, cfg.s_min) for _ in range(4)]
+        if first:
+            vps[0] = Viewpoint.full(b)
+        _, outs = model.rollout(val_set.images.to(device), [v.to(device) for v in vps])
+        out[f"{name}/patch"] = sum(F.mse_loss(o.scene_patches.cpu(), patches).item() for o in outs) / 4
+        out[f"{name}/cls"] = sum(F.mse_loss(o.scene_cls.cpu(), cls).item() for o in outs) / 4
+    model.train(was_training)
+    return out

@@ -1,0 +1,90 @@
+"""Probes and metrics on planted cases; the evaluation pipeline end to end on toy scenes."""
+
+import json
+
+import pytest
+import torch
+
+from avfm.evaluate import EvalConfig, evaluate, load_run, plot
+from avfm.probes import SegProbe, entropy_map, fit_cls_probe, fit_seg_probe, miou, top1
+from avfm.train import DataConfig, OptimConfig, TeacherConfig, TrainConfig, train
+
+
+def test_miou_known_values():
+    target = torch.tensor([[0, 0, 1, 1]])
+    assert miou(target, target, 3) == 1.0
+    pred = torch.tensor([[0, 1, 1, 1]])
+    # class 0: inter 1, union 2; class 1: inter 2, union 3; class 2 absent
+    assert miou(pred, target, 3) == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert top1(torch.tensor([[0.1, 0.9], [0.8, 0.2]]), torch.tensor([1, 1])) == 0.5
+
+
+def test_seg_probe_recovers_planted_classes():
+    torch.manual_seed(0)
+    n, g, d, c = 64, 4, 16, 3
+    cls_grid = torch.randint(c, (n, g, g))
+    tokens = torch.randn(n, g * g, d) * 0.3
+    tokens[..., :c] += 3.0 * torch.nn.functional.one_hot(cls_grid.flatten(1), c)
+    labels = cls_grid.repeat_interleave(4, 1).repeat_interleave(4, 2)  # 16 x 16 labels, 4 x 4 px per token
+    probe = fit_seg_probe(tokens, labels, c, steps=200, lr=1e-2)
+    pred = probe(tokens, size=(16, 16)).argmax(1)
+    # bilinear upsampling blurs token borders a little; the planted classes must come back nearly exactly
+    assert miou(pred, labels, c) > 0.8
+    assert isinstance(probe, SegProbe) and not probe.training
+    ent = entropy_map(probe, tokens[:2])
+    assert ent.shape == (2, g, g) and (ent >= 0).all()
+
+
+def test_cls_probe_on_planted_cls():
+    torch.manual_seed(0)
+    y = torch.randint(2, (128,))
+    x = torch.randn(128, 8)
+    x[:, 0] += 4 * (y * 2 - 1)
+    probe = fit_cls_probe(x, y, 2, steps=100, lr=1e-2)
+    assert top1(probe(x), y) > 0.95
+
+
+def test_evaluation_end_to_end(tmp_path):
+    cfg = TrainConfig(
+        data=DataConfig(source="toy", n_train=16, n_val=8, resolution=64),
+        teacher=TeacherConfig(name="random_vit"),
+        optim=OptimConfig(lr=2e-3, warmup_steps=2),
+        steps=4,
+        batch_size=4,
+        run_name="e2e",
+        out_root=str(tmp_path),
+        progress=False,
+    )
+    trained = train(cfg)
+    model, _, teacher, train_set, val_set = load_run(trained["run_dir"])
+    metrics = evaluate(
+        model,
+        teacher,
+        train_set,
+        val_set,
+        EvalConfig(steps=3, probe_rollout=2, probe_steps=10, policies=("c2f", "eg_c2f", "f2c")),
+    )
+    assert set(metrics["policies"]) == {"c2f", "eg_c2f", "f2c"}
+    assert all(len(v["miou"]) == 3 and len(v["top1"]) == 3 for v in metrics["policies"].values())
+    assert {"teacher_full", "teacher_input_matched", "teacher_flop_matched"} <= set(metrics["baselines"])
+    assert metrics["baselines"]["teacher_input_matched"]["px"] == 32
+    json.dumps(metrics)
+    assert plot(metrics, tmp_path / "m.png").stat().st_size > 0
+
+
+def test_eval_script_bad_run_dir_is_one_line_exit_2(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, str(root / "scripts/eval_avfm.py"), "--run-dir", str(tmp_path / "missing")],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "config.json" in result.stderr and result.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "missing").exists()

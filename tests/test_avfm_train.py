@@ -1,0 +1,153 @@
+"""Teachers (HF round trip, random, trained), target shards, distillation training and exact resume."""
+
+import pytest
+import torch
+
+from avfm.data import load_target_shards, precompute_targets, save_target_shards, toy_scenes
+from avfm.teachers import (
+    DenseTeacherConfig,
+    build_teacher,
+    load_vit_teacher,
+    save_vit_teacher,
+    train_dense_teacher,
+)
+from avfm.train import DataConfig, OptimConfig, TeacherConfig, TrainConfig, train
+from scene3d.checkpoint import load_checkpoint
+from scene3d.errors import CheckpointError, DataError
+
+
+def _hf_tiny(kind, tmp_path):
+    if kind == "dinov2":
+        from transformers import Dinov2Config as C
+        from transformers import Dinov2Model as M
+
+        extra = {}
+    else:
+        from transformers import DINOv3ViTConfig as C
+        from transformers import DINOv3ViTModel as M
+
+        extra = {"num_register_tokens": 2}
+    torch.manual_seed(0)
+    model = M(
+        C(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            patch_size=8,
+            image_size=32,
+            **extra,
+        )
+    ).eval()
+    model.save_pretrained(tmp_path)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["dinov2", "dinov3"])
+def test_hf_teacher_round_trip(kind, tmp_path):
+    model = _hf_tiny(kind, tmp_path)
+    teacher = build_teacher(kind, path=tmp_path)
+    images = torch.rand(2, 3, 32, 48)
+    out = teacher(images)
+    assert out.grid == (4, 6) and out.patches.shape == (2, 24, 32) and out.cls.shape == (2, 32)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        ref = model(pixel_values=(images - mean) / std).last_hidden_state
+    assert torch.allclose(out.patches, ref[:, -24:], atol=1e-5)
+    assert torch.allclose(out.cls, ref[:, 0], atol=1e-5)
+    assert out.resampled(2).shape == (2, 4, 32)
+
+
+def test_hf_teacher_missing_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="config.json"):
+        build_teacher("dinov2", path=tmp_path / "nope")
+
+
+def test_random_vit_teacher_is_seeded():
+    images = torch.rand(1, 3, 32, 32)
+    a, b, c = (build_teacher("random_vit", seed=s)(images).patches for s in (0, 0, 1))
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+
+
+def test_trained_teacher_learns_and_round_trips(tmp_path):
+    scenes = toy_scenes(24, 32, seed=0)
+    cfg = DenseTeacherConfig(dim=48, depth=2, heads=2, steps=40, batch_size=8, lr=3e-3)
+    teacher, losses = train_dense_teacher(scenes.images, scenes.labels, 3, scenes.scene_class, cfg)
+    assert sum(losses[-5:]) < 0.7 * sum(losses[:5])
+    path = save_vit_teacher(tmp_path / "t.safetensors", teacher)
+    again = load_vit_teacher(path)
+    x = scenes.images[:2]
+    assert torch.equal(teacher(x).patches, again(x).patches)
+    with pytest.raises(CheckpointError):
+        load_vit_teacher(tmp_path / "missing.safetensors")
+
+
+def test_target_shards_round_trip(tmp_path):
+    teacher = build_teacher("random_vit", seed=0, dim=24, depth=1, heads=2)
+    patches, cls = precompute_targets(teacher, torch.rand(5, 3, 32, 32), grid=2, batch_size=2)
+    assert patches.shape == (5, 4, 24) and cls.shape == (5, 24)
+    save_target_shards(tmp_path, patches, cls, shard_size=2)
+    loaded = list(load_target_shards(tmp_path))
+    assert len(loaded) == 3
+    assert torch.allclose(torch.cat([p for p, _ in loaded]), patches, atol=1e-2)
+
+
+def _cfg(tmp_path, steps, name="run", batch_size=4):
+    return TrainConfig(
+        data=DataConfig(source="toy", n_train=16, n_val=4, resolution=64),
+        teacher=TeacherConfig(name="random_vit"),
+        optim=OptimConfig(lr=2e-3, warmup_steps=3),
+        steps=steps,
+        batch_size=batch_size,
+        log_every=2,
+        ckpt_every=2,
+        run_name=name,
+        out_root=str(tmp_path),
+        progress=False,
+    )
+
+
+def test_training_loss_falls(tmp_path):
+    metrics = train(_cfg(tmp_path, 30, batch_size=8))
+    assert metrics["steps"] == 30
+    assert sum(metrics["last_losses"]) < 0.75 * sum(metrics["first_losses"])
+    assert (tmp_path / "avfm" / "run" / "metrics.json").is_file()
+    assert (tmp_path / "avfm" / "run" / "scalars.jsonl").is_file()
+
+
+def test_resume_is_exact(tmp_path):
+    train(_cfg(tmp_path, 4, "straight"))
+    train(_cfg(tmp_path, 2, "resumed"))
+    resumed = train(_cfg(tmp_path, 4, "resumed"))
+    assert resumed["steps_this_run"] == 2
+    a, _ = load_checkpoint(tmp_path / "avfm" / "straight" / "checkpoints" / "step_0000004.safetensors")
+    b, _ = load_checkpoint(tmp_path / "avfm" / "resumed" / "checkpoints" / "step_0000004.safetensors")
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+
+
+def test_image_folder_with_annotations(tmp_path):
+    import imageio.v3 as iio
+    import numpy as np
+
+    from avfm.data import load_scenes
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "annotations").mkdir()
+    for i in range(2):
+        img = np.zeros((20, 30, 3), np.uint8)
+        img[:, :, i] = 255
+        iio.imwrite(tmp_path / "images" / f"s{i}.png", img)
+        ann = np.zeros((20, 30), np.uint8)
+        ann[10:, :] = 2 + i
+        iio.imwrite(tmp_path / "annotations" / f"s{i}.png", ann)
+    scenes = load_scenes("folder", 10, 16, path=str(tmp_path))
+    assert scenes.images.shape == (2, 3, 16, 16) and scenes.labels.shape == (2, 16, 16)
+    assert scenes.images[0, 0].mean() == pytest.approx(1.0) and scenes.images[0, 1].mean() == 0.0
+    assert scenes.labels[1, -1, 0] == 3 and scenes.labels[1, 0, 0] == 0 and scenes.num_classes == 4
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no image files"):
+        load_scenes("folder", 10, 16, path=str(tmp_path / "empty"))
+    with pytest.raises(DataError, match="folder not found"):
+        load_scenes("folder", 10, 16, path=str(tmp_path / "missing"))
