@@ -21,7 +21,7 @@ from scene3d.render import render_image
 
 @dataclass
 class BenchConfig:
-    """quick: 32x32 images and 40 s of training per architecture (< 5 min in all); otherwise 64x64
+    """quick: 32x32 images and 30 s of training per architecture (< 5 min in all); otherwise 64x64
     and the 10 minutes per architecture of the targets."""
 
     quick: bool = False
@@ -33,7 +33,7 @@ class BenchConfig:
 
     @property
     def budget(self) -> float:
-        return self.seconds_per_field or (40.0 if self.quick else 600.0)
+        return self.seconds_per_field or (30.0 if self.quick else 600.0)
 
 
 def _timed(fn, repeats: int = 3) -> float:
