@@ -1,0 +1,141 @@
+"""The standard 3DGS PLY layout (Kerbl et al. 2023), as read by common splat viewers.
+
+One `vertex` element, binary little endian, float32 properties in this order:
+    x y z  nx ny nz  f_dc_0..2  f_rest_0..(3(K-1)-1)  opacity  scale_0..2  rot_0..3
+f_dc / f_rest are SH coefficients stored channel-major (all R coefficients, then G, then B),
+opacity is the logit, scales are logs, rot is the quaternion wxyz (unnormalised).
+Feature scenes add `feat_0..D-1` after the standard block and store zero colour, so viewers open them.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scene3d.checkpoint import atomic_write
+from scene3d.errors import DataError
+from scene3d.gaussians.scene import GaussianScene
+
+_TYPES = {"float": "<f4", "float32": "<f4", "double": "<f8", "float64": "<f8", "uchar": "u1", "uint8": "u1",
+          "int": "<i4", "int32": "<i4", "uint": "<u4", "short": "<i2", "ushort": "<u2", "char": "i1"}
+
+
+def _columns(scene: GaussianScene) -> dict[str, np.ndarray]:
+    p = {k: v.detach().cpu().double().numpy() for k, v in scene.params.items()}
+    n = len(scene)
+    cols = {"x": p["means"][:, 0], "y": p["means"][:, 1], "z": p["means"][:, 2]}
+    cols.update({k: np.zeros(n) for k in ("nx", "ny", "nz")})
+    if scene.is_feature_scene:
+        dc, rest = np.zeros((n, 3)), np.zeros((n, 0))
+    else:
+        dc = p["sh0"][:, 0, :]
+        rest = p["shN"].transpose(0, 2, 1).reshape(n, -1)  # channel-major
+    cols.update({f"f_dc_{i}": dc[:, i] for i in range(3)})
+    cols.update({f"f_rest_{i}": rest[:, i] for i in range(rest.shape[1])})
+    cols["opacity"] = p["opacity_logits"]
+    cols.update({f"scale_{i}": p["log_scales"][:, i] for i in range(3)})
+    cols.update({f"rot_{i}": p["quats"][:, i] for i in range(4)})
+    if scene.is_feature_scene:
+        cols.update({f"feat_{i}": p["features"][:, i] for i in range(p["features"].shape[1])})
+    return cols
+
+
+def write_ply(path: str | Path, scene: GaussianScene) -> Path:
+    """Write `scene` atomically in the standard layout (float32, binary little endian)."""
+    cols = _columns(scene)
+    data = np.empty(len(scene), dtype=[(k, "<f4") for k in cols])
+    for k, v in cols.items():
+        data[k] = v
+    header = ["ply", "format binary_little_endian 1.0", f"element vertex {len(scene)}",
+              *[f"property float {k}" for k in cols], "end_header"]
+    blob = ("\n".join(header) + "\n").encode("ascii") + data.tobytes()
+    return atomic_write(path, lambda f: f.write(blob))
+
+
+def _parse_header(raw: bytes, path: Path) -> tuple[str, int, list[tuple[str, str]], int]:
+    end = raw.find(b"end_header")
+    if not raw.startswith(b"ply") or end < 0:
+        raise DataError(path, "header", "not a PLY file (needs 'ply' ... 'end_header')")
+    body_start = raw.index(b"\n", end) + 1 if b"\n" in raw[end:] else len(raw)
+    lines = raw[:end].decode("ascii", errors="replace").splitlines()
+    fmt, count, props, element = None, None, [], None
+    for line in lines[1:]:
+        parts = line.split()
+        if not parts or parts[0] in ("comment", "obj_info"):
+            continue
+        if parts[0] == "format":
+            if len(parts) < 2 or parts[1] not in ("binary_little_endian", "ascii"):
+                raise DataError(path, "format", f"unsupported PLY format {' '.join(parts[1:])!r}; "
+                                "expected binary_little_endian or ascii")
+            fmt = parts[1]
+        elif parts[0] == "element":
+            if len(parts) != 3 or not parts[2].isdigit():
+                raise DataError(path, "element", f"malformed element line {line!r}")
+            element = parts[1]
+            if element == "vertex":
+                count = int(parts[2])
+            elif count is None:
+                raise DataError(path, "element", f"element {element!r} before 'vertex' is not supported")
+        elif parts[0] == "property":
+            if element != "vertex":
+                continue
+            if len(parts) != 3 or parts[1] not in _TYPES:
+                raise DataError(path, "property", f"unsupported property line {line!r}")
+            props.append((parts[2], _TYPES[parts[1]]))
+        else:
+            raise DataError(path, "header", f"unknown header line {line!r}")
+    if fmt is None:
+        raise DataError(path, "format", "missing 'format' line")
+    if count is None:
+        raise DataError(path, "element vertex", "missing 'element vertex N' line")
+    return fmt, count, props, body_start
+
+
+def read_ply(path: str | Path) -> GaussianScene:
+    """Load a 3DGS PLY (ours or any viewer's / trainer's in the standard layout)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(path, None, f"cannot read file ({e.strerror})") from e
+    fmt, n, props, start = _parse_header(raw, path)
+    dtype = np.dtype([(name, t) for name, t in props])
+    if fmt == "ascii":
+        rows = np.array(raw[start:].decode("ascii").split(), dtype=np.float64)
+        if rows.size < n * len(props):
+            raise DataError(path, "vertex", f"expected {n} x {len(props)} values, found {rows.size}")
+        values = rows[: n * len(props)].reshape(n, len(props))
+        data = {name: values[:, i] for i, (name, _) in enumerate(props)}
+    else:
+        need = n * dtype.itemsize
+        if len(raw) - start < need:
+            raise DataError(path, "vertex", f"file truncated: {n} vertices need {need} bytes, "
+                            f"found {len(raw) - start}")
+        arr = np.frombuffer(raw, dtype=dtype, count=n, offset=start)
+        data = {name: arr[name] for name in dtype.names}
+
+    def block(prefix: str, count: int | None = None) -> np.ndarray:
+        names = sorted((k for k in data if k.startswith(prefix)), key=lambda k: int(k[len(prefix):]))
+        if count is not None and len(names) != count:
+            raise DataError(path, f"{prefix}*", f"expected {count} properties, found {len(names)}")
+        return np.stack([data[k] for k in names], -1) if names else np.zeros((n, 0))
+
+    for required in ("x", "y", "z", "opacity"):
+        if required not in data:
+            raise DataError(path, required, "missing vertex property")
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
+    means = t(np.stack([data["x"], data["y"], data["z"]], -1))
+    params = {"means": means, "quats": t(block("rot_", 4)), "log_scales": t(block("scale_", 3)),
+              "opacity_logits": t(data["opacity"])}
+    feats = block("feat_")
+    if feats.shape[1] > 0:
+        return GaussianScene(**params, features=t(feats))
+    dc, rest = block("f_dc_", 3), block("f_rest_")
+    k = rest.shape[1] // 3 + 1
+    if rest.shape[1] % 3 or math.isqrt(k) ** 2 != k or k > 16:
+        raise DataError(path, "f_rest_*", f"{rest.shape[1]} SH rest coefficients is not 3 x ((d+1)^2 - 1), d <= 3")
+    sh_n = rest.reshape(n, 3, k - 1).transpose(0, 2, 1)
+    return GaussianScene(**params, sh0=t(dc[:, None, :]), shN=t(sh_n))

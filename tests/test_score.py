@@ -1,0 +1,278 @@
+"""Score-distillation guidances: each gradient equals its paper's formula on a tiny prior with
+fixed noise and timesteps, nothing reaches the prior's weights, and a short run on a learnable
+target lowers the prior's denoising loss on its renders."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from scene3d.diffusion import DiffusionPrior, PixelPrior, PixelPriorConfig
+from scene3d.distill.distiller import DistillConfig, ScoreDistiller, Target
+from scene3d.distill.score import GUIDANCES, ISM, SDS, TSM, VSD, camera_features, clip_pixel_gradients, make_guidance
+from scene3d.distill.views import camera_angles, random_cameras, turntable_cameras, view_names
+
+TINY = PixelPriorConfig(resolution=16, block_out_channels=(8, 16), norm_num_groups=4, attention=False)
+S = 3.0  # guidance scale used throughout
+
+
+@pytest.fixture(scope="module")
+def prior():
+    torch.manual_seed(0)
+    return PixelPrior(TINY).freeze()
+
+
+def _inputs(prior, b=2):
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(b, 3, 16, 16, generator=g, requires_grad=True)
+    noise = torch.randn(b, 3, 16, 16, generator=g)
+    cond, null = prior.condition("box", b), prior.null_condition(b)
+    return images, noise, cond, null
+
+
+def _eps(prior, x, t, y):
+    return prior.predict_noise(x, torch.as_tensor(t).reshape(-1), y)
+
+
+def _cfg(prior, x, t, cond, null):
+    eps_u, eps_c = _eps(prior, x, t, null), _eps(prior, x, t, cond)
+    return eps_u + S * (eps_c - eps_u)
+
+
+def _check_surrogate(out, expected):
+    assert torch.allclose(out.grad, expected, atol=1e-5, rtol=1e-4)
+    (dx,) = torch.autograd.grad(out.loss, out.x, retain_graph=True)
+    assert torch.allclose(dx, expected / len(expected), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("weighting", ["sds", "uniform", "fantasia3d"])
+def test_sds_gradient_is_its_formula(prior, weighting):
+    images, noise, cond, null = _inputs(prior)
+    t = torch.tensor([120, 870])
+    out = make_guidance("sds", prior, guidance_scale=S, weighting=weighting)(images, cond, null, t=t, noise=noise)
+    abar = prior.alphas_cumprod[t].view(-1, 1, 1, 1)
+    x = images.detach() * 2 - 1
+    x_t = abar.sqrt() * x + (1 - abar).sqrt() * noise
+    expected_eps = torch.cat([_cfg(prior, x_t[i:i + 1], t[i], cond[i:i + 1], null[i:i + 1]) for i in range(2)])
+    w = {"sds": 1 - abar, "uniform": torch.ones_like(abar), "fantasia3d": abar.sqrt() * (1 - abar)}[weighting]
+    _check_surrogate(out, w * (expected_eps - noise))
+
+
+def test_sds_nan_guard_clipping_and_annealing(prior):
+    images, noise, cond, null = _inputs(prior)
+    g = make_guidance("sds", prior, guidance_scale=S, grad_clip=0.01, t_max=0.98, t_max_end=0.5, anneal_steps=100)
+    out = g(images, cond, null, t=torch.tensor([500, 500]), noise=noise)
+    assert out.grad.abs().max() <= 0.01 + 1e-7
+    noise_nan = noise.clone()
+    noise_nan[0, 0, 0, 0] = float("nan")
+    assert torch.isfinite(g(images, cond, null, t=torch.tensor([500, 500]), noise=noise_nan).grad).all()
+    assert g.t_bounds(0) == (20, 980) and g.t_bounds(50) == (20, 740) and g.t_bounds(1000) == (20, 500)
+    t = g.sample_t(1000, step=100, generator=torch.Generator().manual_seed(0))
+    assert t.min() >= 20 and t.max() < 500
+
+
+def test_vsd_gradient_is_its_formula_and_trains_only_the_estimator(prior):
+    images, noise, cond, null = _inputs(prior)
+    cameras, _ = random_cameras(2, 16, generator=torch.Generator().manual_seed(0))
+    guidance = make_guidance("vsd", prior, guidance_scale=S, estimator_lr=1e-2)
+    with torch.no_grad():  # a non-trivial camera embedding, so the camera matters
+        guidance.estimator.denoiser.class_embedding.camera[-1].weight.normal_(0, 0.1)
+    t = torch.tensor([300, 650])
+    abar = prior.alphas_cumprod[t].view(-1, 1, 1, 1)
+    x = images.detach() * 2 - 1
+    x_t = abar.sqrt() * x + (1 - abar).sqrt() * noise
+    with torch.no_grad():
+        eps_est = guidance.estimator(x_t, t, cond, camera_features(cameras))
+    eps_pre = torch.cat([_cfg(prior, x_t[i:i + 1], t[i], cond[i:i + 1], null[i:i + 1]) for i in range(2)])
+    before = [p.detach().clone() for p in guidance.estimator.parameters()]
+    out = guidance(images, cond, null, cameras=cameras, t=t, noise=noise)
+    _check_surrogate(out, (1 - abar) * (eps_pre - eps_est))
+    assert "estimator_loss" in out.extras
+    changed = [not torch.equal(a, p) for a, p in zip(before, guidance.estimator.parameters(), strict=True)]
+    assert any(changed)
+    assert len(guidance.trainable_parameters()) == len(before)
+
+
+def _ddim_invert(prior, x, eps, cur, nxt):
+    a, b = prior.alphas_cumprod[cur], prior.alphas_cumprod[nxt]
+    x0 = (x - math.sqrt(1 - a) * eps) / math.sqrt(a)
+    return math.sqrt(b) * x0 + math.sqrt(1 - b) * eps
+
+
+def _ism_reference(prior, x0, noise, t, delta, xs_delta, xs_steps, cond, null, gamma=None):
+    """LucidDreamer's loop for one sample (scalar timesteps), written independently."""
+    s = max(t - delta, 0)
+    cur = max(s - xs_delta * xs_steps, 0)
+    a = prior.alphas_cumprod[cur]
+    x = math.sqrt(a) * x0 + math.sqrt(1 - a) * noise
+    for _ in range(xs_steps):
+        nxt = min(cur + xs_delta, s)
+        x = _ddim_invert(prior, x, _eps(prior, x, cur, null), cur, nxt)
+        cur = nxt
+    eps_s = _eps(prior, x, s, null)
+    x_t = _ddim_invert(prior, x, eps_s, s, t)
+    target = eps_s
+    if gamma is not None:
+        mu = int(round(s + (t - s) * math.sqrt(1 - gamma**2)))
+        target = _eps(prior, _ddim_invert(prior, x, eps_s, s, mu), mu, null)
+    abar_t = prior.alphas_cumprod[t]
+    return math.sqrt((1 - abar_t) / abar_t) * (_cfg(prior, x_t, t, cond, null) - target)
+
+
+@pytest.mark.parametrize("name", ["ism", "tsm"])
+def test_ism_and_tsm_gradients_are_their_formulas(prior, name):
+    images, noise, cond, null = _inputs(prior)
+    guidance = make_guidance(name, prior, guidance_scale=S, delta_t=80, delta_t_start=80, xs_delta_t=200,
+                             xs_inv_steps=5)
+    t = torch.tensor([700, 150])
+    out = guidance(images, cond, null, t=t, noise=noise)
+    x0 = images.detach() * 2 - 1
+    gamma = guidance.config.gamma if name == "tsm" else None
+    expected = torch.cat([_ism_reference(prior, x0[i:i + 1], noise[i:i + 1], int(t[i]), 80, 200, 5,
+                                         cond[i:i + 1], null[i:i + 1], gamma) for i in range(2)])
+    _check_surrogate(out, expected)
+
+
+def test_tsm_with_gamma_one_is_ism(prior):
+    images, noise, cond, null = _inputs(prior)
+    t = torch.tensor([400, 900])
+    ism = make_guidance("ism", prior, guidance_scale=S)(images, cond, null, t=t, noise=noise)
+    tsm = make_guidance("tsm", prior, guidance_scale=S, gamma=1.0)(images, cond, null, t=t, noise=noise)
+    assert torch.allclose(ism.grad, tsm.grad, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(ism.grad, make_guidance("tsm", prior, guidance_scale=S)(
+        images, cond, null, t=t, noise=noise).grad, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(GUIDANCES))
+def test_no_gradient_reaches_the_prior(name):
+    torch.manual_seed(0)
+    prior = PixelPrior(TINY)
+    guidance = make_guidance(name, prior, guidance_scale=S)
+    prior.requires_grad_(True)  # even if someone unfreezes it, guidance must not touch it
+    images, noise, cond, null = _inputs(prior)
+    cameras, _ = random_cameras(2, 16)
+    before = [p.detach().clone() for p in prior.parameters()]
+    out = guidance(images, cond, null, cameras=cameras, noise=noise)
+    out.loss.backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+    assert all(p.grad is None for p in prior.parameters())
+    assert all(torch.equal(a, p) for a, p in zip(before, prior.parameters(), strict=True))
+
+
+def test_pixel_gradient_clipping_caps_each_pixel():
+    images = torch.rand(1, 3, 4, 4, requires_grad=True)
+    (clip_pixel_gradients(images, 0.05) * torch.randn(1, 3, 4, 4) * 10).sum().backward()
+    assert torch.all(images.grad.norm(dim=1) <= 0.05 + 1e-6)
+    small = torch.rand(1, 3, 4, 4, requires_grad=True)
+    w = torch.randn(1, 3, 4, 4) * 1e-4
+    (clip_pixel_gradients(small, 0.05) * w).sum().backward()
+    assert torch.allclose(small.grad, w)
+
+
+def test_view_names_and_cameras():
+    deg = torch.deg2rad
+    az = deg(torch.tensor([0.0, 20.0, 90.0, 180.0, 200.0, 300.0, 10.0]))
+    el = deg(torch.tensor([10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 75.0]))
+    assert view_names(az, el) == ["front", "front", "side", "back", "back", "side", "overhead"]
+    cams, names = random_cameras(16, 8, generator=torch.Generator().manual_seed(0))
+    a, e = camera_angles(cams)
+    assert names == view_names(a, e)
+    r = cams.centers.norm(dim=-1)
+    assert r.min() >= 1.6 - 1e-4 and r.max() <= 2.1 + 1e-4
+    assert torch.rad2deg(e).min() >= 5 - 1e-3 and torch.rad2deg(e).max() <= 60 + 1e-3
+    assert torch.allclose(cams.forward, torch.nn.functional.normalize(-cams.centers, dim=-1), atol=1e-5)
+    assert len(turntable_cameras(8, 8)) == 8
+
+
+class GaussianPrior(DiffusionPrior):
+    """Exact denoiser of N(mu, sigma^2 I) data (a test double with a learnable-looking parameter)."""
+
+    def __init__(self, mu: torch.Tensor, sigma: float):
+        from diffusers import DDPMScheduler
+
+        super().__init__(DDPMScheduler(beta_schedule="squaredcos_cap_v2"))
+        self.denoiser = nn.Module()
+        self.denoiser.mu = nn.Parameter(mu)
+        self.sigma = sigma
+        self.freeze()
+
+    def encode(self, images):
+        return images * 2 - 1
+
+    def decode(self, x):
+        return (x + 1) / 2
+
+    def condition(self, prompt, batch, views=None):
+        return torch.zeros(batch, dtype=torch.long)
+
+    def null_condition(self, batch):
+        return torch.zeros(batch, dtype=torch.long)
+
+    def _forward(self, denoiser, x_t, t, cond, class_labels=None):
+        return gaussian_eps(self.alphas_cumprod[t].view(-1, 1, 1, 1), x_t, denoiser.mu, self.sigma)
+
+    def make_estimator(self, camera_dim=16):
+        return GaussianEstimator(self)
+
+
+def gaussian_eps(a, x_t, mu, sigma):
+    """E[eps | x_t] for x_0 ~ N(mu, sigma^2 I)."""
+    return (1 - a).sqrt() * (x_t - a.sqrt() * mu) / (a * sigma**2 + 1 - a)
+
+
+class GaussianEstimator(nn.Module):
+    """VSD's estimator in the same family: a Gaussian with learnable mean and scale (camera ignored)."""
+
+    def __init__(self, prior):
+        super().__init__()
+        self.alphas_cumprod = prior.alphas_cumprod
+        self.mu = nn.Parameter(torch.zeros_like(prior.denoiser.mu))
+        self.log_sigma = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x_t, t, cond, camera):
+        return gaussian_eps(self.alphas_cumprod[t].view(-1, 1, 1, 1), x_t, self.mu, self.log_sigma.exp())
+
+
+@pytest.mark.parametrize("name", sorted(GUIDANCES))
+def test_short_distillation_lowers_the_denoising_loss(name):
+    """A learnable colour image seen from random cameras, distilled from an exact Gaussian prior."""
+    torch.manual_seed(0)
+    mu = torch.zeros(1, 3, 8, 8)
+    mu[:, 0], mu[:, 2] = 0.6, -0.4
+    prior = GaussianPrior(mu, sigma=0.1)
+    logits = nn.Parameter(torch.randn(1, 3, 8, 8))
+    target = Target(render=lambda cams: torch.sigmoid(logits).expand(len(cams), -1, -1, -1),
+                    optimizer=torch.optim.Adam([logits], lr=0.05))
+
+    def denoising_loss():
+        g = torch.Generator().manual_seed(123)
+        x0 = prior.encode(torch.sigmoid(logits.detach())).expand(256, -1, -1, -1)
+        return float(prior.denoising_loss(x0, prior.null_condition(256), generator=g).mean())
+
+    guidance = make_guidance(name, prior, guidance_scale=1.0, **({"estimator_lr": 0.05} if name == "vsd" else {}))
+    distiller = ScoreDistiller(prior, guidance, [target], DistillConfig(steps=60, batch_size=2, render_size=8))
+    before = denoising_loss()
+    history = distiller.run(progress=False)
+    assert len(history) == 60 and all(math.isfinite(h["loss"]) for h in history)
+    assert denoising_loss() < 0.5 * before
+
+
+def test_distiller_runs_vsd_particles_on_a_pixel_prior(prior):
+    logits = [nn.Parameter(torch.zeros(1, 3, 16, 16)) for _ in range(2)]
+    targets = [Target(render=lambda cams, p=p: torch.sigmoid(p).expand(len(cams), -1, -1, -1),
+                      optimizer=torch.optim.Adam([p], lr=0.01), pixel_grad_clip=0.05) for p in logits]
+    guidance = make_guidance("vsd", prior, guidance_scale=S)
+    out = ScoreDistiller(prior, guidance, targets, DistillConfig(prompt="torus", steps=2, batch_size=2,
+                                                                 render_size=16)).run(progress=False)
+    assert "estimator_loss" in out[-1]
+    assert not torch.equal(logits[0], logits[1])  # independent particles, each moved
+    assert all(p.abs().sum() > 0 for p in logits)
+
+
+def test_registry_and_types(prior):
+    assert set(GUIDANCES) == {"sds", "vsd", "ism", "tsm"}
+    assert isinstance(make_guidance("sds", prior), SDS) and isinstance(make_guidance("vsd", prior), VSD)
+    assert isinstance(make_guidance("ism", prior), ISM) and isinstance(make_guidance("tsm", prior), TSM)
+    with pytest.raises(ValueError, match="choose from"):
+        make_guidance("dds", prior)

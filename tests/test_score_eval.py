@@ -1,0 +1,89 @@
+"""Saturation, diversity and recognition metrics of distilled renders."""
+
+import torch
+
+from scene3d.distill.evaluate import diversity, foreground, recognition, saturation
+
+
+def test_saturation_of_grey_and_pure_colours():
+    img = torch.ones(2, 3, 4, 4)
+    img[0, :, :2] = 0.5  # grey object on white: saturation 0
+    img[1, :, :2] = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)  # pure red: saturation 1
+    assert foreground(img).sum() == 16
+    assert abs(saturation(img[:1])) < 1e-6 and abs(saturation(img[1:]) - 1) < 1e-6
+    assert abs(saturation(img) - 0.5) < 1e-6
+
+
+def test_diversity_zero_for_identical_seeds_and_grows_with_difference():
+    a = torch.rand(1, 4, 3, 8, 8)
+    assert diversity(torch.cat([a, a])) == 0.0
+    assert diversity(torch.cat([a, a + 0.1])) > diversity(torch.cat([a, a + 0.01])) > 0
+    assert diversity(a) == 0.0
+
+
+def test_recognition_fraction():
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.one_hot((x.mean((1, 2, 3)) > 0.5).long(), 2).float()
+
+    images = torch.cat([torch.zeros(3, 3, 2, 2), torch.ones(1, 3, 2, 2)])
+    assert recognition(Fixed(), images, 0) == 0.75 and recognition(Fixed(), images, 1) == 0.25
+
+
+def test_voxel_target_renders_a_blob_and_is_differentiable():
+    from scene3d.distill.targets import voxel_target
+    from scene3d.distill.views import turntable_cameras
+
+    target, scene = voxel_target()
+    scene.eval()
+    images = target.render(turntable_cameras(2, 16))
+    assert images.shape == (2, 3, 16, 16)
+    assert torch.allclose(images[:, :, 0, 0], torch.ones(2, 3), atol=1e-3)  # corners see the background
+    assert (images[:, :, 8, 8] < 0.7).all()  # the initial density blob in the middle (grey colour 0.5)
+    images.mean().backward()
+    assert scene.grid.grad is not None and scene.grid.grad.abs().sum() > 0
+
+
+def test_eval_score_writes_its_report(tmp_path):
+    from scene3d.diffusion import PixelPrior, PixelPriorConfig
+    from scene3d.diffusion.classifier import ClassifierConfig, train_classifier
+    from scene3d.distill.eval_score import EvalScoreConfig, evaluate_score
+
+    torch.manual_seed(0)
+    PixelPrior(PixelPriorConfig(resolution=16, block_out_channels=(8, 16), norm_num_groups=4,
+                                attention=False)).save_pretrained(tmp_path / "prior")
+    train_classifier(ClassifierConfig(root=tmp_path, name="clf", resolution=16, channels=(8,), n_objects_per_class=1,
+                                      views_per_object=2, n_val_objects_per_class=1, steps=2, batch_size=4))
+    out = tmp_path / "bench" / "score.json"
+    result = evaluate_score(EvalScoreConfig(prior=tmp_path / "prior", classifier=tmp_path / "classifier" / "clf",
+                                            guidances=("sds", "ism"), targets=("image",), prompts=("box",),
+                                            seeds=2, steps=2, render_size=16, n_views=2, out=out))
+    assert out.is_file() and out.with_suffix(".png").is_file()
+    for key in ("sds/image", "ism/image"):
+        run = result["runs"][key]
+        assert 0 <= run["recognition"] <= 1 and run["diversity"] > 0 and run["steps_per_second"] > 0
+
+
+def test_distill_score_run_writes_views_and_turntable(tmp_path):
+    import pytest
+
+    from scene3d.diffusion import PixelPrior, PixelPriorConfig
+    from scene3d.distill.distiller import DistillConfig
+    from scene3d.distill.run_score import DistillScoreConfig, distill_score
+    from scene3d.errors import DataError
+
+    torch.manual_seed(0)
+    PixelPrior(PixelPriorConfig(resolution=16, block_out_channels=(8, 16), norm_num_groups=4,
+                                attention=False)).save_pretrained(tmp_path / "prior")
+    config = DistillScoreConfig(prior=tmp_path / "prior", guidance="vsd", target="voxels", root=tmp_path,
+                                classifier=None, turntable_frames=4,
+                                distill=DistillConfig(prompt="torus", steps=2, batch_size=2, render_size=16,
+                                                      log_every=1))
+    metrics = distill_score(config)
+    run = tmp_path / "score" / "torus_vsd_voxels_s0"
+    for name in ("views.png", "turntable.gif", "metrics.json", "scalars.jsonl", "config.json"):
+        assert (run / name).is_file(), name
+    assert 0 <= metrics["saturation"] <= 1
+    config.guidance = "dds"
+    with pytest.raises(DataError, match="guidance"):
+        distill_score(config)
