@@ -1,0 +1,126 @@
+"""Side-by-side benchmark of the four field architectures on the default synthetic world: query
+throughput, training rays/s, time to 25 / 28 dB test PSNR, final PSNR / SSIM, parameters, memory,
+and rendering with the occupancy grid against the non-skipping reference at equal image."""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scene3d.checkpoint import atomic_write_json
+from scene3d.fields.base import FIELDS
+from scene3d.fields.train import FieldTrainer, FitConfig, load_data, mean_over_views
+from scene3d.metrics import psnr
+from scene3d.render import render_image
+
+
+@dataclass
+class BenchConfig:
+    """quick: 32x32 images and 30 s of training per architecture (< 5 min in all); otherwise 64x64
+    and the 10 minutes per architecture of the targets."""
+
+    quick: bool = False
+    fields: tuple[str, ...] = ("mlp", "tensorf", "grid", "hashgrid")
+    seconds_per_field: float | None = None
+    eval_every: int = 100
+    out: Path = Path("outputs/bench/fields.json")
+    device: str = "auto"
+
+    @property
+    def budget(self) -> float:
+        return self.seconds_per_field or (30.0 if self.quick else 600.0)
+
+
+def _timed(fn, repeats: int = 3) -> float:
+    """Best wall time of `repeats` calls."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_field(name: str, fit: FitConfig, train, test, budget: float, eval_every: int) -> dict[str, Any]:
+    torch.manual_seed(fit.seed)
+    trainer = FieldTrainer(fit, train, test)
+    field = trainer.field
+    points = field.aabb[0] + torch.rand(65536, 3, device=trainer.device) * (field.aabb[1] - field.aabb[0])
+    dirs = torch.nn.functional.normalize(torch.randn_like(points), dim=-1)
+    with torch.no_grad():
+        query_s = _timed(lambda: field.query(points, dirs))
+    train_seconds, timeline, reached = 0.0, [], {}
+    while train_seconds < budget:
+        start = time.perf_counter()
+        trainer.train_step()
+        train_seconds += time.perf_counter() - start
+        if trainer.step % eval_every == 0:
+            metrics, _ = trainer.evaluate(4)
+            timeline.append({"step": trainer.step, "seconds": round(train_seconds, 2),
+                             "test_psnr": round(metrics["test_psnr"], 3)})
+            for target in (25.0, 28.0):
+                if metrics["test_psnr"] >= target and f"seconds_to_{target:.0f}db" not in reached:
+                    reached[f"seconds_to_{target:.0f}db"] = round(train_seconds, 1)
+    final, _ = trainer.evaluate()
+    state_numel = sum(p.numel() for p in field.parameters()) + sum(
+        t.numel() for s in trainer.optimizer.state.values() for t in s.values() if torch.is_tensor(t))
+    return {
+        "field": name, "params": field.parameter_count(), "steps": trainer.step,
+        "train_seconds": round(train_seconds, 1),
+        "queries_per_second": round(len(points) / query_s),
+        "train_rays_per_second": round(fit.batch_rays * trainer.step / train_seconds),
+        "seconds_to_25db": reached.get("seconds_to_25db"), "seconds_to_28db": reached.get("seconds_to_28db"),
+        "final_test_psnr": round(final["test_psnr"], 3), "final_test_ssim": round(final["test_ssim"], 4),
+        "state_mb": round(state_numel * 4 / 2**20, 1), "peak_rss_mb": round(_peak_rss_mb()),
+        "occupied_fraction": trainer.occupancy.occupied_fraction if trainer.occupancy is not None else None,
+        "occupancy_render": occupancy_versus_reference(trainer, test),
+        "timeline": timeline,
+    }
+
+
+def occupancy_versus_reference(trainer: FieldTrainer, test) -> dict[str, float] | None:
+    """Render the test views with and without occupancy skipping: time, and the PSNR between them."""
+    if trainer.occupancy is None:
+        return None
+    field, cams = trainer.field.eval(), test.cameras.to(trainer.device)
+    kwargs = {"n_samples": trainer.config.n_samples, "background": trainer.background}
+    ref_s = _timed(lambda: render_image(field, cams, **kwargs), repeats=1)
+    occ_s = _timed(lambda: render_image(field, cams, occupancy=trainer.occupancy, **kwargs), repeats=1)
+    ref = render_image(field, cams, **kwargs)["rgb"].clamp(0, 1).cpu()
+    occ = render_image(field, cams, occupancy=trainer.occupancy, **kwargs)["rgb"].clamp(0, 1).cpu()
+    target = test.images.float()
+    return {"reference_seconds": round(ref_s, 2), "occupancy_seconds": round(occ_s, 2),
+            "speedup": round(ref_s / occ_s, 2),
+            "psnr_reference": round(mean_over_views(psnr, ref, target), 3),
+            "psnr_occupancy": round(mean_over_views(psnr, occ, target), 3),
+            "psnr_between": round(mean_over_views(psnr, occ, ref), 2)}
+
+
+def run_bench(config: BenchConfig) -> dict[str, Any]:
+    size = 32 if config.quick else 64
+    base = FitConfig(image_size=size, n_train_views=24 if config.quick else 40, n_test_views=4 if config.quick else 8,
+                     device=config.device, steps=10**6, batch_rays=1024, n_samples=64)
+    train, test = load_data(base)
+    results = {"quick": config.quick, "image_size": size, "seconds_per_field": config.budget,
+               "threads": torch.get_num_threads(), "device": config.device, "fields": {}}
+    for name in config.fields:
+        if name not in FIELDS:
+            raise KeyError(f"unknown field '{name}'; registered: {sorted(FIELDS)}")
+        fit = FitConfig(**{**base.__dict__, "field": name})
+        results["fields"][name] = bench_field(name, fit, train, test, config.budget, config.eval_every)
+        atomic_write_json(config.out, results)
+        r = results["fields"][name]
+        speedup = (r["occupancy_render"] or {}).get("speedup")
+        print(f"{name:9s} params {r['params']:>9,}  queries/s {r['queries_per_second']:>9,}  "
+              f"rays/s {r['train_rays_per_second']:>6,}  psnr {r['final_test_psnr']:6.2f}  "
+              f"t25 {r['seconds_to_25db']}  t28 {r['seconds_to_28db']}  occupancy x{speedup}", flush=True)
+    return results

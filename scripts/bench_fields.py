@@ -1,0 +1,15 @@
+"""Benchmark the four field architectures side by side and write outputs/bench/fields.json.
+
+    python scripts/bench_fields.py --quick   # under 5 minutes on 2 cores
+    python scripts/bench_fields.py           # 64x64, 10 minutes per architecture (the targets)
+"""
+
+from __future__ import annotations
+
+import tyro
+
+from scene3d.cli import run_cli
+from scene3d.fields.bench import BenchConfig, run_bench
+
+if __name__ == "__main__":
+    run_cli(lambda: run_bench(tyro.cli(BenchConfig)))
