@@ -708,3 +708,29 @@ def test_gaussian_run_directory_shows_its_latest_checkpoint(tmp_path):
     content = open_target(run.path)
     assert content.source is not None and len(content.source.scene) == 50
     assert content.source.buffers == ("rgb", "depth", "accumulation")
+
+
+# radiance fields ---------------------------------------------------------------------------------------
+def test_field_run_renders_its_checkpoint_and_follows_newer_ones(tmp_path):
+    from scene3d.fields import build_field
+    from scene3d.fields.base import field_spec
+    from scene3d.render import render_image
+
+    field = build_field("grid", aabb=(-1.5, -1.5, -0.05, 1.5, 1.5, 1.0))
+    run = RunDir(tmp_path / "run")
+    run.save_checkpoint(10, {"field": field.state_dict()}, {**field_spec(field), "fit": {"n_samples": 16}})
+    content = open_target(run.path)
+    source = content.source
+    assert source is not None and source.buffers == ("rgb", "depth", "accumulation")
+    view = cameras_to_view(orbit_cameras(1, 4.0, width=32, height=24))
+    truth = render_image(field, view_to_cameras(view, 32, 24), 16, background=torch.ones(3))
+    frame = render_view(source, view, "rgb", 32)
+    torch.testing.assert_close(frame.image, truth["rgb"][0].clamp(0, 1))
+    assert render_view(source, view, "accumulation", 32).image.shape == (24, 32, 3)
+    with torch.no_grad():
+        for p in field.parameters():
+            p.add_(0.5)
+    run.save_checkpoint(20, {"field": field.state_dict()}, {**field_spec(field), "fit": {"n_samples": 16}})
+    source._checked_at -= 10  # as if the reload interval had passed
+    assert not torch.equal(render_view(source, view, "rgb", 32).image, frame.image)
+    assert source.checkpoint.name == "step_0000020.safetensors"

@@ -161,11 +161,12 @@ def scene_scale(content: ViewerContent) -> float:
 
 def _register_adapters() -> None:
     """The adapters that ship with the viewer (imported here, after ViewerContent exists)."""
-    from viewer.adapters import gaussians
+    from viewer.adapters import fields, gaussians
 
     FILE_ADAPTERS.setdefault(".ply", gaussians.open_ply)
-    if gaussians.source_from_run not in RUN_ADAPTERS:
-        RUN_ADAPTERS.append(gaussians.source_from_run)
+    for adapter in (fields.FieldSource.from_run, gaussians.source_from_run):
+        if adapter not in RUN_ADAPTERS:
+            RUN_ADAPTERS.append(adapter)
 
 
 _register_adapters()
