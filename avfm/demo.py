@@ -51,12 +51,7 @@ def run_demo_stage(out_dir: Path, quick: bool) -> dict:
     """Pretrain, evaluate and plot; returns headline metrics. Writes under `out_dir`."""
     t0 = time.time()
     out_dir = Path(out_dir)
-    try:
-        import scene3d.data.scenes2d  # noqa: F401
-
-        source = "synthetic"
-    except ImportError:  # the synthetic 2D scenes are not in this checkout: use the toy generator
-        source = "toy"
+    source = "synthetic"
     train_cfg, eval_cfg = demo_configs(out_dir, quick, source)
     trained = train(train_cfg)
     model, _, teacher, train_set, val_set = load_run(trained["run_dir"])

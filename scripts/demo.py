@@ -8,21 +8,30 @@ Writes everything under outputs/demo/ (or --out) and a summary.json of every sta
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import tyro
 
+from avfm.demo import run_demo_stage as avfm_stage
 from scene3d.checkpoint import atomic_write_json
 from scene3d.cli import run_cli
 from scene3d.data.generate import WorldDatasetConfig, write_world_dataset
+from scene3d.diffusion.demo import run_demo_stage as prior_stage
+from scene3d.fields.demo import run_demo_stage as fields_stage
+from scene3d.gaussians.train import run_demo_stage as splats_stage
+from viewer.demo import run_demo_stage as viewer_stage
+from viewer.demo import serve_demo
 
 
 @dataclass
 class DemoConfig:
     out: Path = Path("outputs/demo")
     quick: bool = False  # CI size: smaller images, fewer views, shorter training
+    serve: bool = True  # full mode ends by serving the viewer on the outputs (when run from a terminal)
+    port: int = 8080
 
 
 def world_stage(out: Path, quick: bool) -> dict:
@@ -34,7 +43,14 @@ def world_stage(out: Path, quick: bool) -> dict:
     return {"dataset": str(config.out), "views": summary["views"], "contact_sheet": summary["contact_sheet"]}
 
 
-STAGES = [("world", world_stage)]
+STAGES = [
+    ("world", world_stage),  # the default synthetic world as a dataset
+    ("fields", fields_stage),  # a radiance field fitted to it
+    ("splats", splats_stage),  # 3D Gaussians fitted to it, PLY and mesh export
+    ("avfm", avfm_stage),  # CanViT pretraining on synthetic 2D scenes, probes per glimpse
+    ("prior", prior_stage),  # the class-conditional diffusion prior for score distillation
+    ("viewer", viewer_stage),  # the viewer opens every output (full mode: browser screenshots)
+]
 
 
 def main(config: DemoConfig) -> None:
@@ -49,6 +65,8 @@ def main(config: DemoConfig) -> None:
         print(f"   {result}")
         atomic_write_json(config.out / "summary.json", summary)
     print(f"demo finished: {config.out / 'summary.json'}")
+    if config.serve and not config.quick and sys.stdin.isatty():
+        serve_demo(config.out, port=config.port)
 
 
 if __name__ == "__main__":

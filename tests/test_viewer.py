@@ -4,6 +4,7 @@ server's life cycle under real websocket clients. The headless-browser test is m
 import asyncio
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -408,7 +409,10 @@ def _browser():
     from viewer.browser import HeadlessBrowser, find_chromium
 
     if find_chromium() is None:
-        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
+        message = "chromium is not installed (Debian: apt-get install chromium; `make test` installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI must run the browser tests, never skip them silently
+        pytest.skip(message)
     return HeadlessBrowser(1280, 860)
 
 
