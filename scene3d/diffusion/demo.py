@@ -41,7 +41,7 @@ def distill_images(prior: DiffusionPrior, guidance: str, prompt: str, steps: int
 def run_demo_stage(out_dir: Path, quick: bool) -> dict:
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    prior_config = TrainPriorConfig(name="prior", root=out_dir, steps=150 if quick else 1500,
+    prior_config = TrainPriorConfig(name="prior", root=out_dir, steps=150 if quick else 800,
                                     n_objects_per_class=16 if quick else 128, sample_every=0,
                                     samples_per_class=4 if quick else 8, sample_steps=25 if quick else 50)
     run = train_prior(prior_config)
