@@ -77,17 +77,18 @@ def gaussians_to_point_cloud(scene, min_opacity: float = 0.0):
     return pcd
 
 
-def save_mesh(path: str | Path, mesh) -> Path:
+def _write(path: str | Path, write, what: str) -> Path:
+    """Run an open3d writer (which reports failure by returning False) into a fresh folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not _o3d().io.write_triangle_mesh(str(path), mesh):
-        raise OSError(f"open3d could not write the mesh to {path}")
+    if not write(str(path)):
+        raise OSError(f"open3d could not write the {what} to {path}")
     return path
+
+
+def save_mesh(path: str | Path, mesh) -> Path:
+    return _write(path, lambda p: _o3d().io.write_triangle_mesh(p, mesh), "mesh")
 
 
 def save_point_cloud(path: str | Path, pcd) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not _o3d().io.write_point_cloud(str(path), pcd):
-        raise OSError(f"open3d could not write the point cloud to {path}")
-    return path
+    return _write(path, lambda p: _o3d().io.write_point_cloud(p, pcd), "point cloud")
