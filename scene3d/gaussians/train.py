@@ -234,7 +234,7 @@ def run_demo_stage(out_dir: Path, quick: bool) -> dict:
     """`make demo` stage: fit splats to the demo world (out_dir/world when the world stage wrote it)."""
     data = out_dir / "world"
     cfg = FitConfig(data=data if (data / "transforms_train.json").exists() or (data / "transforms.json").exists()
-                    else None, name="demo", output_root=out_dir, steps=300 if quick else 1000,
+                    else None, name="demo", output_root=out_dir, steps=300 if quick else 2000,
                     n_init=2000 if quick else 5000, eval_every=10**9, checkpoint_every=500,
                     densify=DensifyStrategy(refine_start=100, refine_stop=250, refine_every=50, reset_every=10**9)
                     if quick else _cpu_densify(), turntable_frames=12 if quick else 36, resume=False,
