@@ -76,7 +76,8 @@ def toy_scenes(n: int, resolution: int, seed: int = 0, num_shapes: int = 3) -> S
     return SceneSet(images, labels, classes, num_classes=3)
 
 
-def _read_image(path: Path, resolution: int, labels: bool = False) -> Tensor:
+def read_square_image(path: Path, resolution: int, labels: bool = False) -> Tensor:
+    """An image file centre-cropped square and resized: [3,R,R] in [0,1] (or labels [R,R] long)."""
     import imageio.v3 as iio
 
     try:
@@ -109,11 +110,11 @@ def image_folder(root: str | Path, resolution: int, limit: int | None = None) ->
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
     if not files:
         raise DataError(folder, "images", f"no image files ({', '.join(IMAGE_SUFFIXES)})")
-    images = torch.stack([_read_image(p, resolution) for p in files])
+    images = torch.stack([read_square_image(p, resolution) for p in files])
     ann = [root / "annotations" / f"{p.stem}.png" for p in files]
     labels = None
     if all(a.is_file() for a in ann):
-        labels = torch.stack([_read_image(a, resolution, labels=True) for a in ann])
+        labels = torch.stack([read_square_image(a, resolution, labels=True) for a in ann])
     num_classes = None if labels is None else int(labels.max()) + 1
     return SceneSet(images.clamp(0, 1), labels, None, num_classes)
 

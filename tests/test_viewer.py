@@ -351,6 +351,28 @@ def test_clicking_a_frustum_moves_that_clients_camera(synthetic_content):
         assert viewer.frustums.image.visible and "view 3" in viewer.frustums.caption.content
 
 
+def test_jumping_to_a_rolled_camera_keeps_its_roll(tmp_path):
+    splits = make_multiview_dataset(make_world(1), 4, 0, 0, 16, 16)
+    roll = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # 90 degrees about the optical axis
+    cams = splits["train"].cameras
+    cams.c2w[2, :3, :3] = cams.c2w[2, :3, :3] @ roll
+    with ViewerServer(ViewerContent("cams", dataset=splits["train"]), ViewerConfig(port=0)) as viewer:
+        ws_url = viewer.url.replace("http", "ws")
+
+        async def jump():
+            async with websockets.connect(ws_url, subprotocols=[f"viser-v{viser.__version__}"], max_size=None) as ws:
+                await ws.send(_camera_message(0.0))
+                assert await asyncio.to_thread(_wait_until, lambda: len(viewer.server.get_clients()) == 1)
+                client = next(iter(viewer.server.get_clients().values()))
+                target = viewer.frustums.select(2, client)
+                return target, quat_to_matrix(np.asarray(client.camera.wxyz))
+
+        target, rotation = asyncio.run(jump())
+    expected = cams.c2w[2, :3, :3].double().numpy()
+    assert abs(target["up"][2]) < 0.5  # rolled: the camera's up is far from the world's z
+    np.testing.assert_allclose(rotation, expected, atol=1e-5)
+
+
 def test_frustum_helpers():
     assert evenly_spaced(5, 10) == [0, 1, 2, 3, 4]
     picked = evenly_spaced(1000, 7)
@@ -634,6 +656,25 @@ def test_avfm_run_opens_with_a_glimpse_panel(tmp_path):
         assert "step 0" in panel.status.content
         assert content.home.forward[0].tolist() == pytest.approx([0.0, 1.0, 0.0])
 
+    # any image file opens in the same panel, first, centre-cropped square at the run's resolution
+    photo = np.zeros((60, 90, 3), np.uint8)
+    photo[:, 15:45] = (255, 0, 0)  # the left half of the centre square is red
+    iio.imwrite(tmp_path / "photo.png", photo)
+    with pytest.raises(DataError, match="give the run directory too"):
+        open_targets([tmp_path / "photo.png"])
+    with pytest.raises(DataError, match="missing.jpg: does not exist"):
+        open_targets([run_dir, tmp_path / "missing.jpg"])
+    content = open_targets([run_dir, tmp_path / "photo.png"])
+    with ViewerServer(content, ViewerConfig(port=0)) as viewer:
+        panel = viewer.panels[-1]
+        assert len(panel.images) == 5
+        first = panel.images[0]
+        half = first.shape[-1] // 2
+        assert first[0, :, : half - 1].min() > 0.95 and first[1:].max() < 0.05  # red left half
+        assert first[:, :, half + 1 :].max() < 0.05  # black right half
+        panel._do(panel.session.step)
+        assert "step 1" in panel.status.content
+
 
 @pytest.mark.slow
 def test_browser_shows_the_glimpse_panel(tmp_path):
@@ -710,8 +751,19 @@ def test_gaussian_run_directory_shows_its_latest_checkpoint(tmp_path):
     run = RunDir(tmp_path / "gs")
     run.save_checkpoint(5, {"scene": {k: v.detach() for k, v in scene.params.items()}})
     content = open_target(run.path)
-    assert content.source is not None and len(content.source.scene) == 50
-    assert content.source.buffers == ("rgb", "depth", "accumulation")
+    source = content.source
+    assert source is not None and len(source.scene) == 50
+    assert source.buffers == ("rgb", "depth", "accumulation")
+    view = cameras_to_view(orbit_cameras(1, 4.0, width=32, height=24))
+    before = render_view(source, view, "rgb", 32).image
+    bigger = GaussianScene.random(80, torch.tensor([[-1.0, -1.0, 0.0], [1.0, 1.0, 1.0]]), sh_degree=0,
+                                  generator=torch.Generator().manual_seed(1))
+    run.save_checkpoint(9, {"scene": {k: v.detach() for k, v in bigger.params.items()}})
+    assert len(source.scene) == 50  # not yet: the newest checkpoint is looked for every two seconds
+    source.follower.checked_at -= 10
+    after = render_view(source, view, "rgb", 32).image
+    assert len(source.scene) == 80 and source.follower.checkpoint.name == "step_0000009.safetensors"
+    assert not torch.equal(after, before)
 
 
 # radiance fields ---------------------------------------------------------------------------------------
@@ -735,6 +787,6 @@ def test_field_run_renders_its_checkpoint_and_follows_newer_ones(tmp_path):
         for p in field.parameters():
             p.add_(0.5)
     run.save_checkpoint(20, {"field": field.state_dict()}, {**field_spec(field), "fit": {"n_samples": 16}})
-    source._checked_at -= 10  # as if the reload interval had passed
+    source.follower.checked_at -= 10  # as if the reload interval had passed
     assert not torch.equal(render_view(source, view, "rgb", 32).image, frame.image)
-    assert source.checkpoint.name == "step_0000020.safetensors"
+    assert source.follower.checkpoint.name == "step_0000020.safetensors"

@@ -12,8 +12,13 @@ registered through `viewer.targets.RUN_ADAPTERS` (see docs/viewer.md).
 
 from __future__ import annotations
 
+import re
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import torch
@@ -60,6 +65,39 @@ def render_view(source: SceneSource, view: ViewState, buffer: str, max_side: int
     frame = source.render(view_to_cameras(view, width, height), buffer)
     assert frame.image.shape == (height, width, 3), (frame.image.shape, height, width)
     return frame
+
+
+# following a run that is still training ------------------------------------------------------------
+_STEP = re.compile(r"step_(\d+)\.safetensors$")
+Loaded = TypeVar("Loaded")
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest `checkpoints/step_*.safetensors` of a run directory (without creating anything)."""
+    found = [(int(m.group(1)), p) for p in (run_dir / "checkpoints").glob("step_*.safetensors")
+             if (m := _STEP.search(p.name))]
+    return max(found)[1] if found else None
+
+
+class CheckpointFollower(Generic[Loaded]):
+    """What `load(path)` made of a run's checkpoint, replaced by the newest one when the run writes
+    another (checked at most every `every_s` seconds, when `current` is read). Thread-safe."""
+
+    def __init__(self, checkpoint: Path, load: Callable[[Path], Loaded], every_s: float = 2.0):
+        self.checkpoint, self.load, self.every_s = checkpoint, load, every_s
+        self.value = load(checkpoint)
+        self.lock = threading.Lock()
+        self.checked_at = time.monotonic()
+
+    @property
+    def current(self) -> Loaded:
+        with self.lock:
+            if time.monotonic() - self.checked_at >= self.every_s:
+                self.checked_at = time.monotonic()
+                newest = latest_checkpoint(self.checkpoint.parent.parent)
+                if newest is not None and newest != self.checkpoint:
+                    self.value, self.checkpoint = self.load(newest), newest
+            return self.value
 
 
 # colouring -------------------------------------------------------------------------------------

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from avfm.data import IMAGE_SUFFIXES
 from scene3d.cameras import Cameras, look_at, orbit_cameras
 from scene3d.data.dataset import MultiViewDataset, make_multiview_dataset
 from scene3d.data.formats import load_dataset
@@ -45,15 +46,18 @@ class ViewerContent:
     extra_panels: list[Callable[[Any], Any]] = field(default_factory=list)
 
 
-def open_target(spec: str | Path) -> ViewerContent:
+def open_target(spec: str | Path, images: Sequence[Path] = ()) -> ViewerContent:
     """`synthetic:SEED`, a dataset folder (transforms*.json), a run directory (scalars.jsonl,
-    config.json or checkpoints/) or a .ply file."""
+    config.json or checkpoints/) or a .ply file. `images`: image files for the Glimpses panel of an
+    active-vision run."""
     text = str(spec)
     if text.startswith(SYNTHETIC_PREFIX):
         return open_synthetic(text)
     path = Path(text)
     if not path.exists():
         raise DataError(path, None, "does not exist")
+    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+        raise image_without_run(path)
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix not in FILE_ADAPTERS:
@@ -63,7 +67,7 @@ def open_target(spec: str | Path) -> ViewerContent:
     if path.is_dir() and (any(path.glob("transforms*.json"))):
         return open_dataset(path)
     if path.is_dir() and any((path / name).exists() for name in ("scalars.jsonl", "config.json", "checkpoints")):
-        return open_run(path)
+        return open_run(path, images)
     raise DataError(path, None, "not a dataset folder (transforms*.json), a run directory (scalars.jsonl, "
                     "config.json, checkpoints/), a .ply file or synthetic:SEED")
 
@@ -73,7 +77,14 @@ def open_targets(specs: list[str | Path]) -> ViewerContent:
     dataset, run directory and home camera found, in the order given."""
     if not specs:
         raise DataError(None, "PATH", "give at least one path or synthetic:SEED")
-    parts = [open_target(spec) for spec in specs]
+    images = [Path(str(s)) for s in specs if Path(str(s)).suffix.lower() in IMAGE_SUFFIXES]
+    others = [s for s in specs if Path(str(s)) not in images]
+    for image in images:
+        if not image.is_file():
+            raise DataError(image, None, "does not exist")
+    if images and not any(is_avfm_run(Path(str(s))) for s in others):
+        raise image_without_run(images[0])
+    parts = [open_target(spec, images) for spec in others]
 
     def first(name: str):
         return next((getattr(p, name) for p in parts if getattr(p, name) is not None), None)
@@ -81,6 +92,11 @@ def open_targets(specs: list[str | Path]) -> ViewerContent:
     home_part = next((p for p in parts if p.home is not None), parts[0])
     return ViewerContent(" + ".join(p.title for p in parts), first("source"), first("dataset"), first("run_dir"),
                          home_part.home, home_part.center, [f for p in parts for f in p.extra_panels])
+
+
+def image_without_run(path: Path) -> DataError:
+    return DataError(path, None, f"an image opens in the Glimpses panel of an active-vision run: give the run "
+                     f"directory too (scripts/view.py outputs/avfm/RUN {path})")
 
 
 def open_synthetic(spec: str, n_cameras: int = 12, thumb_size: int = 64) -> ViewerContent:
@@ -114,15 +130,15 @@ def overview_camera(cameras: Cameras, center, pull_back: float = 2.0) -> Cameras
     return Cameras.from_fov(look_at(eye[None], center), math.radians(55.0), 640, 480)
 
 
-def open_run(path: Path) -> ViewerContent:
+def open_run(path: Path, images: Sequence[Path] = ()) -> ViewerContent:
     """A run directory: live scalars, a scene when a registered adapter recognises a checkpoint, and
-    glimpse rollouts for an active-vision (avfm) run."""
+    glimpse rollouts for an active-vision (avfm) run (on `images`, then its held-out scenes)."""
     source = next((s for adapter in RUN_ADAPTERS if (s := adapter(path)) is not None), None)
     content = ViewerContent(f"run {path.name}", source, None, path, None)
     if is_avfm_run(path):
         from viewer.panels.glimpse import glimpse_home, glimpse_panel_for_run
 
-        content.extra_panels.append(glimpse_panel_for_run(path))
+        content.extra_panels.append(glimpse_panel_for_run(path, images))
         if content.home is None and content.source is None:
             content.home, content.center = glimpse_home()
     return content

@@ -3,9 +3,7 @@ camera, reloaded when the run writes a newer checkpoint."""
 
 from __future__ import annotations
 
-import re
 import threading
-import time
 from pathlib import Path
 
 import torch
@@ -15,16 +13,7 @@ from scene3d.checkpoint import load_checkpoint
 from scene3d.fields.base import Field, field_from_spec, load_field_state
 from scene3d.render import OccupancyGrid, OccupancyGridConfig, render_image
 from scene3d.viz import colorize_depth
-from viewer.sources import Frame, depth_range, pca_rgb
-
-_STEP = re.compile(r"step_(\d+)\.safetensors$")
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest `checkpoints/step_*.safetensors` of a run directory (without creating anything)."""
-    found = [(int(m.group(1)), p) for p in (run_dir / "checkpoints").glob("step_*.safetensors")
-             if (m := _STEP.search(p.name))]
-    return max(found)[1] if found else None
+from viewer.sources import CheckpointFollower, Frame, depth_range, latest_checkpoint, pca_rgb
 
 
 def load_field_checkpoint(path: Path) -> tuple[Field, OccupancyGrid | None, dict]:
@@ -45,14 +34,14 @@ class FieldSource:
     """Volume rendering of a field: rgb (or PCA of N-d features), depth, accumulation."""
 
     def __init__(self, field: Field, occupancy: OccupancyGrid | None = None, n_samples: int = 64,
-                 background: tuple[float, ...] | None = (1.0, 1.0, 1.0), checkpoint: Path | None = None):
+                 background: tuple[float, ...] | None = (1.0, 1.0, 1.0),
+                 follower: CheckpointFollower[tuple[Field, OccupancyGrid | None, dict]] | None = None):
         self.field, self.occupancy, self.n_samples = field, occupancy, n_samples
         self.background = background
-        self.checkpoint = checkpoint
+        self.follower = follower  # a run still training: its newest checkpoint replaces the field
         color = "rgb" if field.config.color_dim == 3 else "features"
         self.buffers = (color, "depth", "accumulation")
         self._lock = threading.Lock()
-        self._checked_at = time.monotonic()
 
     @classmethod
     def from_run(cls, run_dir: Path) -> FieldSource | None:
@@ -63,23 +52,15 @@ class FieldSource:
         _, config = load_checkpoint(path)
         if "field" not in config:
             return None
-        field, occupancy, config = load_field_checkpoint(path)
+        follower = CheckpointFollower(path, load_field_checkpoint)
+        field, occupancy, config = follower.value
         n_samples = int(config.get("fit", {}).get("n_samples", 64))
-        return cls(field, occupancy, n_samples, checkpoint=path)
-
-    def _reload_if_newer(self, every_s: float = 2.0) -> None:
-        """A run still training writes new checkpoints: pick the newest up (checked every `every_s`)."""
-        if self.checkpoint is None or time.monotonic() - self._checked_at < every_s:
-            return
-        self._checked_at = time.monotonic()
-        newest = latest_checkpoint(self.checkpoint.parent.parent)
-        if newest is not None and newest != self.checkpoint:
-            self.field, self.occupancy, _ = load_field_checkpoint(newest)
-            self.checkpoint = newest
+        return cls(field, occupancy, n_samples, follower=follower)
 
     def render(self, cameras: Cameras, buffer: str) -> Frame:
         with self._lock:
-            self._reload_if_newer()
+            if self.follower is not None:
+                self.field, self.occupancy, _ = self.follower.current
             bg = None if self.background is None or self.field.config.color_dim != len(self.background) \
                 else torch.tensor(self.background)
             out = render_image(self.field, cameras[0], self.n_samples, background=bg, occupancy=self.occupancy)

@@ -15,7 +15,7 @@ from scene3d.gaussians import GaussianScene, rasterize
 from scene3d.gaussians.ply import read_ply
 from scene3d.gaussians.sh import sh_to_rgb
 from scene3d.viz import colorize_depth
-from viewer.sources import Frame, depth_range, pca_rgb
+from viewer.sources import CheckpointFollower, Frame, depth_range, latest_checkpoint, pca_rgb
 from viewer.targets import ViewerContent
 
 
@@ -26,17 +26,24 @@ def scene_bounds(scene: GaussianScene, quantile: float = 0.02) -> torch.Tensor:
 
 
 class GaussianSource:
-    """Our rasterizer (`backend` "auto": gsplat on CUDA, the tiled torch one elsewhere)."""
+    """Our rasterizer (`backend` "auto": gsplat on CUDA, the tiled torch one elsewhere). Given a
+    `follower`, a run still training shows its newest checkpoint (checked every two seconds)."""
 
     def __init__(self, scene: GaussianScene, background: tuple[float, float, float] = (1.0, 1.0, 1.0),
-                 backend: str = "auto"):
-        self.scene = scene.detached() if hasattr(scene, "detached") else scene
-        self.background, self.backend = background, backend
-        self.aabb = scene_bounds(scene)
+                 backend: str = "auto", follower: CheckpointFollower[GaussianScene] | None = None):
+        self.background, self.backend, self.follower = background, backend, follower
+        self._set_scene(scene)
         self.buffers = ("features" if scene.is_feature_scene else "rgb", "depth", "accumulation")
+
+    def _set_scene(self, scene: GaussianScene) -> None:
+        self._given = scene
+        self.scene = scene.detached() if hasattr(scene, "detached") else scene
+        self.aabb = scene_bounds(scene)
 
     @torch.no_grad()
     def render(self, cameras: Cameras, buffer: str) -> Frame:
+        if self.follower is not None and (newest := self.follower.current) not in (None, self._given):
+            self._set_scene(newest)
         device = self.scene.means.device
         background = None if self.scene.is_feature_scene else torch.tensor(self.background)
         out = rasterize(self.scene, cameras[0].to(device), self.backend, background=background)
@@ -100,17 +107,24 @@ def open_ply(path: Path) -> ViewerContent:
                          extra_panels=[lambda server: SplatPanel(server, scene)])
 
 
+def load_scene_checkpoint(path: Path) -> GaussianScene | None:
+    """The Gaussian scene of a training checkpoint (its "scene" group), None when it has none."""
+    state, _ = load_checkpoint(path)
+    if "scene" not in state:
+        return None
+    try:
+        return GaussianScene(**state["scene"]).detached()
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(path, "scene", f"not a Gaussian scene ({err})") from None
+
+
 def source_from_run(run_dir: Path) -> GaussianSource | None:
-    """A `scene3d.gaussians.train` run: its latest checkpoint (so a run still training shows its
-    newest state), else its final `scene.ply`; None for other runs."""
-    checkpoints = sorted((run_dir / "checkpoints").glob("step_*.safetensors"))
-    if checkpoints:
-        state, _ = load_checkpoint(checkpoints[-1])
-        if "scene" in state:
-            try:
-                return GaussianSource(GaussianScene(**state["scene"]))
-            except (TypeError, ValueError) as err:
-                raise CheckpointError(checkpoints[-1], "scene", f"not a Gaussian scene ({err})") from None
+    """A `scene3d.gaussians.train` run: its latest checkpoint, followed while the run writes newer
+    ones, else its final `scene.ply`; None for other runs."""
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is not None and load_scene_checkpoint(checkpoint) is not None:
+        follower = CheckpointFollower(checkpoint, load_scene_checkpoint)
+        return GaussianSource(follower.value, follower=follower)
     if (run_dir / "scene.ply").is_file():
         return GaussianSource(read_ply(run_dir / "scene.ply"))
     return None

@@ -34,10 +34,12 @@ def evenly_spaced(n: int, limit: int) -> list[int]:
 
 def jump_target(view: ViewState, look_distance: float) -> dict[str, np.ndarray]:
     """The browser camera settings that reproduce `view`: position, look_at (`look_distance`
-    along the optical axis, so orbiting turns about the scene) and vertical fov."""
-    forward = quat_to_matrix(np.asarray(view.wxyz))[:, 2]
+    along the optical axis, so orbiting turns about the scene), up (the camera's -y axis, so a
+    rolled camera keeps its roll) and vertical fov."""
+    rotation = quat_to_matrix(np.asarray(view.wxyz))
     position = np.asarray(view.position)
-    return {"position": position, "look_at": position + look_distance * forward, "fov": view.fov_y}
+    return {"position": position, "look_at": position + look_distance * rotation[:, 2], "up": -rotation[:, 1],
+            "fov": view.fov_y}
 
 
 class CameraFrustums:
@@ -81,6 +83,7 @@ class CameraFrustums:
                 client.camera.fov = float(target["fov"])
                 client.camera.position = target["position"]
                 client.camera.look_at = target["look_at"]
+                client.camera.up_direction = target["up"]
         return target
 
     def _set_visible(self, visible: bool) -> None:

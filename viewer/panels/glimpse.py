@@ -4,13 +4,13 @@ place the next glimpse by hand, and watch the canvas (PCA) approach the teacher 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from avfm.data import precompute_targets
+from avfm.data import precompute_targets, read_square_image
 from avfm.evaluate import load_run
 from scene3d.cameras import Cameras, look_at
 from scene3d.viz import image_grid
@@ -109,10 +109,16 @@ class GlimpsePanel:
         """Nothing runs in the background."""
 
 
-def glimpse_panel_for_run(run_dir: Path, n_scenes: int = 32) -> Callable[[object], GlimpsePanel]:
-    """A panel factory for an avfm run: its latest checkpoint, its teacher, its held-out scenes."""
+def glimpse_panel_for_run(run_dir: Path, images: Sequence[Path] = (), n_scenes: int = 32
+                          ) -> Callable[[object], GlimpsePanel]:
+    """A panel factory for an avfm run: its latest checkpoint and teacher, on the image files given
+    (centre-cropped square at the run's scene resolution) followed by its held-out scenes."""
     model, _, teacher, _, val_set = load_run(run_dir)
-    return lambda server: GlimpsePanel(server, model, val_set.images[:n_scenes], teacher)
+    resolution = val_set.images.shape[-1]
+    scenes = val_set.images[:n_scenes]
+    if images:
+        scenes = torch.cat([torch.stack([read_square_image(p, resolution) for p in images]).clamp(0, 1), scenes])
+    return lambda server: GlimpsePanel(server, model, scenes, teacher)
 
 
 def glimpse_home() -> tuple[Cameras, tuple[float, float, float]]:
