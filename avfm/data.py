@@ -3,8 +3,8 @@
 image folder (ADE20K-style `images/` + `annotations/` layout or a flat folder), or from `toy_scenes`
 (a tiny self-contained generator used by the tests).
 
-Teacher targets are computed once (`precompute_targets`) and can be stored as safetensors shards
-(`save_target_shards` / `load_target_shards`).
+Teacher targets are computed once (`precompute_targets`), written shard by shard to safetensors
+files (`write_target_shards`) and streamed from them during training (`TargetShards`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 from torch import Tensor
 
+from scene3d.checkpoint import atomic_write
 from scene3d.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -148,28 +150,74 @@ def precompute_targets(teacher, images: Tensor, grid: int, batch_size: int = 32)
     return torch.cat(patches), torch.cat(cls)
 
 
-def save_target_shards(
-    folder: str | Path, patches: Tensor, cls: Tensor, shard_size: int = 4096
-) -> list[Path]:
-    """Write targets as `shard_00000.safetensors`, ... of `shard_size` scenes each (fp16 on disk)."""
+def write_target_shards(teacher, images: Tensor, grid: int, folder: str | Path, shard_size: int = 4096,
+                        batch_size: int = 32) -> TargetShards:
+    """Compute the teacher targets shard by shard (never all of them in memory) and write
+    `shard_00000.safetensors`, ... of `shard_size` scenes each (fp16, each file atomic). Shards
+    already on disk with the right shapes are kept, so an interrupted precompute resumes."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for k in range(math.ceil(len(patches) / shard_size)):
-        sl = slice(k * shard_size, (k + 1) * shard_size)
+    for k in range(math.ceil(len(images) / shard_size)):
+        chunk = images[k * shard_size : (k + 1) * shard_size]
         path = folder / f"shard_{k:05d}.safetensors"
-        save_file({"patches": patches[sl].half().contiguous(), "cls": cls[sl].half().contiguous()}, str(path))
-        paths.append(path)
-    return paths
+        if path.is_file() and _shard_rows(path) == len(chunk):
+            continue
+        patches, cls = precompute_targets(teacher, chunk, grid, batch_size)
+        tensors = {"patches": patches.half().contiguous(), "cls": cls.half().contiguous()}
+        atomic_write(path, lambda f, t=tensors: f.write(save(t)))
+    return TargetShards(folder)
 
 
-def load_target_shards(folder: str | Path):
-    """Yield (patches, cls) per shard, in order, as fp32."""
-    shards = sorted(Path(folder).glob("shard_*.safetensors"))
-    if not shards:
-        raise DataError(folder, "shard_*.safetensors", "no target shards")
-    for path in shards:
-        data = load_file(str(path))
-        if "patches" not in data or "cls" not in data:
-            raise DataError(path, "patches/cls", "missing tensor in target shard")
-        yield data["patches"].float(), data["cls"].float()
+def _shard_rows(path: Path) -> int | None:
+    """Scenes in a target shard, None when the file is not a readable shard."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if {"patches", "cls"} - set(f.keys()):
+                return None
+            return f.get_slice("patches").get_shape()[0]
+    except (OSError, ValueError, RuntimeError, SafetensorError):
+        return None
+
+
+class TargetShards:
+    """Teacher targets in `folder/shard_*.safetensors`, read row by row on demand (memory-mapped):
+    `targets[idx]` -> (patches [B, G*G, D], cls [B, D]) in fp32, for any index tensor."""
+
+    def __init__(self, folder: str | Path):
+        self.paths = sorted(Path(folder).glob("shard_*.safetensors"))
+        if not self.paths:
+            raise DataError(folder, "shard_*.safetensors", "no target shards")
+        self.files = []
+        for path in self.paths:
+            if _shard_rows(path) is None:
+                raise DataError(path, "patches/cls", "not a readable target shard")
+            self.files.append(safe_open(str(path), framework="pt"))
+        rows = [f.get_slice("patches").get_shape()[0] for f in self.files]
+        self.offsets = torch.tensor([0, *rows]).cumsum(0)
+        self.patch_shape = tuple(self.files[0].get_slice("patches").get_shape()[1:])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        shard = torch.searchsorted(self.offsets, idx, right=True) - 1
+        rows = idx - self.offsets[shard]
+        patches, cls = [], []
+        for k, r in zip(shard.tolist(), rows.tolist(), strict=True):
+            patches.append(self.files[k].get_slice("patches")[r : r + 1])
+            cls.append(self.files[k].get_slice("cls")[r : r + 1])
+        return torch.cat(patches).float(), torch.cat(cls).float()
+
+
+@dataclass
+class TensorTargets:
+    """Teacher targets held in memory, indexed like `TargetShards`."""
+
+    patches: Tensor  # [N, G*G, D]
+    cls: Tensor  # [N, D]
+
+    def __len__(self) -> int:
+        return len(self.patches)
+
+    def __getitem__(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        return self.patches[idx], self.cls[idx]

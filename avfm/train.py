@@ -22,7 +22,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from avfm.data import SceneSet, load_scenes, load_target_shards, precompute_targets, save_target_shards
+from avfm.data import (
+    SceneSet,
+    TargetShards,
+    TensorTargets,
+    load_scenes,
+    precompute_targets,
+    write_target_shards,
+)
 from avfm.glimpse import Viewpoint, extract_glimpse, sample_rollout_length, sample_viewpoints
 from avfm.model import CanViT, build_model
 from avfm.teachers import (
@@ -33,6 +40,7 @@ from avfm.teachers import (
     save_vit_teacher,
     train_dense_teacher,
 )
+from scene3d.errors import DataError
 from scene3d.runs import RunDir
 
 
@@ -215,19 +223,24 @@ def assert_replicas_in_sync(model: torch.nn.Module) -> None:
         raise RuntimeError(f"DDP replicas diverged: parameter checksums {[g.item() for g in gathered]}")
 
 
-def training_targets(teacher: Teacher, train_set: SceneSet, grid: int, run: RunDir | None):
-    """Teacher targets of the training scenes, computed once and kept as fp16 shards in the run
-    folder (`targets/`); reloaded from there on resume. Always fp16-rounded, so a resumed run sees
-    exactly the targets of the first one."""
-    folder = None if run is None else run.path / "targets"
-    if folder is not None and any(folder.glob("shard_*.safetensors")):
-        patches, cls = (torch.cat(t) for t in zip(*load_target_shards(folder), strict=True))
-        if patches.shape[:2] == (len(train_set), grid * grid):
-            return patches, cls
-    patches, cls = precompute_targets(teacher, train_set.images, grid)
-    if folder is not None and _rank() == 0:
-        save_target_shards(folder, patches, cls)
-    return patches.half().float(), cls.half().float()
+def training_targets(teacher: Teacher, train_set: SceneSet, grid: int, run: RunDir | None
+                     ) -> TargetShards | TensorTargets:
+    """Teacher targets of the training scenes, computed once into fp16 shards in the run folder
+    (`targets/`) and streamed from there (also on resume); in memory when there is no run folder.
+    Always fp16-rounded, so a resumed run sees exactly the targets of the first one."""
+    if run is None:
+        patches, cls = precompute_targets(teacher, train_set.images, grid)
+        return TensorTargets(patches.half().float(), cls.half().float())
+    folder = run.path / "targets"
+    if _rank() == 0:
+        write_target_shards(teacher, train_set.images, grid, folder)
+    if _world() > 1:
+        dist.barrier()
+    targets = TargetShards(folder)
+    if len(targets) != len(train_set) or targets.patch_shape[0] != grid * grid:
+        raise DataError(folder, "shard_*.safetensors", f"targets for {len(targets)} scenes of {targets.patch_shape[0]} "
+                        f"cells, expected {len(train_set)} of {grid * grid}: delete the folder to recompute")
+    return targets
 
 
 def setup(cfg: TrainConfig, run: RunDir | None):
@@ -243,10 +256,9 @@ def setup(cfg: TrainConfig, run: RunDir | None):
         if cfg.canvas_grid is not None:
             overrides["canvas_grid"] = cfg.canvas_grid
         model = build_model(cfg.model, **overrides)
-    train_patches, train_cls = training_targets(teacher, train_set, model.cfg.canvas_grid, run)
-    n_std = min(cfg.standardizer_scenes, len(train_set))
-    model.fit_standardizer(train_patches[:n_std], train_cls[:n_std])
-    return model, teacher, train_set, val_set, (train_patches, train_cls)
+    targets = training_targets(teacher, train_set, model.cfg.canvas_grid, run)
+    model.fit_standardizer(*targets[torch.arange(min(cfg.standardizer_scenes, len(train_set)))])
+    return model, teacher, train_set, val_set, targets
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -263,7 +275,7 @@ def train(cfg: TrainConfig) -> dict:
     if rank == 0:
         run.save_config(cfg)
 
-    model, teacher, train_set, val_set, (train_patches, train_cls) = setup(cfg, run)
+    model, teacher, train_set, val_set, targets = setup(cfg, run)
     model.to(device).train()
     opt = torch.optim.AdamW(
         model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
@@ -274,7 +286,6 @@ def train(cfg: TrainConfig) -> dict:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start = int(state["step"])
-    std_patches, std_cls = model.standardize(train_patches, train_cls)
 
     t0, history, step = time.time(), [], start
     bar = tqdm(
@@ -288,7 +299,8 @@ def train(cfg: TrainConfig) -> dict:
         g = step_generator(cfg.seed, step, rank)
         idx = torch.randint(len(train_set), (cfg.batch_size,), generator=g)
         scenes = train_set.images[idx].to(device)
-        info = train_step(model, scenes, std_patches[idx].to(device), std_cls[idx].to(device), g, cfg)
+        std_patches, std_cls = model.standardize(*(t.to(device) for t in targets[idx]))
+        info = train_step(model, scenes, std_patches, std_cls, g, cfg)
         average_gradients(model)
         info["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip).item()
         info["lr"] = set_lr(opt, cfg.optim, step)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from avfm.data import load_target_shards, precompute_targets, save_target_shards, toy_scenes
+from avfm.data import TargetShards, precompute_targets, toy_scenes, write_target_shards
 from avfm.teachers import (
     DenseTeacherConfig,
     build_teacher,
@@ -83,14 +83,26 @@ def test_trained_teacher_learns_and_round_trips(tmp_path):
         load_vit_teacher(tmp_path / "missing.safetensors")
 
 
-def test_target_shards_round_trip(tmp_path):
+def test_target_shards_stream_rows_from_disk(tmp_path):
     teacher = build_teacher("random_vit", seed=0, dim=24, depth=1, heads=2)
-    patches, cls = precompute_targets(teacher, torch.rand(5, 3, 32, 32), grid=2, batch_size=2)
+    images = torch.rand(5, 3, 32, 32)
+    patches, cls = precompute_targets(teacher, images, grid=2, batch_size=2)
     assert patches.shape == (5, 4, 24) and cls.shape == (5, 24)
-    save_target_shards(tmp_path, patches, cls, shard_size=2)
-    loaded = list(load_target_shards(tmp_path))
-    assert len(loaded) == 3
-    assert torch.allclose(torch.cat([p for p, _ in loaded]), patches, atol=1e-2)
+    shards = write_target_shards(teacher, images, 2, tmp_path, shard_size=2)
+    assert len(shards.paths) == 3 and len(shards) == 5 and shards.patch_shape == (4, 24)
+    idx = torch.tensor([4, 0, 3, 3, 1])  # across shards, repeated, out of order
+    got_patches, got_cls = shards[idx]
+    torch.testing.assert_close(got_patches, patches[idx].half().float())
+    torch.testing.assert_close(got_cls, cls[idx].half().float())
+    # an interrupted precompute resumes: complete shards are kept, a missing one is recomputed
+    stamp = shards.paths[0].stat().st_mtime_ns
+    shards.paths[2].unlink()
+    again = write_target_shards(teacher, images, 2, tmp_path, shard_size=2)
+    assert shards.paths[0].stat().st_mtime_ns == stamp and len(again) == 5
+    torch.testing.assert_close(again[torch.tensor([4])][0], patches[4:].half().float())
+    shards.paths[1].write_bytes(b"not a shard")
+    with pytest.raises(DataError, match="shard_00001.safetensors: patches/cls"):
+        TargetShards(tmp_path)
 
 
 def _cfg(tmp_path, steps, name="run", batch_size=4):
