@@ -84,7 +84,8 @@ class FieldTrainer:
         self.train_data, self.test_data = train, test
         aabb = tuple(train.aabb.flatten().tolist())
         self.field = (field or build_field(config.field, config.preset, aabb=aabb)).to(self.device)
-        self.occupancy = (OccupancyGrid(self.field.aabb, config.occupancy).to(self.device)
+        grid = dataclasses.replace(config.occupancy, render_samples=config.n_samples)
+        self.occupancy = (OccupancyGrid(self.field.aabb, grid).to(self.device)
                           if config.use_occupancy else None)
         self.generator = torch.Generator(self.device).manual_seed(config.seed)
         self.step = 0

@@ -21,8 +21,11 @@ from torch import Tensor, nn
 @dataclass
 class OccupancyGridConfig:
     """resolution: cells per axis; decay: EMA factor per update (Instant-NGP's 0.95 is meant for
-    35k-step runs; 0.8 forgets the initial densities within a few hundred CPU steps); density_threshold: a cell is free
-    when its density stays below min(threshold, mean density); update_every: steps between updates;
+    35k-step runs; 0.8 forgets the initial densities within a few hundred CPU steps);
+    min_optical_thickness: a cell is free when the optical thickness of one render step in it,
+    density x (box diagonal / render_samples), stays below this (Instant-NGP's and nerfacc's 0.01;
+    capped by the mean density, as in Instant-NGP); render_samples: samples per ray of the renderer
+    the grid serves (fields.train sets it to its n_samples); update_every: steps between updates;
     warmup_steps: the initial steps during which every cell is re-measured (afterwards a quarter
     of the cells at random plus a quarter of the occupied ones, as in Instant-NGP) and, unlike
     Instant-NGP, nothing is skipped yet: with the small batches of a CPU run a field can briefly
@@ -30,7 +33,8 @@ class OccupancyGridConfig:
 
     resolution: int = 32
     decay: float = 0.8
-    density_threshold: float = 0.01
+    min_optical_thickness: float = 0.01
+    render_samples: int = 64
     update_every: int = 16
     warmup_steps: int = 256
     dilate: bool = True
@@ -45,6 +49,7 @@ class OccupancyGrid(nn.Module):
         self.config = config or OccupancyGridConfig()
         r = self.config.resolution
         self.register_buffer("aabb", aabb.detach().clone().float().reshape(2, 3))
+        self.step_size = float((self.aabb[1] - self.aabb[0]).norm()) / self.config.render_samples
         self.register_buffer("density", torch.zeros(r**3))
         self.register_buffer("bitfield", torch.ones(r, r, r, dtype=torch.bool))
         zz, yy, xx = torch.meshgrid(*(torch.arange(r),) * 3, indexing="ij")
@@ -85,7 +90,7 @@ class OccupancyGrid(nn.Module):
         sigma = torch.cat([density_fn(chunk) for chunk in x.split(c.chunk)])
         self.density.mul_(c.decay)
         self.density.scatter_reduce_(0, cells, sigma.to(self.density), reduce="amax")
-        threshold = min(c.density_threshold, self.density.mean().item())
+        threshold = min(c.min_optical_thickness / self.step_size, self.density.mean().item())
         bits = rearrange(self.density > threshold, "(z y x) -> z y x", z=c.resolution, y=c.resolution)
         if c.dilate:
             bits = F.max_pool3d(bits[None, None].float(), kernel_size=3, stride=1, padding=1)[0, 0] > 0

@@ -3,6 +3,7 @@ camera, reloaded when the run writes a newer checkpoint."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 
@@ -25,7 +26,9 @@ def load_field_checkpoint(path: Path) -> tuple[Field, OccupancyGrid | None, dict
     occupancy = None
     fit = config.get("fit", {})
     if "occupancy" in state and isinstance(fit.get("occupancy"), dict):
-        occupancy = OccupancyGrid(field.aabb, OccupancyGridConfig(**fit["occupancy"]))
+        known = {f.name for f in dataclasses.fields(OccupancyGridConfig)}
+        grid = OccupancyGridConfig(**{k: v for k, v in fit["occupancy"].items() if k in known})
+        occupancy = OccupancyGrid(field.aabb, grid)
         occupancy.load_state_dict(state["occupancy"])
     return field, occupancy, config
 
