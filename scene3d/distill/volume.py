@@ -143,8 +143,8 @@ class Recorder:
     def query(self, x: Tensor, dirs: Tensor) -> tuple[Tensor, Tensor]:
         features = self.field.embed(x)
         preact, rgb = self.field.decode(features, dirs)
-        self.record = {"points": x.reshape(-1, 3), "features": features.reshape(-1, features.shape[-1]), "preact": preact.reshape(-1),
-                       "rgb": rgb.reshape(-1, rgb.shape[-1])}
+        self.record = {"points": x.reshape(-1, 3), "features": features.reshape(-1, features.shape[-1]),
+                       "preact": preact.reshape(-1), "rgb": rgb.reshape(-1, rgb.shape[-1])}
         return self.field.activate(preact) * self.field.inside(x), rgb
 
 
