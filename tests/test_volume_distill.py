@@ -29,6 +29,8 @@ from scene3d.distill.volume_active import (
     parse_active,
     point_mask,
 )
+from scene3d.distill.volume_bench import psnr_at, seconds_to_reach, summarize, timed_run
+from scene3d.distill.volume_demo import run_demo_stage
 from scene3d.distill.volume_edit import erase_box
 from scene3d.distill.volume_run import DistillVolumeConfig, distill_volume
 from scene3d.fields import FIELDS, build_field, load_field
@@ -269,3 +271,27 @@ def test_script_reports_a_missing_teacher_in_one_line(tmp_path):
                            str(tmp_path / "nope"), "--output-root", str(tmp_path)],
                           capture_output=True, text=True, cwd=root, timeout=120)
     assert proc.returncode == 2 and "nope" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bench_summary_times_and_equal_time_psnr():
+    scratch = [{"seconds": 0.0, "test_psnr": 10.0}, {"seconds": 10.0, "test_psnr": 18.0},
+               {"seconds": 20.0, "test_psnr": 20.0}]
+    fast = [{"seconds": 0.0, "test_psnr": 10.0}, {"seconds": 4.0, "test_psnr": 20.5},
+            {"seconds": 20.0, "test_psnr": 22.0}]
+    slow = [{"seconds": 0.0, "test_psnr": 10.0}, {"seconds": 20.0, "test_psnr": 19.0}]
+    assert seconds_to_reach(fast, 20.0) == 4.0 and seconds_to_reach(slow, 20.0) is None
+    assert psnr_at(scratch, 15.0) == 18.0
+    s = summarize({"scratch": {"timeline": scratch}, "pvd": {"timeline": fast}, "pvd_al": {"timeline": slow}})
+    assert s["pvd"]["speedup_to_scratch_final"] == 5.0 and s["pvd"]["gain_over_scratch_db"] == 2.0
+    assert s["pvd_al"]["speedup_to_scratch_final"] is None
+    totals, psnrs = [], iter(range(100))
+    timeline = timed_run(lambda: None, totals.append, lambda: float(next(psnrs)), budget=0.01, eval_every=1e9)
+    assert timeline[0]["steps"] == 1 and timeline[-1]["steps"] >= 1 and len(timeline) == 2
+
+
+@pytest.mark.slow
+def test_demo_stage_converts_a_fitted_field(tmp_path):
+    metrics = run_demo_stage(tmp_path, quick=True)
+    assert metrics["psnr_vs_teacher"] > 15.0 and metrics["steps"] == 100
+    assert Path(metrics["student_checkpoint"]).is_file() and list(Path(metrics["renders"]).glob("*.png"))
+    assert load_field(metrics["student_checkpoint"]).name == metrics["student"]
