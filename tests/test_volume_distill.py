@@ -271,6 +271,10 @@ def test_script_reports_a_missing_teacher_in_one_line(tmp_path):
                            str(tmp_path / "nope"), "--output-root", str(tmp_path)],
                           capture_output=True, text=True, cwd=root, timeout=120)
     assert proc.returncode == 2 and "nope" in proc.stderr and "Traceback" not in proc.stderr
+    with pytest.raises(ValueError, match="student: unknown field 'voxels'"):
+        VolumeDistillConfig(student="voxels")
+    with pytest.raises(ValueError, match="active: unknown"):
+        VolumeDistillConfig(active="image,pixels")
 
 
 def test_bench_summary_times_and_equal_time_psnr():

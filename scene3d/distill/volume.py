@@ -36,8 +36,8 @@ from scene3d.distill.volume_active import (
     parse_active,
     point_mask,
 )
-from scene3d.errors import CheckpointError
-from scene3d.fields.base import Field, build_field, field_spec, load_field_state
+from scene3d.errors import CheckpointError, Scene3DError
+from scene3d.fields.base import FIELDS, Field, build_field, field_spec, load_field_state
 from scene3d.metrics import psnr, ssim
 from scene3d.rays import Rays
 from scene3d.render import OccupancyGrid, OccupancyGridConfig, render_image, render_rays
@@ -95,9 +95,18 @@ class VolumeDistillConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        parse_active(self.active)
+        if self.student not in FIELDS:
+            raise ConfigError(f"student: unknown field '{self.student}'; registered: {sorted(FIELDS)}")
         if self.schedule not in ("staged", "all_at_once"):
-            raise ValueError(f"schedule must be 'staged' or 'all_at_once', got '{self.schedule}'")
+            raise ConfigError(f"schedule: must be 'staged' or 'all_at_once', got '{self.schedule}'")
+        try:
+            parse_active(self.active)
+        except ValueError as err:
+            raise ConfigError(f"active: {err}") from None
+
+
+class ConfigError(Scene3DError, ValueError):
+    """A bad distillation setting (one line from the scripts)."""
 
 
 def pick_device(device: str) -> torch.device:
