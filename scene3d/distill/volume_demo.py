@@ -37,7 +37,7 @@ def run_demo_stage(out_dir: Path, quick: bool) -> dict[str, Any]:
     world = out_dir / "world"
     config = DistillVolumeConfig(teacher=teacher, data=world if world.is_dir() else None, student=DEMO_STUDENT,
                                  output_root=out_dir,
-                                 steps=100 if quick else 500, batch_rays=512 if quick else 1024,
+                                 steps=100 if quick else 300, batch_rays=512 if quick else 1024,
                                  n_samples=32 if quick else 64, eval_every=10**6, eval_views=4,
                                  checkpoint_every=10**6, resume=False)
     distiller, metrics = distill_volume(config, progress=not quick)
