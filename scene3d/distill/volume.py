@@ -247,9 +247,10 @@ class VolumeDistiller:
 
     # optimisation -------------------------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        groups = [*self.student.param_groups()]
-        if any(True for _ in self.adapter.parameters()):
-            groups.append({"params": list(self.adapter.parameters()), "lr": self.config.adapter_lr})
+        groups = self.student.param_groups()
+        adapter = list(self.adapter.parameters())
+        if adapter:
+            groups.append({"params": adapter, "lr": self.config.adapter_lr})
         return torch.optim.Adam([{**g, "base_lr": g["lr"]} for g in groups], betas=(0.9, 0.99))
 
     def _set_learning_rate(self) -> None:
