@@ -48,6 +48,16 @@ SMALL = {
 FAST_OCCUPANCY = OccupancyGridConfig(resolution=16)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tensors are tiny: a second intra-op thread only adds synchronisation (7x slower on a
+    loaded 2-core machine at OMP_NUM_THREADS=2)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_config(student: str, **overrides) -> VolumeDistillConfig:
     return VolumeDistillConfig(**{"student": student, "steps": 200, "batch_rays": 128, "n_samples": 24,
                                   "device": "cpu", "occupancy": FAST_OCCUPANCY, "epoch_views": 6, "epoch_steps": 5,
