@@ -32,9 +32,11 @@ from scene3d.distill.volume_active import (
 from scene3d.distill.volume_bench import psnr_at, seconds_to_reach, summarize, timed_run
 from scene3d.distill.volume_demo import run_demo_stage
 from scene3d.distill.volume_edit import erase_box
+from scene3d.distill.volume_gaussian import GaussianToFieldDistiller, gaussian_views
 from scene3d.distill.volume_run import DistillVolumeConfig, distill_volume
 from scene3d.fields import FIELDS, build_field, load_field
 from scene3d.fields.base import field_spec
+from scene3d.gaussians import GaussianScene
 from scene3d.render import OccupancyGridConfig, render_image
 from tests._field_scenes import CENTERS, RADII
 from tests._volume_scenes import SHELL, blob_grid, eval_views, psnr
@@ -309,3 +311,25 @@ def test_demo_stage_converts_a_fitted_field(tmp_path):
     assert metrics["psnr_vs_teacher"] > 15.0 and metrics["steps"] == 100
     assert Path(metrics["student_checkpoint"]).is_file() and list(Path(metrics["renders"]).glob("*.png"))
     assert load_field(metrics["student_checkpoint"]).name == metrics["student"]
+
+
+def test_a_gaussian_scene_teaches_a_field_through_its_renders():
+    torch.manual_seed(0)
+    points = torch.cat([CENTERS[i] + 0.5 * RADII[i] * torch.randn(150, 3) for i in range(2)])
+    colors = torch.cat([torch.tensor([[0.9, 0.2, 0.1]]).expand(150, 3), torch.tensor([[0.1, 0.4, 0.9]]).expand(150, 3)])
+    scene = GaussianScene.from_points(points, colors, sh_degree=0, opacity=0.8)
+    student = student_for(blob_grid(8), "hashgrid", **SMALL["hashgrid"])
+    distiller = GaussianToFieldDistiller(scene, student, SHELL, batch_rays=256, n_samples=32, epoch_views=6,
+                                         epoch_steps=10, steps=120)
+    views = eval_views()
+    teacher_rgb, alpha = gaussian_views(scene, views.cameras)
+    teacher_rgb = teacher_rgb + (1 - alpha[..., None])  # over white
+
+    def score() -> float:
+        return psnr(render_image(student.eval(), views.cameras, 32, background=torch.ones(3))["rgb"], teacher_rgb)
+
+    before = score()
+    while distiller.step < 120:
+        distiller.train_step()
+    after = score()
+    assert after > before + 5 and after > 16.0, (before, after)
