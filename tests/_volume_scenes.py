@@ -3,8 +3,6 @@ grid (no training needed), its cameras and evaluation views."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from scene3d.cameras import orbit_cameras
@@ -42,5 +40,3 @@ def eval_views(n: int = 3, size: int = 16) -> EvalViews:
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(-10 * torch.log10((a - b).square().mean().clamp_min(1e-10)))
 
-
-__all__ = ["SHELL", "blob_grid", "eval_views", "math", "psnr"]
