@@ -1,0 +1,152 @@
+"""A volume-distillation run: load a teacher (field checkpoint or run directory), find its cameras and
+test views, distil into a student with progress bar, TensorBoard, periodic test PSNR/SSIM against
+the teacher's renders and the ground truth, PNG renders, rotating checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import imageio.v3 as iio
+import torch
+from tqdm import tqdm
+
+from scene3d.cameras import orbit_cameras
+from scene3d.checkpoint import load_checkpoint
+from scene3d.data.dataset import MultiViewDataset
+from scene3d.data.formats import load_dataset
+from scene3d.distill.volume import EvalViews, VolumeDistillConfig, VolumeDistiller
+from scene3d.distill.volume_active import Shell
+from scene3d.errors import CheckpointError
+from scene3d.fields.base import Field, field_from_spec, load_field_state, save_field
+from scene3d.fields.train import FitConfig, depth_to_rgb, load_data, to_uint8
+from scene3d.runs import RunDir
+
+_FIT_KEYS = ("data", "world_seed", "n_train_views", "n_test_views", "image_size")
+
+
+@dataclass
+class DistillVolumeConfig(VolumeDistillConfig):
+    """A run: `teacher` is a field checkpoint or a run directory (its latest checkpoint). The teacher's
+    training views give the camera shell and the ground truth: from `data` when given, else from
+    the teacher run's own fit config; without either a default shell around the box is used.
+    Runs go to `<output_root>/distill/<name>/` and resume from their latest checkpoint."""
+
+    teacher: Path = Path("outputs/fields/hashgrid")
+    data: Path | None = None
+    name: str | None = None
+    output_root: Path = Path("outputs")
+    eval_every: int = 250
+    eval_views: int = 4
+    checkpoint_every: int = 250
+    resume: bool = True
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint file as given, or the latest checkpoint of a run directory."""
+    path = Path(path)
+    if path.is_dir():
+        latest = RunDir(path).latest_checkpoint()
+        if latest is None:
+            raise CheckpointError(path, "checkpoints", "run directory holds no step_*.safetensors checkpoint")
+        return latest
+    return path
+
+
+def load_teacher(path: Path, device: str | torch.device = "cpu") -> tuple[Field, dict[str, Any]]:
+    """(teacher field, its checkpoint config) from a field checkpoint or a run directory."""
+    path = resolve_checkpoint(path)
+    state, config = load_checkpoint(path, device)
+    if "field" not in state or "field" not in config:
+        raise CheckpointError(path, "field", "not a field checkpoint (no 'field' state or config)")
+    field = field_from_spec(config, path).to(device)
+    load_field_state(field, state["field"], path)
+    return field, config
+
+
+def teacher_views(data: Path | None, teacher_config: dict[str, Any]
+                  ) -> tuple[MultiViewDataset, MultiViewDataset] | None:
+    """(train, test) views of the teacher's scene: `data`, else the teacher run's fit config, else None."""
+    if data is not None:
+        return load_dataset(data, "train"), load_dataset(data, "test")
+    fit = teacher_config.get("fit")
+    if not fit:
+        return None
+    kwargs = {k: fit[k] for k in _FIT_KEYS if k in fit}
+    if kwargs.get("data") is not None:
+        kwargs["data"] = Path(kwargs["data"])
+    return load_data(FitConfig(**kwargs))
+
+
+def save_renders(run: RunDir, out: dict[str, torch.Tensor], views: EvalViews) -> list[Path]:
+    """PNG per test view: ground truth (when known) | teacher | student | student depth."""
+    paths = []
+    for i in range(len(out["rgb"])):
+        parts = [] if views.ground_truth is None else [views.ground_truth[i].float()]
+        parts += [views.teacher_rgb[i], out["rgb"][i].cpu(), depth_to_rgb(out["depth"][i].cpu())]
+        path = run.file("renders", f"test_{i:03d}.png")
+        iio.imwrite(path, to_uint8(torch.cat(parts, dim=1)))
+        paths.append(path)
+    return paths
+
+
+def build_distiller(config: DistillVolumeConfig) -> tuple[VolumeDistiller, dict[str, Any]]:
+    """The distiller of a run config, and the extra checkpoint config (teacher path, its fit)."""
+    teacher, teacher_config = load_teacher(config.teacher)
+    splits = teacher_views(config.data, teacher_config)
+    if splits is None:
+        shell = Shell.around_box(teacher.aabb)
+        mid = sum(shell.radius) / 2
+        cams = orbit_cameras(8, mid, sum(shell.elevation_deg) / 2, shell.fov_x_deg, shell.width, shell.height,
+                             shell.target, azimuth_offset_deg=11.25)
+        views = EvalViews(cams, torch.ones(teacher.config.color_dim))
+    else:
+        train, test = splits
+        shell = Shell.from_cameras(train.cameras)
+        views = EvalViews(test.cameras, test.background.float(), ground_truth=test.images)
+    extra = {"teacher": str(config.teacher), "teacher_field": teacher.name}
+    if "fit" in teacher_config:
+        extra["fit"] = teacher_config["fit"]
+    return VolumeDistiller(config, teacher, shell, views), extra
+
+
+def distill_volume(config: DistillVolumeConfig, progress: bool = True) -> tuple[VolumeDistiller, dict[str, Any]]:
+    """Distil to `config.steps` (resuming from the run's latest checkpoint when `config.resume`),
+    evaluate, write renders, the student field (`student.safetensors`) and metrics."""
+    distiller, extra = build_distiller(config)
+    name = config.name or f"{distiller.teacher.name}_to_{config.student}"
+    run = RunDir.create("distill", name, root=config.output_root)
+    run.save_config(config)
+    latest = run.latest_checkpoint() if config.resume else None
+    if latest is not None:
+        state, _ = load_checkpoint(latest, distiller.device)
+        distiller.load_state_dict(state, latest)
+    bar = tqdm(total=config.steps, initial=distiller.step, disable=not progress,
+               desc=f"distil {distiller.teacher.name} -> {config.student}")
+    start, timeline = time.perf_counter(), []
+    while distiller.step < config.steps:
+        logs = distiller.train_step()
+        bar.update(1)
+        step = distiller.step
+        if step % 50 == 0 or step == config.steps:
+            bar.set_postfix(psnr_t=f"{logs['psnr_vs_teacher']:.2f}")
+            run.log_scalars(step, {f"train/{k}": v for k, v in logs.items()}
+                            | {f"weights/{k}": v for k, v in distiller.level_weights(step).items()})
+        if step % config.eval_every == 0 or step == config.steps:
+            metrics, _ = distiller.evaluate(config.eval_views)
+            timeline.append({"step": step, "seconds": time.perf_counter() - start, **metrics})
+            run.log_scalars(step, {f"test/{k}": v for k, v in metrics.items()})
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            run.save_checkpoint(step, distiller.state_dict(), distiller.checkpoint_config(extra))
+    bar.close()
+    metrics, out = distiller.evaluate()
+    save_renders(run, out, distiller.views)
+    save_field(distiller.student, run.file("student.safetensors"))
+    result = {"teacher": distiller.teacher.name, "student": config.student, "active": config.active,
+              "schedule": config.schedule, "params": distiller.student.parameter_count(), "steps": distiller.step,
+              "train_seconds": time.perf_counter() - start, **metrics, "timeline": timeline}
+    run.save_metrics(result)
+    run.close()
+    return distiller, result

@@ -1,0 +1,335 @@
+"""Progressive volume distillation: every teacher -> student pair learns, the density clamp, the
+active-learning pools, a student matching its teacher, property fusion and exact resume."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from scene3d.checkpoint import save_checkpoint
+from scene3d.distill.volume import (
+    DENSITY_RANGE,
+    VolumeDistillConfig,
+    VolumeDistiller,
+    density_loss,
+    student_for,
+)
+from scene3d.distill.volume_active import (
+    CameraPool,
+    RayPool,
+    Shell,
+    ViewErrors,
+    look_at_target,
+    parse_active,
+    point_mask,
+)
+from scene3d.distill.volume_bench import psnr_at, seconds_to_reach, summarize, timed_run
+from scene3d.distill.volume_demo import run_demo_stage
+from scene3d.distill.volume_edit import erase_box
+from scene3d.distill.volume_gaussian import GaussianToFieldDistiller, gaussian_views
+from scene3d.distill.volume_run import DistillVolumeConfig, distill_volume
+from scene3d.fields import FIELDS, build_field, load_field
+from scene3d.fields.base import field_spec
+from scene3d.gaussians import GaussianScene
+from scene3d.render import OccupancyGridConfig, render_image
+from tests._field_scenes import CENTERS, RADII
+from tests._volume_scenes import SHELL, blob_grid, eval_views, psnr
+
+SMALL = {
+    "mlp": {"width": 32},
+    "tensorf": {"resolution_init": 16, "resolution_final": 24, "upsample_steps": (8,)},
+    "grid": {"resolution": 20},
+    "hashgrid": {"log2_table_size": 12, "n_levels": 4},
+}
+FAST_OCCUPANCY = OccupancyGridConfig(resolution=16)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tensors are tiny: a second intra-op thread only adds synchronisation (7x slower on a
+    loaded 2-core machine at OMP_NUM_THREADS=2)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(student: str, **overrides) -> VolumeDistillConfig:
+    return VolumeDistillConfig(**{"student": student, "steps": 200, "batch_rays": 128, "n_samples": 24,
+                                  "device": "cpu", "occupancy": FAST_OCCUPANCY, "epoch_views": 6, "epoch_steps": 5,
+                                  **overrides})
+
+
+def small_field(name: str, seed: int = 0):
+    torch.manual_seed(seed)
+    return build_field(name, **SMALL[name])
+
+
+@pytest.fixture(scope="module")
+def teachers():
+    """The blob scene in every architecture: the baked grid, and the others briefly distilled from it."""
+    out = {"grid": blob_grid(16)}
+    for name in ("mlp", "tensorf", "hashgrid"):
+        distiller = VolumeDistiller(tiny_config(name, steps=40), out["grid"], SHELL, student=small_field(name))
+        while distiller.step < 40:
+            distiller.train_step()
+        out[name] = distiller.student
+    return out
+
+
+@pytest.mark.parametrize(("teacher_name", "student_name"), list(itertools.permutations(sorted(FIELDS), 2)))
+def test_every_pair_distils_and_its_loss_falls(teachers, teacher_name, student_name):
+    teacher = teachers[teacher_name]
+    student = student_for(teacher, student_name, **SMALL[student_name])
+    config = tiny_config(student_name, embedding_decay=1.0)  # constant weights: a falling loss means learning
+    distiller = VolumeDistiller(config, teacher, SHELL, student=student)
+    losses = [distiller.train_step()["loss"] for _ in range(24)]
+    first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert all(math.isfinite(v) for v in losses)
+    assert last < 0.8 * first, (first, last)
+
+
+def test_density_clamp_and_truncated_exp_at_the_bounds():
+    student = student_for(blob_grid(8), "mlp")
+    x = torch.tensor([-50.0, -2.5, -2.0, 0.0, 7.0, 7.5, 100.0], requires_grad=True)
+    sigma = student.activate(x)
+    lo, hi = DENSITY_RANGE
+    expected = torch.exp(x.detach().clamp(lo, hi))
+    assert torch.allclose(sigma, expected)
+    sigma.sum().backward()
+    inside = (x.detach() > lo) & (x.detach() < hi)
+    assert torch.allclose(x.grad[inside], expected[inside])
+    assert (x.grad[(x.detach() < lo) | (x.detach() > hi)] == 0).all()
+    # The density loss: agreeing beyond a bound is free; disagreeing is squared in log space.
+    teacher = torch.tensor([-9.0, -9.0, 12.0, 12.0, 3.0])
+    pred = torch.tensor([-5.0, 0.0, 9.0, 5.0, 1.0], requires_grad=True)
+    loss = density_loss(pred, teacher)
+    assert torch.allclose(loss, torch.tensor([0.0, 4.0, 0.0, 4.0, 4.0]))
+    loss.sum().backward()
+    assert torch.allclose(pred.grad, torch.tensor([0.0, 4.0, 0.0, -4.0, -4.0]))
+    # The raw truncated exp keeps a bounded gradient far beyond the clamp.
+    free = build_field("mlp")
+    y = torch.tensor([200.0], requires_grad=True)
+    free.activate(y).sum().backward()
+    assert torch.isfinite(y.grad).all() and y.grad.item() == pytest.approx(math.exp(15.0), rel=1e-4)
+
+
+def test_camera_pool_keeps_the_planted_worst_poses_with_their_own_psnr():
+    n, pixels = 20, 10
+    c2w = torch.eye(4).repeat(n, 1, 1)
+    c2w[:, 0, 3] = torch.arange(n).float()  # pose i sits at x = i
+    planted = torch.tensor([13, 4])
+    errors = ViewErrors(n)
+    view = torch.arange(n).repeat_interleave(pixels)
+    sq = torch.full((n * pixels,), 1e-3)
+    sq[(view == 13)] = 0.1    # 10 dB: the worst
+    sq[(view == 4)] = 0.05    # 13 dB: second worst
+    errors.add(torch.cat([view, torch.tensor([-1])]), torch.cat([sq, torch.tensor([9.0])]))  # -1: pooled ray
+    pool = CameraPool(fraction=0.1)
+    pool.update(c2w, errors.psnr())
+    assert pool.c2w[:, 0, 3].long().tolist() == planted.tolist()
+    assert pool.psnr.tolist() == pytest.approx([10.0, -10 * math.log10(0.05)], rel=1e-5)
+    # Revisits are small rigid rotations about the scene centre.
+    center = torch.tensor([3.0, 0.0, 0.0])
+    moved = pool.revisit(center, 5.0, torch.Generator().manual_seed(0))
+    dist_before = (pool.c2w[:, :3, 3] - center).norm(dim=-1)
+    assert torch.allclose((moved[:, :3, 3] - center).norm(dim=-1), dist_before, atol=1e-5)
+    angle = torch.acos(((moved[:, :3, :3].transpose(1, 2) @ pool.c2w[:, :3, :3]).diagonal(dim1=1, dim2=2).sum(-1)
+                        - 1).clamp(-2, 2) / 2)
+    assert (angle <= math.radians(5.0) + 1e-4).all() and (angle > 0).all()
+
+
+def test_distiller_pools_the_worst_views_of_an_epoch_and_revisits_them():
+    config = tiny_config("mlp", active="image", epoch_views=10, epoch_steps=3, camera_fraction=0.2)
+    distiller = VolumeDistiller(config, blob_grid(16), SHELL, student=small_field("mlp"))
+    for _ in range(3):
+        distiller.train_step()
+    epoch_c2w, epoch_psnr = distiller.epoch_c2w.clone(), distiller.view_errors.psnr().cpu()
+    distiller.train_step()  # ends the epoch
+    worst = torch.argsort(epoch_psnr)[:2]
+    assert torch.equal(distiller.camera_pool.c2w, epoch_c2w[worst])
+    assert torch.equal(distiller.camera_pool.psnr, epoch_psnr[worst])
+    # The new epoch holds 8 fresh poses and the 2 pooled ones, slightly rotated.
+    revisited = distiller.epoch_c2w[-2:]
+    offset = (revisited[:, :3, 3] - epoch_c2w[worst][:, :3, 3]).norm(dim=-1)
+    assert len(distiller.epoch_c2w) == 10 and (offset > 0).all() and (offset < 0.5).all()
+
+
+def test_ray_pool_and_point_mask_pick_what_they_claim():
+    origins, dirs = torch.randn(50, 3), torch.randn(50, 3)
+    l1 = torch.rand(50) * 0.1
+    planted = torch.tensor([3, 17, 41])
+    l1[planted] = torch.tensor([0.9, 0.8, 0.7])
+    pool = RayPool(3)
+    pool.update(origins, dirs, l1)
+    assert torch.equal(pool.origins, origins[planted]) and torch.equal(pool.dirs, dirs[planted])
+    weights = torch.zeros(2, 10)
+    weights[0, [2, 5, 7]] = torch.tensor([0.2, 0.5, 0.1])
+    weights[0, [0, 1, 3, 4, 6, 8, 9]] = 0.01
+    weights[1] = 0.02                                         # opacity 0.2: keeps every sample
+    mask = point_mask(weights, weights.sum(-1), top_fraction=0.3, opacity_threshold=0.5)
+    assert mask[0].nonzero()[:, 0].tolist() == [2, 5, 7]
+    assert mask[1].all()
+    assert parse_active("image, ray") == {"image", "ray"}
+    with pytest.raises(ValueError, match="unknown active"):
+        parse_active("image,pixel")
+
+
+def test_distiller_appends_the_ray_pool_and_queries_the_teacher_at_the_student_points():
+    config = tiny_config("hashgrid", active="ray,point")
+    distiller = VolumeDistiller(config, blob_grid(16), SHELL, student=small_field("hashgrid"))
+    distiller.train_step()
+    assert len(distiller.ray_pool) == math.ceil(0.1 * config.batch_rays)
+    rays, view = distiller.sample_rays()
+    assert len(rays) == config.batch_rays + len(distiller.ray_pool) and (view[-len(distiller.ray_pool):] == -1).all()
+    out_t, out_s, teacher, student = distiller.render_pair(rays)
+    assert torch.equal(teacher.record["points"], student.record["points"])
+    assert torch.equal(out_t["background"], out_s["background"]) and torch.equal(out_t["t"], out_s["t"])
+    assert not out_t["rgb"].requires_grad and out_s["rgb"].requires_grad
+
+
+def test_shell_covers_the_training_cameras():
+    cams = SHELL.sample(64, torch.Generator().manual_seed(0))
+    assert torch.allclose(look_at_target(cams), torch.zeros(3), atol=1e-4)
+    shell = Shell.from_cameras(cams)
+    assert SHELL.radius[0] <= shell.radius[0] < shell.radius[1] <= SHELL.radius[1] + 1e-4
+    assert SHELL.elevation_deg[0] - 1e-3 <= shell.elevation_deg[0] < shell.elevation_deg[1] <= 45.0 + 1e-3
+    assert shell.fov_x_deg == pytest.approx(45.0) and shell.width == 16
+
+
+def test_distilled_student_matches_its_teacher():
+    teacher = blob_grid(24)
+    torch.manual_seed(0)
+    config = tiny_config("hashgrid", steps=150, batch_rays=256, n_samples=32, schedule="all_at_once")
+    distiller = VolumeDistiller(config, teacher, SHELL, eval_views(), student=small_field("hashgrid"))
+    before, _ = distiller.evaluate()
+    while distiller.step < config.steps:
+        distiller.train_step()
+    after, _ = distiller.evaluate()
+    assert after["psnr_vs_teacher"] > 26.0 > before["psnr_vs_teacher"] + 8, (before, after)
+    assert after["ssim_vs_teacher"] > 0.9
+
+
+def test_property_fusion_carries_an_erased_region_into_the_student():
+    center, radius = CENTERS[1], RADII[1].item()
+    lo, hi = (center - radius - 0.05).tolist(), (center + radius + 0.05).tolist()
+    edited = erase_box(blob_grid(24), lo, hi)
+    torch.manual_seed(0)
+    config = tiny_config("hashgrid", steps=120, batch_rays=256, n_samples=32)
+    distiller = VolumeDistiller(config, edited, SHELL, eval_views(), student=small_field("hashgrid"))
+    while distiller.step < config.steps:
+        distiller.train_step()
+    student = distiller.student.eval()
+    with torch.no_grad():
+        kept = student.density(CENTERS[0] + 0.1 * torch.randn(64, 3) * RADII[0]).mean()
+        erased = student.density(center + 0.1 * torch.randn(64, 3) * radius).mean()
+    assert kept > 20.0 and erased < 1.0, (kept, erased)
+    render = render_image(student, eval_views(1).cameras, 32, background=torch.ones(3), occupancy=None)
+    original = render_image(blob_grid(24), eval_views(1).cameras, 32, background=torch.ones(3))
+    assert psnr(render["rgb"], original["rgb"]) < 25.0  # the edit shows in the images
+
+
+def write_teacher(path: Path) -> Path:
+    """A teacher checkpoint whose fit config names a 16 px synthetic world (cameras and ground truth)."""
+    teacher = blob_grid(16)
+    fit = {"data": None, "world_seed": 0, "n_train_views": 4, "n_test_views": 2, "image_size": 16}
+    return save_checkpoint(path, {"field": teacher.state_dict()}, {**field_spec(teacher), "fit": fit})
+
+
+def run_config(tmp_path: Path, teacher: Path, name: str, steps: int) -> DistillVolumeConfig:
+    return DistillVolumeConfig(teacher=teacher, student="mlp", name=name, output_root=tmp_path, steps=steps,
+                               batch_rays=64, n_samples=16, device="cpu", occupancy=FAST_OCCUPANCY, epoch_views=4,
+                               epoch_steps=3, eval_every=4, eval_views=1, checkpoint_every=4)
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    teacher = write_teacher(tmp_path / "teacher.safetensors")
+    torch.manual_seed(0)
+    _, full = distill_volume(run_config(tmp_path, teacher, "full", 10), progress=False)
+    train_step = VolumeDistiller.train_step
+
+    def interrupted(self):
+        if self.step == 6:  # after the checkpoint of step 4 and two more steps
+            raise KeyboardInterrupt
+        return train_step(self)
+
+    monkeypatch.setattr(VolumeDistiller, "train_step", interrupted)
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        distill_volume(run_config(tmp_path, teacher, "split", 10), progress=False)
+    monkeypatch.setattr(VolumeDistiller, "train_step", train_step)
+    torch.manual_seed(99)  # resuming restores every RNG, whatever the state before
+    _, resumed = distill_volume(run_config(tmp_path, teacher, "split", 10), progress=False)
+    a = load_field(tmp_path / "distill" / "full" / "student.safetensors").state_dict()
+    b = load_field(tmp_path / "distill" / "split" / "student.safetensors").state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["steps"] == full["steps"] == 10 and "test_psnr" in full and "teacher_test_psnr" in full
+    run = tmp_path / "distill" / "full"
+    assert (run / "renders" / "test_000.png").is_file() and (run / "metrics.json").is_file()
+    assert list((run / "tb").iterdir())
+    # A distillation run is itself a teacher: its latest checkpoint loads as a field.
+    assert load_field(sorted((run / "checkpoints").glob("*.safetensors"))[-1]).name == "mlp"
+
+
+def test_script_reports_a_missing_teacher_in_one_line(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "scripts" / "distill_volume.py"), "--teacher",
+                           str(tmp_path / "nope"), "--output-root", str(tmp_path)],
+                          capture_output=True, text=True, cwd=root, timeout=120)
+    assert proc.returncode == 2 and "nope" in proc.stderr and "Traceback" not in proc.stderr
+    with pytest.raises(ValueError, match="student: unknown field 'voxels'"):
+        VolumeDistillConfig(student="voxels")
+    with pytest.raises(ValueError, match="active: unknown"):
+        VolumeDistillConfig(active="image,pixels")
+
+
+def test_bench_summary_times_and_equal_time_psnr():
+    scratch = [{"seconds": 0.0, "test_psnr": 10.0}, {"seconds": 10.0, "test_psnr": 18.0},
+               {"seconds": 20.0, "test_psnr": 20.0}]
+    fast = [{"seconds": 0.0, "test_psnr": 10.0}, {"seconds": 4.0, "test_psnr": 20.5},
+            {"seconds": 20.0, "test_psnr": 22.0}]
+    slow = [{"seconds": 0.0, "test_psnr": 10.0}, {"seconds": 20.0, "test_psnr": 19.0}]
+    assert seconds_to_reach(fast, 20.0) == 4.0 and seconds_to_reach(slow, 20.0) is None
+    assert psnr_at(scratch, 15.0) == 18.0
+    s = summarize({"scratch": {"timeline": scratch}, "pvd": {"timeline": fast}, "pvd_al": {"timeline": slow}})
+    assert s["pvd"]["speedup_to_scratch_final"] == 5.0 and s["pvd"]["gain_over_scratch_db"] == 2.0
+    assert s["pvd_al"]["speedup_to_scratch_final"] is None
+    totals, psnrs = [], iter(range(100))
+    timeline = timed_run(lambda: None, totals.append, lambda: float(next(psnrs)), budget=0.01, eval_every=1e9)
+    assert timeline[0]["steps"] == 1 and timeline[-1]["steps"] >= 1 and len(timeline) == 2
+
+
+@pytest.mark.slow
+def test_demo_stage_converts_a_fitted_field(tmp_path):
+    metrics = run_demo_stage(tmp_path, quick=True)
+    assert metrics["psnr_vs_teacher"] > 15.0 and metrics["steps"] == 100
+    assert Path(metrics["student_checkpoint"]).is_file() and list(Path(metrics["renders"]).glob("*.png"))
+    assert load_field(metrics["student_checkpoint"]).name == metrics["student"]
+
+
+def test_a_gaussian_scene_teaches_a_field_through_its_renders():
+    torch.manual_seed(0)
+    points = torch.cat([CENTERS[i] + 0.5 * RADII[i] * torch.randn(150, 3) for i in range(2)])
+    colors = torch.cat([torch.tensor([[0.9, 0.2, 0.1]]).expand(150, 3), torch.tensor([[0.1, 0.4, 0.9]]).expand(150, 3)])
+    scene = GaussianScene.from_points(points, colors, sh_degree=0, opacity=0.8)
+    student = student_for(blob_grid(8), "hashgrid", **SMALL["hashgrid"])
+    distiller = GaussianToFieldDistiller(scene, student, SHELL, batch_rays=256, n_samples=32, epoch_views=6,
+                                         epoch_steps=10, steps=120)
+    views = eval_views()
+    teacher_rgb, alpha = gaussian_views(scene, views.cameras)
+    teacher_rgb = teacher_rgb + (1 - alpha[..., None])  # over white
+
+    def score() -> float:
+        return psnr(render_image(student.eval(), views.cameras, 32, background=torch.ones(3))["rgb"], teacher_rgb)
+
+    before = score()
+    while distiller.step < 120:
+        distiller.train_step()
+    after = score()
+    assert after > before + 5 and after > 16.0, (before, after)
