@@ -20,6 +20,7 @@ from scene3d.checkpoint import atomic_write_json
 from scene3d.cli import run_cli
 from scene3d.data.generate import WorldDatasetConfig, write_world_dataset
 from scene3d.diffusion.demo import run_demo_stage as prior_stage
+from scene3d.distill.volume_demo import run_demo_stage as volume_stage
 from scene3d.fields.demo import run_demo_stage as fields_stage
 from scene3d.gaussians.train import run_demo_stage as splats_stage
 from viewer.demo import run_demo_stage as viewer_stage
@@ -46,6 +47,7 @@ def world_stage(out: Path, quick: bool) -> dict:
 STAGES = [
     ("world", world_stage),  # the default synthetic world as a dataset
     ("fields", fields_stage),  # a radiance field fitted to it
+    ("volume", volume_stage),  # PVD-AL: that field converted into another architecture
     ("splats", splats_stage),  # 3D Gaussians fitted to it, PLY and mesh export
     ("avfm", avfm_stage),  # CanViT pretraining on synthetic 2D scenes, probes per glimpse
     ("prior", prior_stage),  # the class-conditional diffusion prior for score distillation
