@@ -15,9 +15,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
 from torch import Tensor
 
+from scene3d.checkpoint import atomic_write
 from scene3d.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -171,8 +173,8 @@ def save_target_shards(
     for k in range(math.ceil(len(patches) / shard_size)):
         sl = slice(k * shard_size, (k + 1) * shard_size)
         path = folder / f"shard_{k:05d}.safetensors"
-        save_file({"patches": patches[sl].half().contiguous(), "cls": cls[sl].half().contiguous()}, str(path))
-        paths.append(path)
+        blob = save({"patches": patches[sl].half().contiguous(), "cls": cls[sl].half().contiguous()})
+        paths.append(atomic_write(path, lambda f, blob=blob: f.write(blob)))  # a kill never leaves half a shard
     return paths
 
 
@@ -182,7 +184,10 @@ def load_target_shards(folder: str | Path):
     if not shards:
         raise DataError(folder, "shard_*.safetensors", "no target shards")
     for path in shards:
-        data = load_file(str(path))
+        try:
+            data = load_file(str(path))
+        except (SafetensorError, OSError) as err:
+            raise DataError(path, "shard", f"unreadable target shard ({err})") from None
         if "patches" not in data or "cls" not in data:
             raise DataError(path, "patches/cls", "missing tensor in target shard")
         yield data["patches"].float(), data["cls"].float()

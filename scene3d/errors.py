@@ -9,7 +9,7 @@ class Scene3DError(Exception):
     """Base class for errors the project raises on purpose (bad input, bad configuration)."""
 
 
-def one_line(text: object, limit: int = 300) -> str:
+def one_line(text: object, limit: int = 2000) -> str:
     """`text` on one line (newlines and runs of spaces collapsed), cut to `limit` characters."""
     flat = " ".join(str(text).split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
@@ -23,7 +23,7 @@ class DataError(Scene3DError, ValueError):
         self.field = field
         self.problem = one_line(problem)
         parts = [p for p in (self.path, field) if p]
-        super().__init__(one_line(": ".join([*parts, self.problem]), limit=1000))
+        super().__init__(one_line(": ".join([*parts, self.problem])))
 
 
 class CheckpointError(DataError):
