@@ -248,6 +248,7 @@ def fit_field(config: FitConfig, train: MultiViewDataset, test: MultiViewDataset
     evaluate, write renders, a turntable video and metrics. Returns the trainer and final metrics."""
     run = run or RunDir.create("fields", config.run_name, root=config.output_root)
     run.save_config(config)
+    torch.manual_seed(config.seed)  # the field's initialisation: same seed, same run (a resume restores the RNG)
     trainer = FieldTrainer(config, train, test, field)
     trainer.guard.checkpoint_dir = run.path / "checkpoints"
     latest = run.latest_checkpoint() if config.resume else None
