@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import random
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -126,14 +127,20 @@ def run_script(spec: ScriptSpec, out: Path, env: dict[str, str] | None = None, t
                           text=True, timeout=timeout, preexec_fn=preexec_fn, check=False)
 
 
-def prepare(name: str, out: Path) -> None:
-    """Whatever a script needs before it runs (the prior for score distillation)."""
+def prepare(name: str, out: Path, like: Path | None = None) -> None:
+    """Whatever a script needs before it runs (the prior for score distillation): copied from the
+    folder `like` when it was prepared there, else made by running the script it needs."""
     if name in PREPARE:
         need = SCRIPTS[PREPARE[name]]
-        if not (need.run_dir(out) / "prior").is_dir():
-            done = run_script(need, out)
-            if done.returncode != 0:
-                raise RuntimeError(f"preparing {name}: {done.stderr[-2000:]}")
+        folder = need.run_dir(out) / "prior"
+        if folder.is_dir():
+            return
+        if like is not None and (need.run_dir(like) / "prior").is_dir():
+            shutil.copytree(need.run_dir(like) / "prior", folder)
+            return
+        done = run_script(need, out)
+        if done.returncode != 0:
+            raise RuntimeError(f"preparing {name}: {done.stderr[-2000:]}")
 
 
 def final_params(spec: ScriptSpec, out: Path) -> dict[str, torch.Tensor]:
@@ -205,7 +212,7 @@ def kill_resume(name: str, out: Path, kills: int = 5, seed: int = 0, in_write: i
     prepare(name, out)
     if reference is None:
         ref_out = out / "reference"
-        prepare(name, ref_out)
+        prepare(name, ref_out, like=out)
         done = run_script(spec, ref_out, timeout=timeout)
         if done.returncode != 0:
             report.problems.append(f"uninterrupted run failed: {done.stderr[-1500:]}")
@@ -228,7 +235,7 @@ def kill_resume(name: str, out: Path, kills: int = 5, seed: int = 0, in_write: i
             deadline = time.monotonic() + timeout
             while proc.poll() is None and time.monotonic() < deadline and progress(spec, out) < target:
                 time.sleep(0.05)
-            time.sleep(rng.uniform(0.0, 0.5))
+            time.sleep(rng.uniform(0.0, 0.2))
         if proc.poll() is not None:
             err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
             if proc.returncode != 0:
