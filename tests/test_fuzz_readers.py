@@ -132,3 +132,14 @@ def test_big_endian_and_integer_depth_maps_load_as_float(dataset):
     np.save(depth, original.astype(">f4"))
     back = load_dataset(dataset, "train")
     assert back.depths.dtype == torch.float32 and torch.equal(back.depths[0], torch.from_numpy(original))
+
+
+@pytest.mark.parametrize("config", ['{"model": ', "[1, 2]", '{"teacher": {"train": 3}, "optim": {}}',
+                                    '{"model": "canvit_tiny"}', "\xff\xfe"])
+def test_eval_run_dir_with_a_bad_config_is_one_clear_error(tmp_path, config):
+    from avfm.evaluate import load_run
+
+    (tmp_path / "config.json").write_bytes(config.encode("latin-1"))
+    with pytest.raises(CheckpointError) as info:
+        load_run(tmp_path)
+    assert str(tmp_path / "config.json") in str(info.value) and "\n" not in str(info.value)
