@@ -21,7 +21,6 @@ from torch import Tensor
 from tqdm import tqdm
 
 from scene3d.cameras import Cameras, orbit_cameras
-from scene3d.checkpoint import load_checkpoint
 from scene3d.data.dataset import MultiViewDataset, make_multiview_dataset
 from scene3d.data.formats import load_dataset
 from scene3d.data.synthetic import WorldConfig, make_world
@@ -251,10 +250,9 @@ def fit_field(config: FitConfig, train: MultiViewDataset, test: MultiViewDataset
     torch.manual_seed(config.seed)  # the field's initialisation: same seed, same run (a resume restores the RNG)
     trainer = FieldTrainer(config, train, test, field)
     trainer.guard.checkpoint_dir = run.path / "checkpoints"
-    latest = run.latest_checkpoint() if config.resume else None
-    if latest is not None:
-        state, _ = load_checkpoint(latest, trainer.device)
-        trainer.load_state_dict(state, latest)
+    loaded = run.load_latest(trainer.device) if config.resume else None
+    if loaded is not None:
+        trainer.load_state_dict(loaded[0], run.path / "checkpoints" / f"step_{int(loaded[0]['step']):07d}.safetensors")
     bar = tqdm(total=config.steps, initial=trainer.step, disable=not progress, desc=f"fit {config.field}")
     start, timeline = time.perf_counter(), []
     while trainer.step < config.steps:
