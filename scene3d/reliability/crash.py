@@ -104,8 +104,9 @@ SCRIPTS: dict[str, ScriptSpec] = {
                      "--distill.batch-size", "1", "--distill.render-size", "8", "--distill.log-every", "1"],
         lambda out: out / "score" / "r", _pick("targets", "guidance", "estimator_optimizer"), 2, 12),
 }
-# distill_score needs a prior: `prepare` trains the tiny one above first (uninterrupted).
-PREPARE: dict[str, str] = {"distill_score": "train_prior"}
+# What a script needs first: (the script that makes it, the folder of that script's run it uses).
+# `prepare` runs that script uninterrupted (distill_score needs the tiny prior above).
+PREPARE: dict[str, tuple[str, str]] = {"distill_score": ("train_prior", "prior")}
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -128,19 +129,21 @@ def run_script(spec: ScriptSpec, out: Path, env: dict[str, str] | None = None, t
 
 
 def prepare(name: str, out: Path, like: Path | None = None) -> None:
-    """Whatever a script needs before it runs (the prior for score distillation): copied from the
-    folder `like` when it was prepared there, else made by running the script it needs."""
-    if name in PREPARE:
-        need = SCRIPTS[PREPARE[name]]
-        folder = need.run_dir(out) / "prior"
-        if folder.is_dir():
-            return
-        if like is not None and (need.run_dir(like) / "prior").is_dir():
-            shutil.copytree(need.run_dir(like) / "prior", folder)
-            return
-        done = run_script(need, out)
-        if done.returncode != 0:
-            raise RuntimeError(f"preparing {name}: {done.stderr[-2000:]}")
+    """Whatever a script needs before it runs (`PREPARE`): copied from the folder `like` when it
+    was prepared there, else made by running the script that makes it."""
+    if name not in PREPARE:
+        return
+    need_name, artifact = PREPARE[name]
+    need = SCRIPTS[need_name]
+    folder = need.run_dir(out) / artifact
+    if folder.exists():
+        return
+    if like is not None and (need.run_dir(like) / artifact).exists():
+        shutil.copytree(need.run_dir(like) / artifact, folder)
+        return
+    done = run_script(need, out)
+    if done.returncode != 0:
+        raise RuntimeError(f"preparing {name}: {done.stderr[-2000:]}")
 
 
 def final_params(spec: ScriptSpec, out: Path) -> dict[str, torch.Tensor]:
