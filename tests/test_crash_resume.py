@@ -23,7 +23,6 @@ from scene3d.reliability.crash import (
     file_size_limit,
     kill_resume,
     prepare,
-    progress,
     run_script,
 )
 from scene3d.runs import RunDir
@@ -103,7 +102,7 @@ def _run_until_checkpoints(name, out, n: int) -> None:
     spec = SCRIPTS[name]
     proc = subprocess.Popen(command(spec, out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
-    while proc.poll() is None and time.monotonic() < deadline and progress(spec, out) < n * spec.checkpoint_every:
+    while proc.poll() is None and time.monotonic() < deadline and len(RunDir(spec.run_dir(out)).checkpoints()) < n:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
