@@ -126,6 +126,16 @@ def test_pickled_npy_is_refused(dataset):
         load_dataset(dataset, "train")
 
 
+def test_npy_with_an_unbalanced_header_is_one_clear_error(dataset):
+    """Found by the 2,000-case fuzz: numpy's old-header parser raised tokenize.TokenError."""
+    depth = dataset / "train" / "train_0000_depth.npy"
+    raw = depth.read_bytes()
+    depth.write_bytes(raw.replace(b"(8, 8)", b"(8, 8 "))
+    with pytest.raises(DataError, match="cannot read .npy") as info:
+        load_dataset(dataset, "train")
+    assert "frames[0].depth_file_path" in str(info.value)
+
+
 def test_big_endian_and_integer_depth_maps_load_as_float(dataset):
     depth = dataset / "train" / "train_0000_depth.npy"
     original = np.load(depth)

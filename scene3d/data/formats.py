@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import tokenize
 import warnings
 from pathlib import Path
 from typing import Any
@@ -258,8 +259,8 @@ def read_npy(path: Path, where: str) -> np.ndarray:
         arr = np.load(path, allow_pickle=False)
     except DataError:
         raise
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError, OverflowError) as err:
-        raise DataError(path, where, f"cannot read .npy ({err})") from None
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError, OverflowError, tokenize.TokenError) as err:
+        raise DataError(path, where, f"cannot read .npy ({err})") from None  # TokenError: numpy's old-header parser
     return arr
 
 
