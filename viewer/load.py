@@ -184,6 +184,9 @@ def load_test(viewer, clients: int = 50, waves: int = 3, staying: int = 2, moves
     asyncio.run(run(waves, record=True))
     report.seconds = time.monotonic() - start
     _settle(viewer)
+    deadline = time.monotonic() + 15  # renderer threads of clients that just left finish their last frame
+    while own_threads(viewer)[0] > report.threads_before and time.monotonic() < deadline:
+        time.sleep(0.05)
     (report.threads_after, report.pool_threads_after), report.rss_mb_after = own_threads(viewer), rss_mb()
     report.renderers_after, report.clients_after = viewer.scene.n_renderers, len(viewer.server.get_clients())
     return report
