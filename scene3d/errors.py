@@ -41,4 +41,4 @@ class NonFiniteError(Scene3DError):
         self.step, self.name, self.checkpoint = step, name, None if checkpoint is None else str(checkpoint)
         kept = f"; last good checkpoint kept: {checkpoint}" if checkpoint else "; no checkpoint written yet"
         super().__init__(f"step {step}: {kind} '{name}' is NaN or infinite, training stopped{kept} "
-                         "(skip such steps with --nonfinite skip)")
+                         "(the 'nonfinite' option set to 'skip' skips such steps)")
