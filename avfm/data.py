@@ -79,20 +79,31 @@ def toy_scenes(n: int, resolution: int, seed: int = 0, num_shapes: int = 3) -> S
 
 
 def read_square_image(path: Path, resolution: int, labels: bool = False) -> Tensor:
-    """An image file centre-cropped square and resized: [3,R,R] in [0,1] (or labels [R,R] long)."""
+    """An image file (RGB [3, r, r] in [0, 1]) or label map ([r, r] long), centre-cropped square and resized."""
     import imageio.v3 as iio
+    import numpy as np
 
+    from scene3d.data.formats import _check_image_size
+
+    field = "annotation" if labels else "image"
+    _check_image_size(path, field)
     try:
         array = iio.imread(path)
-    except Exception as err:  # imageio raises many types for unreadable files
-        raise DataError(path, "image", f"cannot be read: {err}") from err
-    t = torch.as_tensor(array)
+    except Exception as err:  # noqa: BLE001 - imageio raises many types for unreadable files
+        raise DataError(path, field, f"cannot be read ({type(err).__name__}: {err})") from None
+    if array.dtype not in (np.uint8, np.uint16) or array.ndim not in (2, 3) or min(array.shape[:2]) < 1:
+        raise DataError(path, field, f"unsupported image of dtype {array.dtype} and shape {array.shape}")
+    if array.ndim == 3 and array.shape[-1] not in (1, 2, 3, 4):
+        raise DataError(path, field, f"image has {array.shape[-1]} channels; expected 1 to 4")
+    t = torch.from_numpy(array.astype(np.int64 if labels else np.float32))
     if labels:
         t = t[..., 0] if t.ndim == 3 else t
-        t = t.long()[None, None].float()
+        t = t.float()[None, None]
     else:
-        t = t[..., :3] if t.ndim == 3 else t[..., None].expand(*t.shape, 3)
-        t = t.permute(2, 0, 1)[None].float() / (65535.0 if array.dtype.itemsize == 2 else 255.0)
+        if t.ndim == 2:
+            t = t[..., None]
+        t = t[..., :3] if t.shape[-1] >= 3 else t[..., :1].expand(*t.shape[:2], 3)  # grey (+alpha): grey
+        t = t.permute(2, 0, 1)[None] / (65535.0 if array.dtype.itemsize == 2 else 255.0)
     h, w = t.shape[-2:]
     side = min(h, w)
     t = t[..., (h - side) // 2 : (h - side) // 2 + side, (w - side) // 2 : (w - side) // 2 + side]
@@ -109,7 +120,9 @@ def image_folder(root: str | Path, resolution: int, limit: int | None = None) ->
     folder = root / "images" if (root / "images").is_dir() else root
     if not folder.is_dir():
         raise DataError(root, "images", "folder not found")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    if not isinstance(resolution, int) or resolution < 1:
+        raise DataError(root, "resolution", f"must be a positive integer, got {resolution!r}")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())[:limit]
     if not files:
         raise DataError(folder, "images", f"no image files ({', '.join(IMAGE_SUFFIXES)})")
     images = torch.stack([read_square_image(p, resolution) for p in files])

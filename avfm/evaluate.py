@@ -22,6 +22,7 @@ from avfm.model import CanViT
 from avfm.probes import entropy_map, fit_cls_probe, fit_seg_probe, miou, top1
 from avfm.teachers import Teacher, ViTTeacher
 from avfm.train import DataConfig, OptimConfig, TeacherConfig, TrainConfig, setup
+from scene3d.checkpoint import restoring
 from scene3d.errors import CheckpointError
 from scene3d.runs import RunDir
 
@@ -58,14 +59,16 @@ def load_run(run_dir: str | Path) -> tuple[CanViT, TrainConfig, Teacher, SceneSe
     if not (Path(run_dir) / "config.json").is_file():
         raise CheckpointError(run_dir, "config.json", "not a training run folder")
     run = RunDir(run_dir)
-    cfg = train_config_from_dict(json.loads((run.path / "config.json").read_text()))
-    cfg = dataclasses.replace(cfg, progress=False)
+    with restoring(run.path / "config.json", "config"):  # malformed JSON or fields not of a TrainConfig
+        cfg = train_config_from_dict(json.loads((run.path / "config.json").read_text()))
+        cfg = dataclasses.replace(cfg, progress=False)
     loaded = run.load_latest()
     if loaded is None:
         raise CheckpointError(run.path, "checkpoints", "no checkpoint in this run")
     state, _ = loaded
     model, teacher, train_set, val_set, _ = setup(cfg, run)
-    model.load_state_dict(state["model"])
+    with restoring(run.latest_checkpoint(), "model"):
+        model.load_state_dict(state["model"])
     return model.eval(), cfg, teacher, train_set, val_set
 
 

@@ -71,7 +71,11 @@ class HFTeacher(Teacher):
             data = json.loads(prep.read_text())
             mean, std = tuple(data.get("image_mean", mean)), tuple(data.get("image_std", std))
         super().__init__(mean, std)
-        self.model = AutoModel.from_pretrained(path, local_files_only=True).eval().requires_grad_(False)
+        try:  # .safetensors only: pickled .bin weights are never loaded
+            model = AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True)
+        except OSError as err:
+            raise DataError(path, "model.safetensors", f"cannot load the weights ({err})") from None
+        self.model = model.eval().requires_grad_(False)
         self.dim = config.hidden_size
         self.patch_size = config.patch_size
         self.n_registers = getattr(config, "num_register_tokens", 0) or 0

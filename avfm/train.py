@@ -40,7 +40,9 @@ from avfm.teachers import (
     save_vit_teacher,
     train_dense_teacher,
 )
+from scene3d.checkpoint import restoring
 from scene3d.errors import DataError
+from scene3d.guard import FiniteGuard
 from scene3d.runs import RunDir
 
 
@@ -93,6 +95,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = False  # bf16 autocast for the forward (canvas, RoPE and VPE stay fp32); backward outside
     progress: bool = True
+    nonfinite: str = "stop"  # NaN / inf loss, gradient or parameter: "stop" (naming step and tensor) or "skip"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -283,9 +286,11 @@ def train(cfg: TrainConfig) -> dict:
     start = 0
     if (loaded := run.load_latest()) is not None:
         state, _ = loaded
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start = int(state["step"])
+        with restoring(run.latest_checkpoint(), "state"):
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            start = int(state["step"])
+    guard = FiniteGuard(cfg.nonfinite, run.path / "checkpoints")
 
     t0, history, step = time.time(), [], start
     bar = tqdm(
@@ -304,8 +309,12 @@ def train(cfg: TrainConfig) -> dict:
         average_gradients(model)
         info["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip).item()
         info["lr"] = set_lr(opt, cfg.optim, step)
-        opt.step()
+        # The loss is only known after TBPTT's backward passes; a skipped step drops its gradients.
+        # Under DDP every rank sees the same averaged gradients, so all ranks skip (or stop) together.
+        if guard.loss(step + 1, torch.tensor(info["loss"])) and guard.gradients(step + 1, model.named_parameters()):
+            opt.step()
         opt.zero_grad(set_to_none=True)
+        guard.parameters(step + 1, model.named_parameters())
         history.append(info["loss"])
         bar.set_postfix(loss=f"{info['loss']:.3f}")
         done = step + 1

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,31 +21,42 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
-from scene3d.errors import CheckpointError
+from scene3d.errors import CheckpointError, OutputError
 
 _TENSOR = "__tensor__"
 _TUPLE = "__tuple__"
 
 
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> Path:
-    """Write `path` via a temporary file in the same folder, fsync, then rename over it."""
+    """Write `path` via a temporary file in the same folder, fsync, then rename over it.
+
+    A failed write (disk full, file-size limit, folder not writable) leaves `path` as it was and
+    raises `OutputError` naming it. Fault injection for tests: `SCENE3D_FAULT_SLOW_WRITE=SECONDS`
+    sleeps between writing the temporary file and the rename (a kill then lands mid-write).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if delay := float(os.environ.get("SCENE3D_FAULT_SLOW_WRITE", "0") or 0):
+            time.sleep(delay)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
+        tmp = None
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as err:
+        raise OutputError(path, None, f"cannot write ({err.strerror or err}); earlier files are intact") from err
     finally:
-        os.close(dir_fd)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
     return path
 
 
@@ -77,20 +90,39 @@ def flatten_state(obj: Any, prefix: str = "") -> tuple[dict[str, torch.Tensor], 
 
 
 def unflatten_state(tensors: dict[str, torch.Tensor], skeleton: Any) -> Any:
-    """Inverse of `flatten_state`. Integer-like dict keys of optimizer states are restored."""
+    """Inverse of `flatten_state`. Integer-like dict keys of optimizer states are restored.
+    A skeleton that does not fit `tensors` raises KeyError / TypeError."""
 
-    def visit(x: Any) -> Any:
+    def visit(x: Any, depth: int = 0) -> Any:
+        if depth > 64:
+            raise TypeError("skeleton nested deeper than 64 levels")
         if isinstance(x, dict):
             if set(x) == {_TENSOR}:
+                if not isinstance(x[_TENSOR], str):
+                    raise TypeError(f"tensor reference must be a string, got {x[_TENSOR]!r}"[:200])
                 return tensors[x[_TENSOR]]
             if set(x) == {_TUPLE}:
-                return tuple(visit(v) for v in x[_TUPLE])
-            return {(int(k) if k.lstrip("-").isdigit() else k): visit(v) for k, v in x.items()}
+                if not isinstance(x[_TUPLE], list):
+                    raise TypeError("tuple entry must be a list")
+                return tuple(visit(v, depth + 1) for v in x[_TUPLE])
+            return {(int(k) if k.lstrip("-").isdigit() else k): visit(v, depth + 1) for k, v in x.items()}
         if isinstance(x, list):
-            return [visit(v) for v in x]
+            return [visit(v, depth + 1) for v in x]
         return x
 
     return visit(skeleton)
+
+
+@contextmanager
+def restoring(path: str | Path | None, what: str = "state") -> Iterator[None]:
+    """Turn the errors of loading a checkpoint's state into a module, an optimizer or a config
+    (missing keys, wrong shapes or dtypes) into one `CheckpointError` naming the file."""
+    try:
+        yield
+    except (KeyError, ValueError, RuntimeError, TypeError, IndexError, AttributeError, ArithmeticError) as err:
+        if isinstance(err, CheckpointError):
+            raise
+        raise CheckpointError(path, what, f"does not fit this run ({type(err).__name__}: {err})") from None
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any], config: dict[str, Any] | None = None) -> Path:
@@ -105,33 +137,48 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], config: dict[str, A
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict, dict]:
     """Load `(state, config)` from `save_checkpoint`'s file, or raise CheckpointError naming it."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(path, None, "checkpoint file does not exist")
-    raw = path.read_bytes()
     try:
-        tensors = load_safetensors_bytes(raw)
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(path, "file", "checkpoint file does not exist") from None
+    except OSError as err:
+        raise CheckpointError(path, "file", f"cannot read ({err.strerror or err})") from None
+    try:
         metadata = _read_metadata(raw)
-    except (SafetensorError, ValueError, OSError, KeyError) as err:
-        raise CheckpointError(path, None, f"not a readable safetensors file ({err})") from None
+        tensors = load_safetensors_bytes(raw)
+    except (SafetensorError, ValueError, OSError, KeyError, RecursionError) as err:
+        raise CheckpointError(path, "header", f"not a readable safetensors file ({err})") from None
     if metadata.get("format") != "scene3d-checkpoint-v1":
         raise CheckpointError(path, "metadata.format", "missing or unknown checkpoint format")
+    for key in ("skeleton", "config"):
+        try:
+            metadata[key] = json.loads(metadata.get(key, "{}"))
+        except (TypeError, ValueError, RecursionError) as err:
+            raise CheckpointError(path, f"metadata.{key}", f"malformed JSON ({err})") from None
+    if not isinstance(metadata["config"], dict):
+        raise CheckpointError(path, "metadata.config", "must be a JSON object")
     try:
-        skeleton = json.loads(metadata["skeleton"])
-        config = json.loads(metadata.get("config", "{}"))
-    except (KeyError, json.JSONDecodeError) as err:
-        raise CheckpointError(path, "metadata.skeleton", f"malformed ({err})") from None
-    try:
-        state = unflatten_state({k: v.to(map_location) for k, v in tensors.items()}, skeleton)
+        state = unflatten_state({k: v.to(map_location) for k, v in tensors.items()}, metadata["skeleton"])
     except KeyError as err:
         raise CheckpointError(path, f"tensor {err}", "named by the skeleton but missing") from None
-    return state, config
+    except (TypeError, AttributeError, RecursionError) as err:
+        raise CheckpointError(path, "metadata.skeleton", f"malformed ({err})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(path, "metadata.skeleton", "must describe a JSON object")
+    return state, metadata["config"]
 
 
-def _read_metadata(raw: bytes) -> dict[str, str]:
+def _read_metadata(raw: bytes) -> dict[str, Any]:
+    """The safetensors header's `__metadata__` (checked before safetensors parses the file)."""
     if len(raw) < 8:
         raise ValueError("file shorter than the 8-byte header length")
     n = int.from_bytes(raw[:8], "little")
     if n > len(raw) - 8:
-        raise ValueError("declared header longer than the file")
+        raise ValueError(f"declared header of {n} bytes is longer than the file")
     header = json.loads(raw[8 : 8 + n])
-    return header.get("__metadata__", {}) or {}
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict):
+        raise ValueError("__metadata__ is not a JSON object")
+    return dict(metadata)

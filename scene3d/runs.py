@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import yaml
 
 from scene3d.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
+from scene3d.errors import CheckpointError, OutputError
 
 OUTPUTS = Path("outputs")
 _CKPT = re.compile(r"step_(\d+)\.safetensors$")
@@ -36,7 +38,10 @@ class RunDir:
 
     def __init__(self, path: str | Path, keep_checkpoints: int = 2):
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OutputError(self.path, None, f"cannot create the run folder ({err.strerror or err})") from None
         self.keep_checkpoints = keep_checkpoints
         self._writer = None
 
@@ -46,7 +51,10 @@ class RunDir:
 
     def file(self, *parts: str) -> Path:
         p = self.path.joinpath(*parts)
-        p.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OutputError(p.parent, None, f"cannot create folder ({err.strerror or err})") from None
         return p
 
     def save_config(self, config: Any) -> None:
@@ -65,8 +73,12 @@ class RunDir:
             self._writer = SummaryWriter(str(self.path / "tb"))
         for key, value in scalars.items():
             self._writer.add_scalar(key, value, step)
-        with open(self.file("scalars.jsonl"), "a") as f:
-            f.write(json.dumps({"step": step, "time": time.time(), **scalars}) + "\n")
+        path = self.file("scalars.jsonl")
+        try:
+            with open(path, "a") as f:
+                f.write(json.dumps({"step": step, "time": time.time(), **scalars}) + "\n")
+        except OSError as err:
+            raise OutputError(path, None, f"cannot append ({err.strerror or err})") from None
 
     def close(self) -> None:
         if self._writer is not None:
@@ -91,5 +103,19 @@ class RunDir:
         return found[-1][1] if found else None
 
     def load_latest(self, map_location: str = "cpu") -> tuple[dict, dict] | None:
-        path = self.latest_checkpoint()
-        return None if path is None else load_checkpoint(path, map_location)
+        """The newest checkpoint that loads (state, config), or None when there is none. A newer
+        unreadable one (damaged after it was written) is reported on stderr and skipped; when none
+        loads, the newest one's CheckpointError is raised. Leftover temporary files of a write that
+        was killed are removed."""
+        for tmp in (self.path / "checkpoints").glob(".step_*.tmp"):
+            tmp.unlink(missing_ok=True)
+        first_error = None
+        for _, path in reversed(self.checkpoints()):
+            try:
+                return load_checkpoint(path, map_location)
+            except CheckpointError as err:
+                first_error = first_error or err
+                print(f"warning: skipping unreadable checkpoint: {err}", file=sys.stderr)
+        if first_error is not None:
+            raise first_error
+        return None

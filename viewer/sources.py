@@ -12,6 +12,7 @@ registered through `viewer.targets.RUN_ADAPTERS` (see docs/viewer.md).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
@@ -28,6 +29,7 @@ from torch import Tensor
 
 from scene3d.cameras import Cameras
 from scene3d.data.synthetic import World, render_world
+from scene3d.errors import Scene3DError
 from scene3d.viz import colorize_depth, colorize_labels, colorize_normals
 from viewer.camera import ViewState, view_to_cameras
 
@@ -81,7 +83,8 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 class CheckpointFollower(Generic[Loaded]):
     """What `load(path)` made of a run's checkpoint, replaced by the newest one when the run writes
-    another (checked at most every `every_s` seconds, when `current` is read). Thread-safe."""
+    another (checked at most every `every_s` seconds, when `current` is read; a newer checkpoint that
+    does not load is ignored). Thread-safe."""
 
     def __init__(self, checkpoint: Path, load: Callable[[Path], Loaded], every_s: float = 2.0):
         self.checkpoint, self.load, self.every_s = checkpoint, load, every_s
@@ -96,7 +99,8 @@ class CheckpointFollower(Generic[Loaded]):
                 self.checked_at = time.monotonic()
                 newest = latest_checkpoint(self.checkpoint.parent.parent)
                 if newest is not None and newest != self.checkpoint:
-                    self.value, self.checkpoint = self.load(newest), newest
+                    with contextlib.suppress(Scene3DError):  # a damaged one: keep showing the last good one
+                        self.value, self.checkpoint = self.load(newest), newest
             return self.value
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import math
+import tokenize
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -116,16 +118,18 @@ class _Doc:
         try:
             text = path.read_text()
         except OSError as err:
-            raise DataError(path, None, f"cannot read ({err.strerror or err})") from None
+            raise DataError(path, "file", f"cannot read ({err.strerror or err})") from None
         except UnicodeDecodeError:
-            raise DataError(path, None, "not a UTF-8 text file") from None
+            raise DataError(path, "file", "not a UTF-8 text file") from None
         try:
             self.data = json.loads(text)
         except json.JSONDecodeError as err:
             where = f"line {err.lineno}, column {err.colno}"
-            raise DataError(path, None, f"malformed JSON ({err.msg} at {where})") from None
+            raise DataError(path, "json", f"malformed JSON ({err.msg} at {where})") from None
+        except RecursionError:
+            raise DataError(path, "json", "JSON nested too deeply") from None
         if not isinstance(self.data, dict):
-            raise DataError(path, None, f"top level must be a JSON object, got {type(self.data).__name__}")
+            raise DataError(path, "json", f"top level must be a JSON object, got {type(self.data).__name__}")
 
     def error(self, field: str, problem: str) -> DataError:
         return DataError(self.path, field, problem)
@@ -136,8 +140,12 @@ class _Doc:
                 raise self.error(where, "missing")
             return default
         value = obj[key]
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise self.error(where, f"must be a finite number, got {value!r}"[:200])
+        try:
+            finite = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+        except OverflowError:  # an integer too large for a float
+            finite = False
+        if not finite:
+            raise self.error(where, f"must be a finite number, got {str(value)[:100]}")
         if positive and value <= 0:
             raise self.error(where, f"must be positive, got {value}")
         return float(value)
@@ -147,7 +155,7 @@ class _Doc:
             raise self.error(where, "missing")
         try:
             m = np.asarray(obj[key], dtype=np.float64)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, OverflowError, RecursionError):
             raise self.error(where, "must be a 4x4 array of numbers") from None
         if m.shape == (3, 4):
             m = np.concatenate([m, [[0, 0, 0, 1]]])
@@ -165,16 +173,43 @@ class _Doc:
         if not isinstance(value, str) or not value:
             raise self.error(where, f"must be a non-empty path string, got {value!r}"[:200])
         root = self.path.parent.resolve()
+        shown = value[:200]
         for suffix in suffixes:
-            candidate = (root / (value + suffix)).resolve()
-            if not candidate.is_relative_to(root):
-                raise self.error(where, f"path '{value}' points outside the dataset folder")
-            if candidate.is_file():
-                return candidate
-        raise DataError(root / value, where, "file does not exist")
+            try:
+                candidate = (root / (value + suffix)).resolve()
+                if not candidate.is_relative_to(root):
+                    raise self.error(where, f"path '{shown}' points outside the dataset folder")
+                if candidate.is_file():
+                    return candidate
+            except (ValueError, OSError, RuntimeError) as err:  # NUL bytes, names too long, symlink loops
+                if isinstance(err, DataError):
+                    raise
+                raise self.error(where, f"unusable path '{shown}' ({err})") from None
+        raise DataError(self.path.parent / shown, where, "file does not exist")
+
+
+MAX_IMAGE_PIXELS = 2**26  # 8192 x 8192: larger declared sizes are refused before decoding
+
+
+def _check_image_size(path: Path, where: str) -> None:
+    """Refuse images whose header declares more than MAX_IMAGE_PIXELS (no decoding, no allocation)."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+    except Image.DecompressionBombError as err:
+        raise DataError(path, where, f"image declares too many pixels ({err})") from None
+    except Exception:  # noqa: BLE001 - not a format PIL knows: imageio decides below
+        return
+    if w * h > MAX_IMAGE_PIXELS:
+        raise DataError(path, where, f"image declares {w}x{h} pixels, more than the {MAX_IMAGE_PIXELS} allowed")
 
 
 def _read_image(path: Path, where: str) -> np.ndarray:
+    _check_image_size(path, where)
     try:
         img = iio.imread(path)
     except Exception as err:  # decoders raise many types; each becomes one clear message
@@ -205,15 +240,44 @@ def _load_rgb(path: Path, where: str, background: np.ndarray) -> tuple[np.ndarra
     raise DataError(path, where, f"image has {channels} channels; expected 1, 3 or 4")
 
 
+def read_npy(path: Path, where: str) -> np.ndarray:
+    """A real-valued .npy array (never unpickled); the header's shape is checked against the file
+    size before anything is allocated."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f, max_header_size=10000)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f, max_header_size=10000)
+            offset = f.tell()
+        if dtype.hasobject or dtype.kind not in "biuf" or dtype.fields is not None:
+            raise DataError(path, where, f"unsupported .npy dtype {dtype} (expected numbers)")
+        need = math.prod(shape) * dtype.itemsize
+        if path.stat().st_size - offset < need:
+            raise DataError(path, where, f".npy declares shape {shape} ({need} bytes) but the file is shorter")
+        arr = np.load(path, allow_pickle=False)
+    except DataError:
+        raise
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError, OverflowError, tokenize.TokenError) as err:
+        raise DataError(path, where, f"cannot read .npy ({err})") from None  # TokenError: numpy's old-header parser
+    return arr
+
+
 def _load_buffer(kind: str, path: Path, where: str, scale: float) -> np.ndarray:
-    """A depth, mask, normal or label image as an array of the right kind."""
+    """A depth, mask, normal or label image as an array of the right kind (native dtypes)."""
     if path.suffix == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as err:
-            raise DataError(path, where, f"cannot read .npy ({err})"[:300]) from None
+        arr = read_npy(path, where)
         if kind == "depths":
-            arr = arr * scale
+            arr = arr.astype(np.float32) * np.float32(scale)
+        elif kind == "normals":
+            arr = arr.astype(np.float32)
+        elif kind == "masks":
+            arr = arr.astype(bool)
+        else:
+            if not np.isfinite(arr).all() or np.abs(arr).max(initial=0) > 2**31:
+                raise DataError(path, where, "labels must be finite integers")
+            arr = arr.astype(np.int64)
     else:
         img = _read_image(path, where)
         if kind == "depths":
@@ -256,9 +320,10 @@ def _split_frames(doc: _Doc, split: str, blender: bool) -> list[tuple[int, dict]
     if not isinstance(listed, list) or not listed or not all(isinstance(n, str) for n in listed):
         raise doc.error(f"{split}_filenames", "must be a non-empty list of file paths")
     wanted = set(listed)
-    chosen = [(i, fr) for i, fr in enumerate(frames) if fr.get("file_path") in wanted]
+    chosen = [(i, fr) for i, fr in enumerate(frames) if isinstance(fr.get("file_path"), str)
+              and fr["file_path"] in wanted]
     if len(chosen) != len(wanted):
-        found = {fr.get("file_path") for _, fr in chosen}
+        found = {fr["file_path"] for _, fr in chosen}
         raise doc.error(f"{split}_filenames", f"names a file no frame has: {sorted(wanted - found)[0]!r}")
     return chosen
 
@@ -275,14 +340,17 @@ def load_dataset(path: str | Path, split: str = "train", downscale: int = 1) -> 
         elif (path / "transforms.json").is_file():
             path = path / "transforms.json"
         else:
-            raise DataError(path, None, f"no transforms_{split}.json or transforms.json in this folder")
+            raise DataError(path, "path", f"no transforms_{split}.json or transforms.json in this folder")
     elif not path.is_file():
-        raise DataError(path, None, "dataset path does not exist")
+        raise DataError(path, "path", "dataset path does not exist")
     if not isinstance(downscale, int) or downscale < 1:
         raise DataError(path, "downscale", f"must be a positive integer, got {downscale!r}")
     doc = _Doc(path)
     blender = path.name.startswith("transforms_")
-    background = np.asarray(doc.data.get("background", [1.0, 1.0, 1.0]), dtype=np.float32)
+    try:
+        background = np.asarray(doc.data.get("background", [1.0, 1.0, 1.0]), dtype=np.float32)
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        background = np.zeros(0)
     if background.shape != (3,) or not np.isfinite(background).all():
         raise doc.error("background", "must be three finite numbers")
     depth_scale = doc.number(doc.data, "depth_unit_scale_factor", "depth_unit_scale_factor", default=1e-3,
@@ -360,7 +428,7 @@ def _aabb(doc: _Doc, cameras: Cameras) -> torch.Tensor:
     if "aabb" in doc.data:
         try:
             box = torch.tensor(doc.data["aabb"], dtype=torch.float32)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RuntimeError, OverflowError, RecursionError):
             raise doc.error("aabb", "must be [[xmin, ymin, zmin], [xmax, ymax, zmax]]") from None
         if box.shape != (2, 3) or not torch.isfinite(box).all() or (box[1] <= box[0]).any():
             raise doc.error("aabb", "must be [[xmin, ymin, zmin], [xmax, ymax, zmax]] with min < max")

@@ -119,6 +119,6 @@ class PixelPrior(DiffusionPrior):
         for sub in ("unet", "scheduler"):
             if not (folder / sub).is_dir():
                 raise DataError(folder / sub, None, "missing (expected diffusers save_pretrained output)")
-        unet = UNet2DModel.from_pretrained(folder / "unet", local_files_only=True)
+        unet = UNet2DModel.from_pretrained(folder / "unet", local_files_only=True, use_safetensors=True)
         scheduler = DDPMScheduler.from_pretrained(folder / "scheduler", local_files_only=True)
         return cls(config, unet, scheduler).freeze()

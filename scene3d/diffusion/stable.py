@@ -57,9 +57,14 @@ class StableDiffusionPrior(DiffusionPrior):
                             "StableDiffusionPipeline.save_pretrained(folder), or a Hugging Face snapshot of "
                             "stable-diffusion-v1-5 copied by hand); weights are never downloaded")
         kw = {"local_files_only": True}
-        unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype, **kw)
-        vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=dtype, **kw)
-        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=dtype, **kw)
+        weights = {**kw, "use_safetensors": True}  # never unpickle .bin / .ckpt weights
+        try:
+            unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype, **weights)
+            vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=dtype, **weights)
+            text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=dtype, **weights)
+        except OSError as err:
+            raise DataError(folder, "unet/vae/text_encoder", f"cannot load .safetensors weights ({err}); "
+                            "pickled .bin weights are never loaded") from None
         tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", **kw)
         scheduler = DDPMScheduler.from_pretrained(folder / "scheduler", **kw)
         if resolution is None:

@@ -19,8 +19,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from tqdm import tqdm
 
+from scene3d.checkpoint import restoring
 from scene3d.diffusion.data import ObjectViews, render_objects
 from scene3d.diffusion.pixel import PixelPrior, PixelPriorConfig
+from scene3d.guard import FiniteGuard
 from scene3d.runs import RunDir
 from scene3d.viz import image_grid, save_png
 
@@ -51,6 +53,7 @@ class TrainPriorConfig:
     stop_after: int = 0  # stop (with a checkpoint) after this many steps in this invocation; 0 = run to `steps`
     seed: int = 0
     device: str = "auto"  # auto = cuda when available
+    nonfinite: str = "stop"  # NaN / inf loss, gradient or parameter: "stop" (naming step and tensor) or "skip"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -94,11 +97,12 @@ def train_prior(config: TrainPriorConfig, run: RunDir | None = None) -> RunDir:
     resumed = run.load_latest()
     if resumed is not None:
         state, _ = resumed
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        step = int(state["step"])
+        with restoring(run.latest_checkpoint(), "state"):
+            model.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            opt.load_state_dict(state["optimizer"])
+            gen.set_state(state["generator"])
+            step = int(state["step"])
 
     def checkpoint() -> None:
         run.save_checkpoint(step, {"model": model.state_dict(), "ema": ema.state_dict(),
@@ -110,6 +114,7 @@ def train_prior(config: TrainPriorConfig, run: RunDir | None = None) -> RunDir:
                  sample_grid(ema_prior, config.samples_per_class, config.sample_steps, config.sample_guidance))
 
     last = config.steps if config.stop_after <= 0 else min(config.steps, step + config.stop_after)
+    guard = FiniteGuard(config.nonfinite, run.path / "checkpoints")
     bar = tqdm(total=config.steps, initial=step, desc="prior", dynamic_ncols=True)
     while step < last:
         for group in opt.param_groups:
@@ -126,13 +131,17 @@ def train_prior(config: TrainPriorConfig, run: RunDir | None = None) -> RunDir:
         noise = torch.randn(x0.shape, generator=gen).to(device)
         loss = F.mse_loss(model(prior.add_noise(x0, noise, t), t, class_labels=y).sample, noise)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        decay = min(config.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.lerp_(pm, 1 - decay)
+        grad_norm = torch.zeros(())
+        if guard.loss(step + 1, loss):
+            loss.backward()
+            if guard.gradients(step + 1, model.named_parameters()):
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                decay = min(config.ema_decay, (1 + step) / (10 + step))
+                with torch.no_grad():
+                    for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+                        pe.lerp_(pm, 1 - decay)
+            guard.parameters(step + 1, model.named_parameters())
         step += 1
         bar.update(1)
         if step % config.log_every == 0 or step == config.steps:

@@ -16,10 +16,12 @@ from torch import Tensor
 from tqdm import tqdm
 
 from scene3d.cameras import Cameras
+from scene3d.checkpoint import restoring
 from scene3d.diffusion.base import DiffusionPrior
 from scene3d.diffusion.data import ObjectViews
 from scene3d.distill.score import Guidance, clip_pixel_gradients
 from scene3d.distill.views import random_cameras
+from scene3d.guard import FiniteGuard
 from scene3d.runs import RunDir
 
 
@@ -41,6 +43,9 @@ class DistillConfig:
     views: ObjectViews = field(default_factory=ObjectViews)
     log_every: int = 10
     seed: int = 0
+    checkpoint_every: int = 100  # with a run directory: targets, optimizers, estimator, RNG, step
+    resume: bool = True  # continue from the run directory's latest checkpoint
+    nonfinite: str = "stop"  # NaN / inf loss, gradient or parameter: "stop" (naming step and tensor) or "skip"
 
 
 class ScoreDistiller:
@@ -50,6 +55,39 @@ class ScoreDistiller:
         self.prior, self.guidance, self.targets, self.config = prior, guidance, targets, config
         self.generator = torch.Generator().manual_seed(config.seed)
         self.estimator_optimizer = getattr(guidance, "optimizer", None)
+        self.guard = FiniteGuard(config.nonfinite)
+
+    def named_parameters(self) -> list[tuple[str, Tensor]]:
+        """Every target's parameters (as its optimizer holds them), named `target<i>.<j>`."""
+        return [(f"target{i}.{j}", p) for i, t in enumerate(self.targets)
+                for j, p in enumerate(p for g in t.optimizer.param_groups for p in g["params"])]
+
+    def state_dict(self) -> dict:
+        """Targets' parameters and optimizers, the guidance's trainable estimator and its
+        optimizer, and the RNG states: everything an exact resume needs."""
+        guidance = self.guidance.trainable_parameters()
+        state = {"targets": [{"params": [p.detach() for g in t.optimizer.param_groups for p in g["params"]],
+                              "optimizer": t.optimizer.state_dict()} for t in self.targets],
+                 "guidance": [p.detach() for p in guidance],
+                 "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state()}}
+        if self.estimator_optimizer is not None:
+            state["estimator_optimizer"] = self.estimator_optimizer.state_dict()
+        return state
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        """Inverse of `state_dict` (shapes must match; errors become the caller's CheckpointError)."""
+        for target, saved in zip(self.targets, state["targets"], strict=True):
+            params = [p for g in target.optimizer.param_groups for p in g["params"]]
+            for p, value in zip(params, saved["params"], strict=True):
+                p.copy_(value)
+            target.optimizer.load_state_dict(saved["optimizer"])
+        for p, value in zip(self.guidance.trainable_parameters(), state["guidance"], strict=True):
+            p.copy_(value)
+        if self.estimator_optimizer is not None:
+            self.estimator_optimizer.load_state_dict(state["estimator_optimizer"])
+        self.generator.set_state(state["rng"]["generator"])
+        torch.set_rng_state(state["rng"]["torch"])
 
     def step(self, step: int) -> dict[str, float]:
         c = self.config
@@ -71,24 +109,39 @@ class ScoreDistiller:
             target.optimizer.zero_grad(set_to_none=True)
         out = self.guidance(images, cond, null, step, cameras=cameras, generator=self.generator)
         # Each particle gets the gradient it would get alone: the surrogate is summed over particles.
-        (out.loss * len(self.targets)).backward()
-        for target in self.targets:
-            target.optimizer.step()
-            if target.after_step is not None:
-                target.after_step(step)
+        if self.guard.loss(step + 1, out.loss):
+            (out.loss * len(self.targets)).backward()
+            if self.guard.gradients(step + 1, self.named_parameters()):
+                for target in self.targets:
+                    target.optimizer.step()
+                    if target.after_step is not None:
+                        target.after_step(step)
+            self.guard.parameters(step + 1, self.named_parameters())
         return {"loss": float(out.loss.detach()), **out.extras}
 
     def run(self, run: RunDir | None = None, start_step: int = 0, progress: bool = True) -> list[dict[str, float]]:
+        """Steps `start_step..steps`; with a run directory, checkpoints every `checkpoint_every`
+        steps and (when `resume`) first continues from the run's latest checkpoint."""
+        c = self.config
+        if run is not None:
+            self.guard.checkpoint_dir = run.path / "checkpoints"
+            loaded = run.load_latest() if c.resume else None
+            if loaded is not None:
+                with restoring(run.latest_checkpoint(), "distiller state"):
+                    self.load_state_dict(loaded[0])
+                    start_step = int(loaded[0]["step"])
         history = []
-        bar = tqdm(range(start_step, self.config.steps), desc=f"distill {self.config.prompt}",
-                   disable=not progress, dynamic_ncols=True)
+        bar = tqdm(range(start_step, c.steps), desc=f"distill {c.prompt}", disable=not progress, dynamic_ncols=True,
+                   initial=start_step, total=c.steps)
         for step in bar:
             metrics = self.step(step)
             history.append(metrics)
-            if (step + 1) % self.config.log_every == 0:
+            if (step + 1) % c.log_every == 0:
                 bar.set_postfix(grad=f"{metrics['grad_norm']:.3f}")
                 if run is not None:
                     run.log_scalars(step + 1, metrics)
+            if run is not None and c.checkpoint_every and ((step + 1) % c.checkpoint_every == 0 or step + 1 == c.steps):
+                run.save_checkpoint(step + 1, self.state_dict(), c)
         return history
 
 

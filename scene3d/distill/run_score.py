@@ -49,6 +49,7 @@ def distill_score(config: DistillScoreConfig) -> dict:
     run = RunDir.create("score", name, root=config.root)
     run.save_config(config)
     prior = load_prior(config.prior)
+    torch.manual_seed(d.seed)  # the guidance's estimator initialisation: same seed, same run
     guidance = make_guidance(config.guidance, prior, guidance_scale=config.guidance_scale, t_max=0.98,
                              t_max_end=0.5, anneal_steps=int(config.anneal_fraction * d.steps))
     target, render_eval = TARGETS[config.target](d.seed)

@@ -21,12 +21,12 @@ from torch import Tensor
 from tqdm import tqdm
 
 from scene3d.cameras import Cameras, orbit_cameras
-from scene3d.checkpoint import load_checkpoint
 from scene3d.data.dataset import MultiViewDataset, make_multiview_dataset
 from scene3d.data.formats import load_dataset
 from scene3d.data.synthetic import WorldConfig, make_world
 from scene3d.errors import CheckpointError
 from scene3d.fields.base import Field, build_field, field_spec, load_field_state
+from scene3d.guard import FiniteGuard
 from scene3d.metrics import psnr, ssim
 from scene3d.rays import Rays
 from scene3d.render import OccupancyGrid, OccupancyGridConfig, render_image, render_rays
@@ -57,6 +57,7 @@ class FitConfig:
     seed: int = 0
     resume: bool = True
     device: str = "auto"
+    nonfinite: str = "stop"  # NaN / inf loss, gradient or parameter: "stop" (naming step and tensor) or "skip"
     # The synthetic world when `data` is None (views per split, image size).
     world_seed: int = 0
     n_train_views: int = 40
@@ -96,6 +97,7 @@ class FieldTrainer:
                       if train.masks is not None else None)
         self.background = train.background.to(self.device).float()
         self.optimizer = self._make_optimizer()
+        self.guard = FiniteGuard(config.nonfinite)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         groups = [{**g, "base_lr": g["lr"]} for g in self.field.param_groups()]
@@ -129,8 +131,12 @@ class FieldTrainer:
         mse = torch.nn.functional.mse_loss(out["rgb"], target)
         loss = mse + self.field.regularization()
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        step = self.step + 1
+        if self.guard.loss(step, loss):
+            loss.backward()
+            if self.guard.gradients(step, self.field.named_parameters()):
+                self.optimizer.step()
+            self.guard.parameters(step, self.field.named_parameters())
         self.step += 1
         return {"loss": loss.item(), "train_psnr": -10 * math.log10(max(mse.item(), 1e-10))}
 
@@ -242,11 +248,12 @@ def fit_field(config: FitConfig, train: MultiViewDataset, test: MultiViewDataset
     evaluate, write renders, a turntable video and metrics. Returns the trainer and final metrics."""
     run = run or RunDir.create("fields", config.run_name, root=config.output_root)
     run.save_config(config)
+    torch.manual_seed(config.seed)  # the field's initialisation: same seed, same run (a resume restores the RNG)
     trainer = FieldTrainer(config, train, test, field)
-    latest = run.latest_checkpoint() if config.resume else None
-    if latest is not None:
-        state, _ = load_checkpoint(latest, trainer.device)
-        trainer.load_state_dict(state, latest)
+    trainer.guard.checkpoint_dir = run.path / "checkpoints"
+    loaded = run.load_latest(trainer.device) if config.resume else None
+    if loaded is not None:
+        trainer.load_state_dict(loaded[0], run.path / "checkpoints" / f"step_{int(loaded[0]['step']):07d}.safetensors")
     bar = tqdm(total=config.steps, initial=trainer.step, disable=not progress, desc=f"fit {config.field}")
     start, timeline = time.perf_counter(), []
     while trainer.step < config.steps:

@@ -56,11 +56,11 @@ def write_ply(path: str | Path, scene: GaussianScene) -> Path:
 
 
 def _parse_header(raw: bytes, path: Path) -> tuple[str, int, list[tuple[str, str]], int]:
-    end = raw.find(b"end_header")
+    end = raw.find(b"end_header", 0, 1 << 20)
     if not raw.startswith(b"ply") or end < 0:
         raise DataError(path, "header", "not a PLY file (needs 'ply' ... 'end_header')")
     body_start = raw.index(b"\n", end) + 1 if b"\n" in raw[end:] else len(raw)
-    lines = raw[:end].decode("ascii", errors="replace").splitlines()
+    lines = raw[:end].decode("ascii", errors="replace").split("\n")
     fmt, count, props, element = None, None, [], None
     for line in lines[1:]:
         parts = line.split()
@@ -72,8 +72,8 @@ def _parse_header(raw: bytes, path: Path) -> tuple[str, int, list[tuple[str, str
                                 "expected binary_little_endian or ascii")
             fmt = parts[1]
         elif parts[0] == "element":
-            if len(parts) != 3 or not parts[2].isdigit():
-                raise DataError(path, "element", f"malformed element line {line!r}")
+            if len(parts) != 3 or not parts[2].isascii() or not parts[2].isdigit() or len(parts[2]) > 15:
+                raise DataError(path, "element", f"malformed element line {line[:100]!r}")
             element = parts[1]
             if element == "vertex":
                 count = int(parts[2])
@@ -83,10 +83,10 @@ def _parse_header(raw: bytes, path: Path) -> tuple[str, int, list[tuple[str, str
             if element != "vertex":
                 continue
             if len(parts) != 3 or parts[1] not in _TYPES:
-                raise DataError(path, "property", f"unsupported property line {line!r}")
+                raise DataError(path, "property", f"unsupported property line {line[:100]!r}")
             props.append((parts[2], _TYPES[parts[1]]))
         else:
-            raise DataError(path, "header", f"unknown header line {line!r}")
+            raise DataError(path, "header", f"unknown header line {line[:100]!r}")
     if fmt is None:
         raise DataError(path, "format", "missing 'format' line")
     if count is None:
@@ -100,42 +100,62 @@ def read_ply(path: str | Path) -> GaussianScene:
     try:
         raw = path.read_bytes()
     except OSError as e:
-        raise DataError(path, None, f"cannot read file ({e.strerror})") from e
+        raise DataError(path, "file", f"cannot read file ({e.strerror})") from e
     fmt, n, props, start = _parse_header(raw, path)
+    names = [name for name, _ in props]
+    if not props:
+        raise DataError(path, "property", "the vertex element has no properties")
+    if len(set(names)) != len(names):
+        twice = sorted({x for x in names if names.count(x) > 1})
+        raise DataError(path, "property", f"duplicate property names {twice}")
     dtype = np.dtype([(name, t) for name, t in props])
     if fmt == "ascii":
-        rows = np.array(raw[start:].decode("ascii").split(), dtype=np.float64)
-        if rows.size < n * len(props):
-            raise DataError(path, "vertex", f"expected {n} x {len(props)} values, found {rows.size}")
-        values = rows[: n * len(props)].reshape(n, len(props))
-        data = {name: values[:, i] for i, (name, _) in enumerate(props)}
+        need = n * len(props)
+        tokens = raw[start:].split()
+        if len(tokens) < need:
+            raise DataError(path, "vertex", f"expected {n} x {len(props)} values, found {len(tokens)}")
+        try:
+            values = np.array(tokens[:need], dtype=np.float64).reshape(n, len(props))
+        except ValueError as err:
+            raise DataError(path, "vertex", f"ascii body is not numbers ({err})") from None
+        data = {name: values[:, i] for i, name in enumerate(names)}
     else:
         need = n * dtype.itemsize
         if len(raw) - start < need:
             raise DataError(path, "vertex", f"file truncated: {n} vertices need {need} bytes, "
                             f"found {len(raw) - start}")
         arr = np.frombuffer(raw, dtype=dtype, count=n, offset=start)
-        data = {name: arr[name] for name in dtype.names}
+        data = {name: arr[name] for name in names}
 
     def block(prefix: str, count: int | None = None) -> np.ndarray:
-        names = sorted((k for k in data if k.startswith(prefix)), key=lambda k: int(k[len(prefix):]))
-        if count is not None and len(names) != count:
-            raise DataError(path, f"{prefix}*", f"expected {count} properties, found {len(names)}")
-        return np.stack([data[k] for k in names], -1) if names else np.zeros((n, 0))
+        found = [k for k in data if k.startswith(prefix) and k[len(prefix):].isdigit()]
+        found = sorted(found, key=lambda k: int(k[len(prefix):]))
+        if count is not None and found != [f"{prefix}{i}" for i in range(count)]:
+            raise DataError(path, f"{prefix}*", f"expected properties {prefix}0..{prefix}{count - 1}, found {found}")
+        if found != [f"{prefix}{i}" for i in range(len(found))]:
+            raise DataError(path, f"{prefix}*", f"properties are not numbered 0..{len(found) - 1}: {found}")
+        return np.stack([data[k] for k in found], -1) if found else np.zeros((n, 0))
 
     for required in ("x", "y", "z", "opacity"):
         if required not in data:
             raise DataError(path, required, "missing vertex property")
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
-    means = t(np.stack([data["x"], data["y"], data["z"]], -1))
-    params = {"means": means, "quats": t(block("rot_", 4)), "log_scales": t(block("scale_", 3)),
-              "opacity_logits": t(data["opacity"])}
+
+    def t(a: np.ndarray, name: str) -> torch.Tensor:
+        with np.errstate(over="ignore", invalid="ignore"):
+            a = np.array(a, dtype=np.float32)  # a writable copy
+        if not np.isfinite(a).all():
+            raise DataError(path, name, "contains NaN or infinity (or values beyond float32)")
+        return torch.from_numpy(a)
+
+    means = t(np.stack([data["x"], data["y"], data["z"]], -1), "x/y/z")
+    params = {"means": means, "quats": t(block("rot_", 4), "rot_*"), "log_scales": t(block("scale_", 3), "scale_*"),
+              "opacity_logits": t(data["opacity"], "opacity")}
     feats = block("feat_")
     if feats.shape[1] > 0:
-        return GaussianScene(**params, features=t(feats))
+        return GaussianScene(**params, features=t(feats, "feat_*"))
     dc, rest = block("f_dc_", 3), block("f_rest_")
     k = rest.shape[1] // 3 + 1
     if rest.shape[1] % 3 or math.isqrt(k) ** 2 != k or k > 16:
         raise DataError(path, "f_rest_*", f"{rest.shape[1]} SH rest coefficients is not 3 x ((d+1)^2 - 1), d <= 3")
     sh_n = rest.reshape(n, 3, k - 1).transpose(0, 2, 1)
-    return GaussianScene(**params, sh0=t(dc[:, None, :]), shN=t(sh_n))
+    return GaussianScene(**params, sh0=t(dc[:, None, :], "f_dc_*"), shN=t(sh_n, "f_rest_*"))

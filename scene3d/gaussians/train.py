@@ -23,11 +23,13 @@ import torch
 from tqdm import tqdm
 
 from scene3d.cameras import Cameras, orbit_cameras
+from scene3d.checkpoint import restoring
 from scene3d.data.dataset import MultiViewDataset
 from scene3d.gaussians.ply import write_ply
 from scene3d.gaussians.rasterize import rasterize
 from scene3d.gaussians.scene import GaussianScene
 from scene3d.gaussians.strategy import DensifyStrategy, DensityController
+from scene3d.guard import FiniteGuard
 from scene3d.metrics import psnr, ssim
 from scene3d.runs import RunDir
 
@@ -60,6 +62,7 @@ class FitConfig:
     seed: int = 0
     resume: bool = True
     progress: bool = True
+    nonfinite: str = "stop"  # NaN / inf loss, gradient or parameter: "stop" (naming step and tensor) or "skip"
     world_views: tuple[int, int, int] = (60, 4, 8)  # train/val/test views for the default world
     world_size: int = 64  # image size of the default world
 
@@ -147,19 +150,21 @@ def fit(cfg: FitConfig) -> dict:
     start, ckpt = 0, run.load_latest() if cfg.resume else None
     if ckpt is not None:
         state, _ = ckpt
-        scene = GaussianScene(**state["scene"])
-        opt = make_optimizer(scene, extent)
-        opt.load_state_dict(state["optimizer"])
-        ctrl = DensityController(cfg.densify, scene, opt, extent)
-        ctrl.load_state_dict(state["density"])
-        torch.set_rng_state(state["rng_torch"])
-        g.set_state(state["rng_sampler"])
-        start = int(state["step"])
+        with restoring(run.latest_checkpoint(), "state"):
+            scene = GaussianScene(**state["scene"])
+            opt = make_optimizer(scene, extent)
+            opt.load_state_dict(state["optimizer"])
+            ctrl = DensityController(cfg.densify, scene, opt, extent)
+            ctrl.load_state_dict(state["density"])
+            torch.set_rng_state(state["rng_torch"])
+            g.set_state(state["rng_sampler"])
+            start = int(state["step"])
     else:
         scene = initial_scene(train, cfg, g)
         opt = make_optimizer(scene, extent)
         ctrl = DensityController(cfg.densify, scene, opt, extent)
     lr0 = scene.param_groups(scene_extent=extent)[0]["lr"]
+    guard = FiniteGuard(cfg.nonfinite, run.path / "checkpoints")
     t0 = time.time()
     bar = tqdm(range(start + 1, cfg.steps + 1), disable=not cfg.progress, desc="fit splats", initial=start,
                total=cfg.steps)
@@ -173,11 +178,15 @@ def fit(cfg: FitConfig) -> dict:
         if cfg.random_background and train.masks is not None:
             target = torch.where(train.masks[idx][..., None], target, bg)
         loss = loss_fn(out.colors, target, cfg.lambda_dssim)
-        ctrl.before_backward(out)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        changed = ctrl.after_backward(step, out)
+        changed = {}
+        if guard.loss(step, loss):
+            ctrl.before_backward(out)
+            loss.backward()
+            if guard.gradients(step, scene.params.items()):
+                opt.step()
+                changed = ctrl.after_backward(step, out)
+            opt.zero_grad(set_to_none=True)
+            guard.parameters(step, scene.params.items())
         if step % cfg.log_every == 0 or changed:
             run.log_scalars(step, {"train/loss": loss.item(), "train/num_gaussians": len(scene),
                                    **{f"density/{k}": v for k, v in changed.items()}})

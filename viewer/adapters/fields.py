@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from scene3d.cameras import Cameras
-from scene3d.checkpoint import load_checkpoint
+from scene3d.checkpoint import load_checkpoint, restoring
 from scene3d.fields.base import Field, field_from_spec, load_field_state
 from scene3d.render import OccupancyGrid, OccupancyGridConfig, render_image
 from scene3d.viz import colorize_depth
@@ -20,16 +20,17 @@ from viewer.sources import CheckpointFollower, Frame, depth_range, latest_checkp
 def load_field_checkpoint(path: Path) -> tuple[Field, OccupancyGrid | None, dict]:
     """A field (and its occupancy grid, when the run kept one) from a training checkpoint."""
     state, config = load_checkpoint(path)
-    field = field_from_spec(config, path)
-    load_field_state(field, state["field"], path)
-    field.eval()
-    occupancy = None
-    fit = config.get("fit", {})
-    if "occupancy" in state and isinstance(fit.get("occupancy"), dict):
-        known = {f.name for f in dataclasses.fields(OccupancyGridConfig)}
-        grid = OccupancyGridConfig(**{k: v for k, v in fit["occupancy"].items() if k in known})
-        occupancy = OccupancyGrid(field.aabb, grid)
-        occupancy.load_state_dict(state["occupancy"])
+    with restoring(path, "field"):
+        field = field_from_spec(config, path)
+        load_field_state(field, state["field"], path)
+        field.eval()
+        occupancy = None
+        fit = config.get("fit", {})
+        if "occupancy" in state and isinstance(fit, dict) and isinstance(fit.get("occupancy"), dict):
+            known = {f.name for f in dataclasses.fields(OccupancyGridConfig)}
+            grid = OccupancyGridConfig(**{k: v for k, v in fit["occupancy"].items() if k in known})
+            occupancy = OccupancyGrid(field.aabb, grid)
+            occupancy.load_state_dict(state["occupancy"])
     return field, occupancy, config
 
 
@@ -57,7 +58,10 @@ class FieldSource:
             return None
         follower = CheckpointFollower(path, load_field_checkpoint)
         field, occupancy, config = follower.value
-        n_samples = int(config.get("fit", {}).get("n_samples", 64))
+        with restoring(path, "fit.n_samples"):
+            n_samples = int(config.get("fit", {}).get("n_samples", 64))
+            if not 1 <= n_samples <= 4096:
+                raise ValueError(f"{n_samples} samples per ray")
         return cls(field, occupancy, n_samples, follower=follower)
 
     def render(self, cameras: Cameras, buffer: str) -> Frame:
