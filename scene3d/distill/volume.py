@@ -38,6 +38,7 @@ from scene3d.distill.volume_active import (
 )
 from scene3d.errors import CheckpointError, Scene3DError
 from scene3d.fields.base import FIELDS, Field, build_field, field_spec, load_field_state
+from scene3d.guard import MODES, FiniteGuard
 from scene3d.metrics import psnr, ssim
 from scene3d.rays import Rays
 from scene3d.render import OccupancyGrid, OccupancyGridConfig, render_image, render_rays
@@ -93,12 +94,15 @@ class VolumeDistillConfig:
     adapter_lr: float = 1e-2
     seed: int = 0
     device: str = "auto"
+    nonfinite: str = "stop"  # NaN / inf loss, gradient or parameter: "stop" (naming step and tensor) or "skip"
 
     def __post_init__(self) -> None:
         if self.student not in FIELDS:
             raise ConfigError(f"student: unknown field '{self.student}'; registered: {sorted(FIELDS)}")
         if self.schedule not in ("staged", "all_at_once"):
             raise ConfigError(f"schedule: must be 'staged' or 'all_at_once', got '{self.schedule}'")
+        if self.nonfinite not in MODES:
+            raise ConfigError(f"nonfinite: must be one of {MODES}, got '{self.nonfinite}'")
         try:
             parse_active(self.active)
         except ValueError as err:
@@ -228,9 +232,12 @@ class VolumeDistiller:
         self.config = config
         self.device = pick_device(config.device)
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
-        self.student = (student or student_for(teacher, config.student, config.preset,
-                                               config.density_clamp)).to(self.device)
-        self.adapter = make_adapter(self.student, self.teacher)
+        with torch.random.fork_rng(devices=[]):  # the same seed gives the same student in any process
+            torch.manual_seed(config.seed)
+            self.student = (student or student_for(teacher, config.student, config.preset,
+                                                   config.density_clamp)).to(self.device)
+            self.adapter = make_adapter(self.student, self.teacher)
+        self.guard = FiniteGuard(config.nonfinite)
         self.shell, self.active = shell, parse_active(config.active)
         self.generator = torch.Generator(self.device).manual_seed(config.seed)
         self.cpu_generator = torch.Generator().manual_seed(config.seed + 1)
@@ -355,8 +362,14 @@ class VolumeDistiller:
         weights = self.level_weights(self.step)
         loss = sum(weights[k] * losses[k] for k in weights) + self.student.regularization()
         self.optimizer.zero_grad(set_to_none=True)
+        if not self.guard.loss(self.step + 1, loss):  # mode "skip": no update, nothing enters the pools
+            self.step += 1
+            return {"loss": float("nan")}
         loss.backward()
-        self.optimizer.step()
+        params = [*self.student.named_parameters(), *self.adapter.named_parameters("adapter")]
+        if self.guard.gradients(self.step + 1, params):
+            self.optimizer.step()
+        self.guard.parameters(self.step + 1, params)
         with torch.no_grad():
             err = out_s["rgb"].detach() - out_t["rgb"]
             self.view_errors.add(view, err.square().mean(-1))

@@ -119,10 +119,9 @@ def distill_volume(config: DistillVolumeConfig, progress: bool = True) -> tuple[
     name = config.name or f"{distiller.teacher.name}_to_{config.student}"
     run = RunDir.create("distill", name, root=config.output_root)
     run.save_config(config)
-    latest = run.latest_checkpoint() if config.resume else None
-    if latest is not None:
-        state, _ = load_checkpoint(latest, distiller.device)
-        distiller.load_state_dict(state, latest)
+    distiller.guard.checkpoint_dir = run.path / "checkpoints"
+    if config.resume and (loaded := run.load_latest(distiller.device)) is not None:
+        distiller.load_state_dict(loaded[0], run.latest_checkpoint())
     bar = tqdm(total=config.steps, initial=distiller.step, disable=not progress,
                desc=f"distil {distiller.teacher.name} -> {config.student}")
     start, timeline = time.perf_counter(), []

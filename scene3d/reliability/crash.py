@@ -103,10 +103,19 @@ SCRIPTS: dict[str, ScriptSpec] = {
                      "--turntable-frames", "2", "--distill.steps", "12", "--distill.checkpoint-every", "2",
                      "--distill.batch-size", "1", "--distill.render-size", "8", "--distill.log-every", "1"],
         lambda out: out / "score" / "r", _pick("targets", "guidance", "estimator_optimizer"), 2, 12),
+    "distill_volume": ScriptSpec(
+        "scripts/distill_volume.py",
+        lambda out: ["--teacher", str(out / "fields" / "r"), "--student", "mlp", "--name", "pvd",
+                     "--output-root", str(out), "--steps", "30", "--checkpoint-every", "5", "--eval-every", "1000",
+                     "--eval-views", "1", "--batch-rays", "64", "--n-samples", "16", "--epoch-views", "4",
+                     "--epoch-steps", "10"],
+        lambda out: out / "distill" / "pvd", _pick("field", "adapter", "optimizer"), 5, 30),
 }
 # What a script needs first: (the script that makes it, the folder of that script's run it uses).
-# `prepare` runs that script uninterrupted (distill_score needs the tiny prior above).
-PREPARE: dict[str, tuple[str, str]] = {"distill_score": ("train_prior", "prior")}
+# `prepare` runs that script uninterrupted (distill_score needs the tiny prior above, distill_volume
+# the tiny field).
+PREPARE: dict[str, tuple[str, str]] = {"distill_score": ("train_prior", "prior"),
+                                       "distill_volume": ("fit_field", "checkpoints")}
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
