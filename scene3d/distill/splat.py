@@ -202,7 +202,7 @@ class SplatDistiller:
         self.opt.step()
         if self.cfg.target_source == "splat" and self.cfg.ema_momentum < 1:
             ema_update(self.teacher, self.student, self.cfg.ema_momentum)
-        return {"loss": float(loss), "coverage": float(mask.float().mean()), "lr": lr}
+        return {"loss": loss.item(), "coverage": float(mask.float().mean()), "lr": lr}
 
     def state_dict(self) -> dict:
         return {"student": self.student.state_dict(), "teacher": self.teacher.state_dict(),

@@ -57,7 +57,7 @@ def fit_feature_gaussians(ds: MultiViewDataset, pixel_feats: Float[Tensor, "N H 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     with torch.no_grad():
         lifted = LiftedGaussians(scene.means.detach(), scene.quats.detach(), scene.scales.detach(),
                                  scene.opacities.detach(), scene.params["features"].detach())
