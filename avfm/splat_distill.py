@@ -133,11 +133,12 @@ def run_splat_distill(cfg: SplatRunConfig, teacher: DenseFeatures | None = None,
     """Train one student from the teacher (resuming from the run's newest checkpoint), save it as
     `student.safetensors`, optionally probe teacher and student; returns the metrics."""
     t0 = time.time()
+    worlds = worlds if worlds is not None else distill_worlds(cfg.worlds)
+    if teacher is None:  # bad teacher paths fail here, before the run folder is touched
+        saved = Path(cfg.output_root) / "splat_distill" / cfg.name / "teacher.safetensors"
+        teacher = make_teacher(cfg.teacher, worlds, saved, cfg.progress)
     run = RunDir.create("splat_distill", cfg.name, root=cfg.output_root)
     run.save_config(cfg)
-    worlds = worlds if worlds is not None else distill_worlds(cfg.worlds)
-    if teacher is None:
-        teacher = make_teacher(cfg.teacher, worlds, run.path / "teacher.safetensors", cfg.progress)
     scenes = None
     if cfg.distill.target_source == "fit3d":
         scenes, _ = fit3d_scenes(teacher, worlds, cfg.fit3d, cfg.progress)

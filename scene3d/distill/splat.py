@@ -186,13 +186,16 @@ class SplatDistiller:
                 outs.append(splat_target(self.teacher, ds, context, target, grid, self.cfg, self.depth_fn)[:2])
         return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
 
-    def train_step(self, step: int) -> dict[str, float]:
-        """Step `step` (1-based): sample, build targets with the current teacher, update student, EMA."""
-        batch = self.sample_batch(step)
+    def batch_loss(self, batch: list[tuple[int, Tensor, int]]) -> tuple[Tensor, Tensor]:
+        """The student's loss on a batch of tuples, and the kept-patch mask [B, h, w]."""
         images = torch.stack([to_images(self.worlds[w], torch.tensor([t]))[0] for w, _, t in batch])
         pred = self.student(images)
         target, mask = self.targets(batch, tuple(pred.shape[-2:]))
-        loss = feature_loss(pred, target, mask, self.cfg.loss)
+        return feature_loss(pred, target, mask, self.cfg.loss), mask
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """Step `step` (1-based): sample, build targets with the current teacher, update student, EMA."""
+        loss, mask = self.batch_loss(self.sample_batch(step))
         lr = self.lr_at(step)
         for group in self.opt.param_groups:
             group["lr"] = lr

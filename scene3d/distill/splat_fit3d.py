@@ -23,8 +23,8 @@ from scene3d.gaussians.scene import GaussianScene
 
 @dataclass
 class Fit3DConfig:
-    n_points: int = 6000
-    steps: int = 150
+    n_points: int = 4000
+    steps: int = 80
     views_per_step: int = 4
     lr_features: float = 0.05
     init_opacity: float = 0.5

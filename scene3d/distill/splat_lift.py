@@ -28,7 +28,7 @@ class LiftConfig:
     thickness: float = 0.2  # std along the optical axis relative to the in-plane std
     max_opacity: float = 0.99
     confidence: Literal["mask", "edges"] = "edges"  # "edges" lowers opacity at depth discontinuities
-    edge_tau: float = 0.05  # relative depth jump to a neighbour at which the confidence is 1/e
+    edge_tau: float = 0.05  # relative inverse-depth second difference at which the confidence is 1/e
     eps2d: float = 0.3  # screen-space dilation of the rasterizer (3DGS default)
 
 
@@ -69,12 +69,15 @@ def rotmat_to_quat(rot: Float[Tensor, "*B 3 3"]) -> Float[Tensor, "*B 4"]:
 
 
 def depth_confidence(depth: Float[Tensor, "V H W"], valid: Bool[Tensor, "V H W"], tau: float) -> Float[Tensor, "V H W"]:
-    """exp(-(largest relative depth jump to a 4-neighbour) / tau) on valid pixels, 0 elsewhere."""
-    d = torch.where(valid, depth, torch.zeros_like(depth))
-    pad = F.pad(d[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
-    jumps = [(pad[:, 1:-1, 2:] - d).abs(), (pad[:, 1:-1, :-2] - d).abs(),
-             (pad[:, 2:, 1:-1] - d).abs(), (pad[:, :-2, 1:-1] - d).abs()]
-    rel = torch.stack(jumps).amax(0) / d.clamp_min(1e-6)
+    """exp(-r / tau) on valid pixels (0 elsewhere), r the larger of the x and y second differences of
+    inverse depth relative to the pixel's inverse depth. Inverse depth is affine in the pixel
+    coordinates on a plane, so r is 0 on planar surfaces at any obliqueness and large at depth
+    discontinuities and silhouettes (where a pixel straddles two surfaces)."""
+    inv = torch.where(valid, 1 / depth.clamp_min(1e-6), torch.zeros_like(depth))
+    pad = F.pad(inv[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
+    lap_x = (pad[:, 1:-1, 2:] + pad[:, 1:-1, :-2] - 2 * inv).abs()
+    lap_y = (pad[:, 2:, 1:-1] + pad[:, :-2, 1:-1] - 2 * inv).abs()
+    rel = torch.maximum(lap_x, lap_y) / inv.clamp_min(1e-6)
     return torch.exp(-rel / tau) * valid
 
 
