@@ -32,6 +32,7 @@ from scene3d.data.dataset import MultiViewDataset
 from scene3d.distill.probe3d import ProbeConfig, probe_3d_awareness
 from scene3d.distill.splat import SplatDistillConfig, SplatDistiller, distill, pixel_features
 from scene3d.distill.splat_data import make_world_views
+from scene3d.distill.splat_depth import DepthNetConfig, depth_fn, train_depth_net
 from scene3d.distill.splat_fit3d import Fit3DConfig, fit_feature_gaussians
 from scene3d.distill.splat_viz import plot_losses
 from scene3d.runs import RunDir
@@ -81,6 +82,7 @@ class SplatRunConfig:
     teacher: TeacherSpec = field(default_factory=TeacherSpec)
     distill: SplatDistillConfig = field(default_factory=SplatDistillConfig)
     fit3d: Fit3DConfig = field(default_factory=Fit3DConfig)
+    depth_net: DepthNetConfig = field(default_factory=DepthNetConfig)  # for distill.depth_source="learned"
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     run_probes: bool = True  # probe the teacher and the student on held-out worlds at the end
     checkpoint_every: int = 50
@@ -142,8 +144,12 @@ def run_splat_distill(cfg: SplatRunConfig, teacher: DenseFeatures | None = None,
     scenes = None
     if cfg.distill.target_source == "fit3d":
         scenes, _ = fit3d_scenes(teacher, worlds, cfg.fit3d, cfg.progress)
+    predict_depth = None
+    if cfg.distill.depth_source == "learned":  # deterministic from its seed, so a resumed run rebuilds it
+        net, _ = train_depth_net(worlds, cfg.depth_net, cfg.progress)
+        predict_depth = depth_fn(net)
     student, ema = copy.deepcopy(teacher), copy.deepcopy(teacher)
-    distiller = SplatDistiller(student, ema, worlds, cfg.distill, fit3d_scenes=scenes)
+    distiller = SplatDistiller(student, ema, worlds, cfg.distill, fit3d_scenes=scenes, depth_fn=predict_depth)
     history = distill(distiller, run, cfg.checkpoint_every, progress=cfg.progress, config=cfg, stop_at=stop_at)
     metrics: dict = {"steps": distiller.cfg.steps if stop_at is None else stop_at,
                      "target_source": cfg.distill.target_source}

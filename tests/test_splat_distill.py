@@ -22,6 +22,7 @@ from scene3d.distill.probe3d import (
 )
 from scene3d.distill.splat import SplatDistillConfig, SplatDistiller, distill, ema_update, feature_loss
 from scene3d.distill.splat_data import make_world_views, sample_tuple, view_angles
+from scene3d.distill.splat_depth import DepthNetConfig, depth_fn, train_depth_net
 from scene3d.distill.splat_fit3d import Fit3DConfig, fit_feature_gaussians
 from scene3d.distill.splat_lift import LiftConfig, lift_views, rotmat_to_quat, splat_features, upsample_features
 from scene3d.distill.splat_targets import pool_to_grid, segment_blend
@@ -280,3 +281,16 @@ def test_miou_planted():
     target = torch.tensor([0, 0, 1, 1, 2, 2])
     assert miou(target, target, 4) == 1.0
     assert math.isclose(miou(torch.tensor([0, 0, 1, 1, 1, 1]), target, 3), (1 + 0.5 + 0) / 3)
+
+
+def test_learned_depth_is_switchable(worlds):
+    net, losses = train_depth_net(worlds[:1], DepthNetConfig(width=8, steps=6, batch_size=2))
+    assert all(math.isfinite(v) for v in losses)
+    depth = depth_fn(net)(worlds[0].images[:2])
+    assert depth.shape == (2, 32, 32) and (depth >= 0).all()
+    cfg = SplatDistillConfig(depth_source="learned", batch_size=2)
+    with pytest.raises(ValueError, match="depth_fn"):
+        SplatDistiller(PatchConv(), PatchConv(), worlds, cfg).targets([(0, torch.tensor([0, 1]), 2)], (4, 4))
+    d = SplatDistiller(PatchConv(), PatchConv(), worlds, cfg, depth_fn=lambda im: worlds[0].depths[:2] * 0 + 3.5)
+    target, mask = d.targets([(0, torch.tensor([0, 1]), 2)], (4, 4))
+    assert target.shape == (1, 8, 4, 4) and torch.isfinite(target).all()

@@ -2,7 +2,8 @@
 
 Geometry is initialised from the dataset's depth (points unprojected from random valid pixels of
 all views, isotropic scales from the 3 nearest neighbours, as 3DGS); features, opacities and scales
-are then fitted by Adam to the teacher's pixel features of all views (MSE on valid pixels). The
+are then fitted by Adam to the teacher's pixel features of all views (MSE on valid pixels, at
+`resolution_scale` of the image size: the teacher's features are patch-level, 8 px, anyway). The
 fitted scene, rendered to a view, is that view's target (`SplatDistiller(target_source="fit3d")`).
 """
 
@@ -11,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor
 from tqdm import tqdm
@@ -28,6 +31,7 @@ class Fit3DConfig:
     views_per_step: int = 4
     lr_features: float = 0.05
     init_opacity: float = 0.5
+    resolution_scale: float = 0.5  # fit at this fraction of the image size (features are patch-level anyway)
     seed: int = 0
 
 
@@ -45,15 +49,20 @@ def fit_feature_gaussians(ds: MultiViewDataset, pixel_feats: Float[Tensor, "N H 
     points = ds.cameras[view].unproject(uv[:, None], ds.depths.reshape(n, -1)[view, pix][:, None])[:, 0]
     init = pixel_feats.reshape(n, -1, d)[view, pix]
     scene = GaussianScene.from_points(points, init, feature_dim=d, opacity=cfg.init_opacity)
+    cameras = ds.cameras.scaled(cfg.resolution_scale)
+    size = (cameras.height, cameras.width)
+    feats = rearrange(F.interpolate(rearrange(pixel_feats, "n h w d -> n d h w"), size=size, mode="area"),
+                      "n d h w -> n h w d")
+    valid = F.interpolate(valid[:, None].float(), size=size, mode="area")[:, 0] > 0.99
     groups = scene.param_groups({"features": cfg.lr_features})
     opt = torch.optim.Adam([gr for gr in groups if gr["name"] != "means"], eps=1e-15)
     losses = []
     for _ in tqdm(range(cfg.steps), desc="fit3d feature Gaussians", disable=not progress):
         idx = torch.randperm(n, generator=g)[: cfg.views_per_step]
         out = rasterize_gaussians(scene.means, scene.quats, scene.scales, scene.opacities, scene.params["features"],
-                                  ds.cameras[idx])
+                                  cameras[idx])
         m = valid[idx].to(out.colors)[..., None]
-        loss = ((out.colors - pixel_feats[idx]).pow(2) * m).sum() / (m.sum() * d).clamp_min(1)
+        loss = ((out.colors - feats[idx]).pow(2) * m).sum() / (m.sum() * d).clamp_min(1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
