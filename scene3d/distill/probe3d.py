@@ -120,7 +120,9 @@ def dense_probes(train_feats: list[Tensor], train_sets: list[MultiViewDataset], 
 
     every = _sample(torch.ones_like(mask_tr), cfg.max_pixels, g)
     x_all, y_all = std(ftr.reshape(-1, d)[every]), sem_tr.reshape(-1)[every]
-    linear = nn.Linear(d, cfg.num_classes)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        linear = nn.Linear(d, cfg.num_classes)
     opt = torch.optim.Adam(linear.parameters(), lr=cfg.seg_lr)
     for _ in range(cfg.seg_steps):
         loss = F.cross_entropy(linear(x_all), y_all)
