@@ -34,7 +34,7 @@ from scene3d.distill.splat import SplatDistillConfig, SplatDistiller, distill, p
 from scene3d.distill.splat_data import make_world_views
 from scene3d.distill.splat_depth import DepthNetConfig, depth_fn, train_depth_net
 from scene3d.distill.splat_fit3d import Fit3DConfig, fit_feature_gaussians
-from scene3d.distill.splat_viz import plot_losses
+from scene3d.distill.splat_viz import plot_losses, save_feature_panel
 from scene3d.runs import RunDir
 
 NUM_CLASSES = 6  # scene3d.data.synthetic.CLASS_NAMES
@@ -162,6 +162,7 @@ def run_splat_distill(cfg: SplatRunConfig, teacher: DenseFeatures | None = None,
         save_vit_teacher(run.file("student.safetensors"), student.teacher)
     if cfg.run_probes and stop_at is None:
         probe_train, probe_test = probe_worlds(cfg.worlds)
+        save_feature_panel(run.file("features.png"), probe_test[0].images[:6], {"teacher": teacher, "student": student})
         metrics["probes"] = {"teacher": probe_3d_awareness(teacher, probe_train, probe_test, cfg.probe),
                              "student": probe_3d_awareness(student, probe_train, probe_test, cfg.probe)}
     metrics["seconds"] = round(time.time() - t0, 1)
@@ -204,6 +205,8 @@ def compare_3d_awareness(cfg: SplatRunConfig, output: Path | None = None) -> dic
         runs[source] = run_splat_distill(run_cfg, teacher=teacher, worlds=worlds)
         timings[f"train_{source}"] = round(time.time() - t, 1)
         results[source] = probe_3d_awareness(runs[source]["student"], probe_train, probe_test, cfg.probe)
+    encoders = {"teacher": teacher, "fit3d": runs["fit3d"]["student"], "splat": runs["splat"]["student"]}
+    panel = save_feature_panel(root / f"{cfg.name}_features.png", probe_test[0].images[:6], encoders)
     rows = {"teacher": flat_row(results["teacher"]), "fit3d_student": flat_row(results["fit3d"]),
             "splat_student": flat_row(results["splat"])}
     t, s = rows["teacher"], rows["splat_student"]
@@ -212,7 +215,7 @@ def compare_3d_awareness(cfg: SplatRunConfig, output: Path | None = None) -> dic
                "miou_within_1pt": s["seg_miou"] >= t["seg_miou"] - 0.01}
     out = {"table": rows, "markdown": markdown_table(rows), "target_met": verdict, "details": results,
            "losses": {k: {m: v[m] for m in ("loss_first", "loss_last") if m in v} for k, v in runs.items()},
-           "config": {"teacher": cfg.teacher.name, "distill_steps": cfg.distill.steps,
+           "features_png": str(panel), "config": {"teacher": cfg.teacher.name, "distill_steps": cfg.distill.steps,
                       "worlds": cfg.worlds.__dict__}, "seconds": {**timings, "total": round(time.time() - t0, 1)}}
     if output is not None:
         atomic_write_json(output, out)

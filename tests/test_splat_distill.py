@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -294,3 +298,23 @@ def test_learned_depth_is_switchable(worlds):
     d = SplatDistiller(PatchConv(), PatchConv(), worlds, cfg, depth_fn=lambda im: worlds[0].depths[:2] * 0 + 3.5)
     target, mask = d.targets([(0, torch.tensor([0, 1]), 2)], (4, 4))
     assert target.shape == (1, 8, 4, 4) and torch.isfinite(target).all()
+
+
+def test_script_reports_a_bad_teacher_path_in_one_line(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "scripts/splat_distill.py", "--teacher.path", str(tmp_path / "missing"),
+                           "--output-root", str(tmp_path / "out"), "--worlds.n-distill", "1", "--worlds.n-views", "4"],
+                          cwd=root, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error:") and "missing" in proc.stderr
+    assert not (tmp_path / "out").exists()  # nothing written before the teacher loads
+
+
+@pytest.mark.slow
+def test_demo_stage_quick(tmp_path):
+    from avfm.splat_distill import run_demo_stage
+
+    out = run_demo_stage(tmp_path, quick=True)
+    assert set(out["table"]) == {"teacher", "fit3d_student", "splat_student"}
+    assert (tmp_path / "splat_distill" / "demo_quick_features.png").is_file()

@@ -9,7 +9,8 @@ from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor
 
-from scene3d.distill.splat_lift import fit_pca
+from scene3d.distill.splat_lift import fit_pca, upsample_features
+from scene3d.viz import image_grid, save_png
 
 
 def pca_rgb(maps: list[Float[Tensor, "H W D"]]) -> list[Float[Tensor, "H W 3"]]:
@@ -25,6 +26,20 @@ def pca_rgb(maps: list[Float[Tensor, "H W D"]]) -> list[Float[Tensor, "H W 3"]]:
         out.append(proj[start:start + n].reshape(m.shape[0], m.shape[1], 3))
         start += n
     return out
+
+
+@torch.no_grad()
+def save_feature_panel(path: str | Path, images: Float[Tensor, "V H W 3"],
+                       encoders: dict[str, torch.nn.Module]) -> Path:
+    """Rows: the images, then each encoder's features (bilinearly upsampled) in shared PCA colours."""
+    size = images.shape[1:3]
+    maps = {name: rearrange(upsample_features(enc(rearrange(images, "v h w c -> v c h w")), size),
+                            "v d h w -> v h w d") for name, enc in encoders.items()}
+    shared = pca_rgb([m for ms in maps.values() for m in ms])
+    rows, v = [list(images)], len(images)
+    for k in range(len(maps)):
+        rows.append(shared[k * v:(k + 1) * v])
+    return save_png(path, image_grid(rows))
 
 
 def plot_losses(path: str | Path, curves: dict[str, list[float]]) -> Path:
