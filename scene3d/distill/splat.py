@@ -53,12 +53,12 @@ class SplatDistillConfig:
     feature_mode: Literal["full", "pca"] = "full"
     pca_dim: int = 32
     edge_aware: bool = True  # upsample teacher features with the context views' instance labels
-    segment_blend: float = 0.5  # weight of the per-segment (instance) mean in the target
+    segment_blend: float = 0.0  # weight of the per-segment (instance) mean; the paper's 0.5 hurt depth here
     alpha_min: float = 0.5  # rendered opacity below which a target pixel counts as uncovered
     min_coverage: float = 0.5  # fraction of covered pixels a student patch needs to enter the loss
     loss: Literal["cosine", "mse"] = "cosine"
     ema_momentum: float = 0.99  # teacher <- m teacher + (1 - m) student after every step; 1 = frozen
-    lr: float = 5e-5
+    lr: float = 3e-4
     weight_decay: float = 0.0
     warmup: int = 20
     target_source: Literal["splat", "fit3d"] = "splat"
