@@ -109,9 +109,8 @@ def pixel_features(model: nn.Module, ds: MultiViewDataset, idx: Tensor, edge_awa
 
 @torch.no_grad()
 def splat_target(teacher: nn.Module, ds: MultiViewDataset, context: Tensor, target: int, grid: tuple[int, int],
-                 cfg: SplatDistillConfig, depth_fn: DepthFn | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Target features [D,h,w] and mask [h,w] for view `target` from the context views, plus the
-    rendered pixel opacity [H,W] (for plots)."""
+                 cfg: SplatDistillConfig, depth_fn: DepthFn | None = None) -> tuple[Tensor, Tensor]:
+    """Target features [D,h,w] and mask [h,w] for view `target`, splatted from the context views."""
     feats = pixel_features(teacher, ds, context, cfg.edge_aware)
     if cfg.depth_source == "learned":
         if depth_fn is None:
@@ -131,7 +130,7 @@ def splat_target(teacher: nn.Module, ds: MultiViewDataset, context: Tensor, targ
     rendered, alpha = rendered[0], alpha[0]
     if basis is not None:
         rendered = rendered @ basis.T + mean
-    return finish_target(rendered, alpha, ds, target, grid, cfg) + (alpha,)
+    return finish_target(rendered, alpha, ds, target, grid, cfg)
 
 
 def finish_target(rendered: Float[Tensor, "H W D"], alpha: Float[Tensor, "H W"], ds: MultiViewDataset, target: int,
@@ -183,7 +182,7 @@ class SplatDistiller:
                 rendered, alpha = splat_features(self.fit3d_scenes[w], ds.cameras[[target]], eps2d=self.cfg.lift.eps2d)
                 outs.append(finish_target(rendered[0], alpha[0], ds, target, grid, self.cfg))
             else:
-                outs.append(splat_target(self.teacher, ds, context, target, grid, self.cfg, self.depth_fn)[:2])
+                outs.append(splat_target(self.teacher, ds, context, target, grid, self.cfg, self.depth_fn))
         return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
 
     def batch_loss(self, batch: list[tuple[int, Tensor, int]]) -> tuple[Tensor, Tensor]:
