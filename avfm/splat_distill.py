@@ -235,10 +235,8 @@ def quick_config(output_root: Path = Path("outputs"), name: str = "quick") -> Sp
 
 
 def demo_config(out_dir: Path, quick: bool) -> SplatRunConfig:
-    if not quick:
-        return replace(quick_config(out_dir, "demo"), progress=False,
-                       worlds=WorldsConfig(n_distill=6, n_views=24), distill=SplatDistillConfig(steps=300),
-                       fit3d=Fit3DConfig(n_points=4000, steps=80))
+    if not quick:  # the `eval_3d_awareness.py --quick` setting
+        return quick_config(out_dir, "demo")
     return SplatRunConfig(
         name="demo_quick", output_root=out_dir,
         worlds=WorldsConfig(n_distill=2, n_views=12, n_probe_train=2, n_probe_test=2, probe_views=6),
