@@ -141,9 +141,9 @@ def run_splat_distill(cfg: SplatRunConfig, teacher: DenseFeatures | None = None,
         teacher = make_teacher(cfg.teacher, worlds, saved, cfg.progress)
     run = RunDir.create("splat_distill", cfg.name, root=cfg.output_root)
     run.save_config(cfg)
-    scenes = None
-    if cfg.distill.target_source == "fit3d":
-        scenes, _ = fit3d_scenes(teacher, worlds, cfg.fit3d, cfg.progress)
+    scenes, fit_losses = None, []
+    if cfg.distill.target_source == "fit3d":  # deterministic from its seed, so a resumed run refits the same
+        scenes, fit_losses = fit3d_scenes(teacher, worlds, cfg.fit3d, cfg.progress)
     predict_depth = None
     if cfg.distill.depth_source == "learned":  # deterministic from its seed, so a resumed run rebuilds it
         net, _ = train_depth_net(worlds, cfg.depth_net, cfg.progress)
@@ -153,6 +153,8 @@ def run_splat_distill(cfg: SplatRunConfig, teacher: DenseFeatures | None = None,
     history = distill(distiller, run, cfg.checkpoint_every, progress=cfg.progress, config=cfg, stop_at=stop_at)
     metrics: dict = {"steps": distiller.cfg.steps if stop_at is None else stop_at,
                      "target_source": cfg.distill.target_source}
+    if fit_losses:
+        metrics["fit3d_final_mse"] = sum(fit_losses) / len(fit_losses)
     if history:
         k = max(1, len(history) // 10)
         metrics["loss_first"] = sum(h["loss"] for h in history[:k]) / k
