@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from scene3d.distill.lora import add_lora
 from scene3d.distill.probe3d import (
     ProbeConfig,
     camera_normals,
@@ -318,3 +319,33 @@ def test_demo_stage_quick(tmp_path):
     out = run_demo_stage(tmp_path, quick=True)
     assert set(out["table"]) == {"teacher", "fit3d_student", "splat_student"}
     assert (tmp_path / "splat_distill" / "demo_quick_features.png").is_file()
+
+
+def test_lora_student_starts_identical_and_trains_only_adapters(worlds, tmp_path):
+    images = rearrange(worlds[0].images[:2], "b h w c -> b c h w")
+
+    class Linears(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = PatchConv()
+            self.head = nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 8))
+
+        def forward(self, x):
+            return rearrange(self.head(rearrange(self.conv(x), "b d h w -> b h w d")), "b h w d -> b d h w")
+
+    base = Linears()
+    before = base(images).detach()
+    frozen = {k: v.clone() for k, v in base.state_dict().items()}
+    lora = add_lora(copy.deepcopy(base), rank=2)
+    assert torch.allclose(lora(images), before, atol=1e-6)
+    assert {n for n, p in lora.named_parameters() if p.requires_grad} == {
+        "head.0.lora_a", "head.0.lora_b", "head.2.lora_a", "head.2.lora_b"}
+    cfg = SplatDistillConfig(steps=4, batch_size=2, lr=1e-2, warmup=1, lora_rank=2)
+    d = SplatDistiller(copy.deepcopy(base), copy.deepcopy(base), worlds, cfg)
+    distill(d, RunDir(tmp_path / "lora"), checkpoint_every=2, progress=False)
+    state = d.student.state_dict()
+    assert all(torch.equal(state[k.replace("head.0.", "head.0.base.").replace("head.2.", "head.2.base.")], v)
+               for k, v in frozen.items())
+    assert not torch.allclose(d.student(images), before, atol=1e-5)
+    teacher_state = d.teacher.state_dict()
+    assert all(torch.equal(teacher_state[k], v) for k, v in state.items() if "lora_" not in k)

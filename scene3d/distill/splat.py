@@ -5,8 +5,9 @@ context views are upsampled to pixels (bilinear or label-edge-aware), optionally
 lifted to one Gaussian per pixel (`splat_lift.py`) and splatted to the target camera; the rendered
 map, blended with its per-segment means, pooled to the student's patch grid and masked where
 uncovered, is the target of the student on the target image (cosine or MSE). The teacher is an EMA
-of the student. The FiT3D-style baseline (`target_source="fit3d"`) instead renders per-world
-feature Gaussians fitted once to every view's teacher features (`splat_fit3d.py`), teacher frozen.
+of the student (`lora_rank > 0`: only LoRA adapters train). The FiT3D-style baseline
+(`target_source="fit3d"`) instead renders per-world feature Gaussians fitted once to every view's
+teacher features (`splat_fit3d.py`), teacher frozen.
 
 `teacher` and `student` are any modules mapping images [B, 3, H, W] in [0, 1] to dense features
 [B, D, h, w]; `scene3d` never builds them (scripts/splat_distill.py does, from avfm.teachers).
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from scene3d.data.dataset import MultiViewDataset
+from scene3d.distill.lora import add_lora
 from scene3d.distill.splat_data import sample_tuple
 from scene3d.distill.splat_lift import (
     LiftConfig,
@@ -61,6 +63,8 @@ class SplatDistillConfig:
     lr: float = 3e-4
     weight_decay: float = 0.0
     warmup: int = 20
+    lora_rank: int = 0  # > 0: train LoRA adapters on the student's linear layers only (teacher EMA over them)
+    lora_alpha: float | None = None  # LoRA scale alpha / rank; None: alpha = rank
     target_source: Literal["splat", "fit3d"] = "splat"
     depth_source: Literal["dataset", "learned"] = "dataset"
     lift: LiftConfig = field(default_factory=LiftConfig)
@@ -74,9 +78,13 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """teacher <- momentum * teacher + (1 - momentum) * student, parameter by parameter (buffers copied)."""
+    """teacher <- momentum * teacher + (1 - momentum) * student, parameter by parameter; the student's
+    frozen parameters and buffers are copied (exact, no rounding drift)."""
     for pt, ps in zip(teacher.parameters(), student.parameters(), strict=True):
-        pt.mul_(momentum).add_(ps.detach(), alpha=1 - momentum)
+        if ps.requires_grad:
+            pt.mul_(momentum).add_(ps.detach(), alpha=1 - momentum)
+        else:
+            pt.copy_(ps)
     for bt, bs in zip(teacher.buffers(), student.buffers(), strict=True):
         bt.copy_(bs)
 
@@ -154,7 +162,15 @@ class SplatDistiller:
             raise ValueError("target_source='fit3d' needs the fitted per-world feature Gaussians")
         self.student, self.teacher, self.worlds, self.cfg = student, teacher.eval(), worlds, cfg
         self.fit3d_scenes, self.depth_fn = fit3d_scenes, depth_fn
-        self.student.train().requires_grad_(True)
+        if cfg.lora_rank > 0:  # the same adapters on both (B = 0: nothing changes yet), student's copied over
+            add_lora(student, cfg.lora_rank, cfg.lora_alpha)
+            add_lora(teacher, cfg.lora_rank, cfg.lora_alpha)
+            teacher.load_state_dict(student.state_dict())
+            for name, p in student.named_parameters():
+                p.requires_grad_("lora_" in name)
+        else:
+            self.student.requires_grad_(True)
+        self.student.train()
         self.teacher.requires_grad_(False)
         self.opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=cfg.lr,
                                      weight_decay=cfg.weight_decay)
