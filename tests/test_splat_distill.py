@@ -1,0 +1,351 @@
+"""Splat and Distill: lifting, splatting, targets, EMA, the distiller (loss, resume) and the 3D probes."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from scene3d.distill.lora import add_lora
+from scene3d.distill.probe3d import (
+    ProbeConfig,
+    camera_normals,
+    correspondence_recall,
+    dense_probes,
+    ground_truth_matches,
+    match_features,
+    miou,
+)
+from scene3d.distill.splat import SplatDistillConfig, SplatDistiller, distill, ema_update, feature_loss
+from scene3d.distill.splat_data import make_world_views, sample_tuple, view_angles
+from scene3d.distill.splat_depth import DepthNetConfig, depth_fn, train_depth_net
+from scene3d.distill.splat_fit3d import Fit3DConfig, fit_feature_gaussians
+from scene3d.distill.splat_lift import LiftConfig, lift_views, rotmat_to_quat, splat_features, upsample_features
+from scene3d.distill.splat_targets import pool_to_grid, segment_blend
+from scene3d.gaussians.projection import quat_to_rotmat
+from scene3d.gaussians.rasterize import rasterize_gaussians
+from scene3d.runs import RunDir
+
+
+@pytest.fixture(scope="module")
+def worlds():
+    return make_world_views(range(2), n_views=8, size=32)
+
+
+def world_points(ds, idx):
+    """World xyz of every pixel of views idx [V, H, W, 3] (zeros without depth)."""
+    uv = rearrange(ds.cameras.pixel_centers(), "h w c -> 1 (h w) c").expand(len(idx), -1, -1)
+    pts = ds.cameras[idx].unproject(uv, rearrange(ds.depths[idx], "v h w -> v (h w)"))
+    return rearrange(pts, "v (h w) c -> v h w c", h=ds.height) * (ds.depths[idx] > 0)[..., None]
+
+
+class PatchConv(nn.Module):
+    """A tiny dense 'ViT stand-in': 8 px patches -> D features (a conv and a nonlinearity)."""
+
+    def __init__(self, dim: int = 8, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed = nn.Conv2d(3, dim, 8, stride=8)
+        self.mix = nn.Conv2d(dim, dim, 3, padding=1)
+
+    def forward(self, images):
+        return self.mix(torch.tanh(self.embed(images)))
+
+
+# lifting and splatting ---------------------------------------------------------------------------
+def test_rotmat_to_quat_inverts_quat_to_rotmat():
+    q = F.normalize(torch.randn(200, 4, generator=torch.Generator().manual_seed(0)), dim=-1)
+    q = torch.where(q[:, :1] < 0, -q, q)
+    assert torch.allclose(rotmat_to_quat(quat_to_rotmat(q)), q, atol=1e-5)
+
+
+def test_lifting_then_splatting_back_reproduces_context_features(worlds):
+    ds, idx = worlds[0], torch.tensor([3])
+    patches = torch.randn(1, 6, 4, 4, generator=torch.Generator().manual_seed(0))
+    feats = rearrange(upsample_features(patches, (32, 32)), "v d h w -> v h w d")
+    sharp = LiftConfig(footprint=0.25, eps2d=0.02, confidence="mask")
+    rendered, alpha = splat_features(lift_views(ds.cameras[idx], ds.depths[idx], feats, cfg=sharp), ds.cameras[idx],
+                                     eps2d=sharp.eps2d)
+    valid = ds.depths[idx] > 0
+    assert (alpha[valid] > 0.98).all() and (alpha[~valid] < 1e-6).all()
+    assert (rendered - feats)[valid].abs().max() < 1e-3
+    # The default (wider, edge-confident) Gaussians blur a little but still reproduce the features.
+    default = LiftConfig()
+    rendered, alpha = splat_features(lift_views(ds.cameras[idx], ds.depths[idx], feats, cfg=default), ds.cameras[idx])
+    keep = valid & (alpha > 0.5)
+    assert keep.sum() > 0.75 * valid.sum()  # silhouette pixels get a low confidence by design
+    assert F.cosine_similarity(rendered[keep], feats[keep], dim=-1).mean() > 0.98
+
+
+def test_lifting_to_another_view_lands_on_the_same_3d_points(worlds):
+    """Features = world xyz of each context pixel; splatted to a target view and projected into it they
+    must land on the pixel they were rendered at (depth is camera z: a ray-distance mix-up fails this)."""
+    ds = worlds[1]
+    angles = view_angles(ds.cameras)[0]
+    context = torch.tensor([0, int(angles[1:].argmin()) + 1])
+    target = int(angles[1:].argsort()[1]) + 1
+    for cfg, median_px in ((LiftConfig(), 1.5), (LiftConfig(footprint=0.25, eps2d=0.02), 0.5)):
+        gaussians = lift_views(ds.cameras[context], ds.depths[context], world_points(ds, context), cfg=cfg)
+        rendered, alpha = splat_features(gaussians, ds.cameras[[target]], eps2d=cfg.eps2d)
+        keep = (alpha[0] > 0.9) & (ds.depths[target] > 0)
+        uv, _ = ds.cameras[[target]].project(rendered[0][keep])
+        err = (uv[0] - ds.cameras.pixel_centers()[keep]).norm(dim=-1)
+        assert keep.sum() > 30
+        assert err.median() < median_px and (err < 2.5).float().mean() > 0.85
+
+
+def test_feature_rasterizer_equals_per_channel_rendering(worlds):
+    ds, idx = worlds[0], torch.tensor([1])
+    feats = torch.randn(1, 32, 32, 5)
+    g = lift_views(ds.cameras[idx], ds.depths[idx], feats)
+    features = g.features.clone().requires_grad_(True)
+    cams = ds.cameras[[2]]
+    out = rasterize_gaussians(g.means, g.quats, g.scales, g.opacities, features, cams).colors
+    weights = torch.randn_like(out)
+    (grad_all,) = torch.autograd.grad((out * weights).sum(), features)
+    for c in range(5):
+        single = features[:, c : c + 1].detach().clone().requires_grad_(True)
+        one = rasterize_gaussians(g.means, g.quats, g.scales, g.opacities, single, cams).colors
+        assert torch.allclose(one[..., 0], out[..., c], atol=1e-5)
+        (grad_one,) = torch.autograd.grad((one[..., 0] * weights[..., c]).sum(), single)
+        assert torch.allclose(grad_one[:, 0], grad_all[:, c], atol=1e-5)
+    dense = rasterize_gaussians(g.means, g.quats, g.scales, g.opacities, features, cams, backend="dense").colors
+    assert torch.allclose(dense, out, atol=1e-4)
+
+
+def test_edge_aware_upsampling_keeps_segments_apart():
+    labels = torch.zeros(1, 32, 32, dtype=torch.long)
+    labels[..., 16:] = 1
+    feats = torch.zeros(1, 2, 4, 4)
+    feats[:, :, :, 2:] = 1.0
+    plain = upsample_features(feats, (32, 32))
+    aware = upsample_features(feats, (32, 32), labels)
+    assert torch.allclose(plain, F.interpolate(feats, size=(32, 32), mode="bilinear", align_corners=False))
+    assert 0 < plain[0, 0, 5, 15] < 1  # bilinear bleeds across the boundary
+    assert torch.equal(aware, (labels[:, None] == 1).float().expand(-1, 2, -1, -1))
+    same = upsample_features(torch.randn(2, 3, 4, 4), (32, 32), torch.zeros(2, 32, 32, dtype=torch.long))
+    ref = F.interpolate(torch.randn(2, 3, 4, 4), size=(32, 32), mode="bilinear", align_corners=False)
+    assert same.shape == ref.shape
+    f = torch.randn(2, 3, 4, 4)
+    one_label = upsample_features(f, (32, 32), torch.zeros(2, 32, 32, dtype=torch.long))
+    assert torch.allclose(one_label, F.interpolate(f, size=(32, 32), mode="bilinear", align_corners=False), atol=1e-6)
+
+
+def test_segment_blend_and_pooling():
+    feats = torch.arange(16.0).reshape(4, 4, 1)
+    seg = torch.tensor([[0, 0, 1, 1]] * 4)
+    valid = torch.ones(4, 4, dtype=torch.bool)
+    valid[0, 0] = False
+    out = segment_blend(feats, seg, valid, 0.5)
+    mean0 = feats[:, :2][valid[:, :2]].mean()
+    assert torch.isclose(out[1, 1, 0], 0.5 * feats[1, 1, 0] + 0.5 * mean0)
+    assert out[0, 0, 0] == feats[0, 0, 0]  # invalid pixels untouched
+    target, mask = pool_to_grid(feats, valid, (2, 2), min_coverage=0.9)
+    assert mask.tolist() == [[False, True], [True, True]]
+    assert torch.isclose(target[0, 0, 0], torch.tensor((1.0 + 4.0 + 5.0) / 3))
+    assert torch.isclose(target[0, 1, 1], feats[2:, 2:].mean())
+
+
+def test_tuple_sampler_respects_the_baseline(worlds):
+    cams = worlds[0].cameras
+    angles = view_angles(cams)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        context, target = sample_tuple(cams, 2, (5.0, 90.0), g)
+        assert target not in context.tolist() and len(set(context.tolist())) == 2
+        a = angles[target, context]
+        if ((angles[target] >= 5) & (angles[target] <= 90)).sum() >= 2:
+            assert ((a >= 5) & (a <= 90)).all()
+
+
+# distiller -----------------------------------------------------------------------------------------
+def test_ema_update_is_exact():
+    torch.manual_seed(0)
+    teacher, student = nn.Linear(4, 3), nn.Linear(4, 3)
+    before = [p.detach().clone() for p in teacher.parameters()]
+    ema_update(teacher, student, 0.9)
+    for t0, t, s in zip(before, teacher.parameters(), student.parameters(), strict=True):
+        assert torch.equal(t, t0 * 0.9 + s * (1 - 0.9)) or torch.allclose(t, 0.9 * t0 + 0.1 * s, atol=0, rtol=1e-6)
+    ema_update(teacher, student, 0.0)
+    assert all(torch.equal(t, s) for t, s in zip(teacher.parameters(), student.parameters(), strict=True))
+    frozen = [p.detach().clone() for p in teacher.parameters()]
+    ema_update(teacher, nn.Linear(4, 3), 1.0)
+    assert all(torch.equal(t, f) for t, f in zip(teacher.parameters(), frozen, strict=True))
+
+
+def test_feature_loss_masks_and_kinds():
+    pred, target = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    mask = torch.zeros(2, 3, 3, dtype=torch.bool)
+    mask[0, 1, 1] = True
+    cos = 1 - F.cosine_similarity(pred[0, :, 1, 1], target[0, :, 1, 1], dim=0)
+    assert torch.isclose(feature_loss(pred, target, mask, "cosine"), cos)
+    assert torch.isclose(feature_loss(pred, target, mask, "mse"), (pred[0, :, 1, 1] - target[0, :, 1, 1]).pow(2).mean())
+    assert feature_loss(pred, pred + 0 * target, torch.ones_like(mask), "cosine").abs() < 1e-6
+
+
+def _distiller(worlds, student_seed: int = 0, **overrides):
+    teacher = PatchConv()
+    cfg = SplatDistillConfig(**{"steps": 6, "batch_size": 2, "lr": 3e-3, "warmup": 1, **overrides})
+    return SplatDistiller(PatchConv(seed=student_seed), copy.deepcopy(teacher), worlds, cfg)
+
+
+@pytest.mark.parametrize("mode", ["full", "pca"])
+def test_short_distillation_reduces_its_loss(worlds, mode):
+    d = _distiller(worlds, student_seed=1, steps=15, ema_momentum=1.0, feature_mode=mode, pca_dim=4, loss="mse")
+    fixed = [b for s in range(1000, 1004) for b in d.sample_batch(s)]
+    with torch.no_grad():
+        before, mask = d.batch_loss(fixed)
+    assert mask.any()
+    distill(d, progress=False)
+    with torch.no_grad():
+        after, _ = d.batch_loss(fixed)
+    assert after < 0.7 * before
+
+
+def test_resume_equals_uninterrupted(worlds, tmp_path):
+    straight = _distiller(worlds)
+    distill(straight, RunDir(tmp_path / "a"), checkpoint_every=3, progress=False)
+    first = _distiller(worlds)
+    distill(first, RunDir(tmp_path / "b"), checkpoint_every=3, progress=False, stop_at=3)
+    resumed = _distiller(worlds)  # fresh objects, state from the step-3 checkpoint
+    history = distill(resumed, RunDir(tmp_path / "b"), checkpoint_every=3, progress=False)
+    assert [h["step"] for h in history] == [4, 5, 6]
+    for a, b in zip(straight.student.state_dict().values(), resumed.student.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(straight.teacher.state_dict().values(), resumed.teacher.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_fit3d_baseline_fits_and_serves_targets(worlds):
+    ds = worlds[0]
+    feats = world_points(ds, torch.arange(len(ds)))
+    scene, losses = fit_feature_gaussians(ds, feats, Fit3DConfig(n_points=500, steps=8, lr_features=0.02))
+    assert losses[-1] < losses[0]
+    d = SplatDistiller(PatchConv(), PatchConv(), [ds], SplatDistillConfig(target_source="fit3d", batch_size=2),
+                       fit3d_scenes=[scene])
+    target, mask = d.targets(d.sample_batch(1), (4, 4))
+    assert target.shape == (2, 3, 4, 4) and mask.any()
+
+
+# probes ----------------------------------------------------------------------------------------------
+def test_identical_features_give_perfect_correspondence(worlds):
+    ds = worlds[0]
+    uv_i, uv_j = ground_truth_matches(ds, 2, 2)
+    assert torch.allclose(uv_i, uv_j, atol=1e-3) and len(uv_i) > 50
+    unique = torch.randn(32, 32, 16)
+    assert torch.equal(match_features(unique, unique, uv_i, ds.depths[2] > 0), uv_i)
+    # Features = world coordinates lifted onto a sphere ([p, sqrt(R^2 - |p|^2)], so cosine similarity
+    # ranks like 3D distance): the nearest feature is the nearest 3D point, recall is ~perfect;
+    # random features are not.
+    xyz = world_points(ds, torch.arange(len(ds)))
+    lifted = torch.cat([xyz, (100 - xyz.pow(2).sum(-1, keepdim=True)).sqrt()], -1)
+    cfg = ProbeConfig(pairs_per_world=28, query_stride=2, angle_bins=(0.0, 60.0, 180.0))
+    good = correspondence_recall([lifted], [ds], cfg)
+    bad = correspondence_recall([torch.randn(len(ds), 32, 32, 3)], [ds], cfg)
+    assert good["queries"] > 100
+    assert good["recall@10px"] > 0.97 and good["recall@20px"] > 0.99
+    assert bad["recall@10px"] < 0.3
+    assert set(good["per_bin"]) == {"0-60deg", "60-180deg"}
+
+
+def test_ground_truth_matches_agree_with_geometry(worlds):
+    ds = worlds[1]
+    uv_i, uv_j = ground_truth_matches(ds, 0, 1)
+    assert len(uv_i) > 20
+    pts_i = ds.cameras[0].unproject(uv_i[None], ds.depths[0, uv_i[:, 1].long(), uv_i[:, 0].long()][None])[0]
+    back, _ = ds.cameras[1].project(pts_i)
+    assert torch.allclose(back[0], uv_j, atol=1e-4)
+
+
+def test_dense_probes_on_planted_features(worlds):
+    def planted(ds):
+        log_depth = torch.where(ds.depths > 0, ds.depths.clamp_min(1e-3).log(), torch.zeros_like(ds.depths))
+        onehot = F.one_hot(ds.semantic, 6).float()
+        return torch.cat([log_depth[..., None], camera_normals(ds), onehot], -1)
+
+    train, test = worlds[:1], worlds[1:]
+    m = dense_probes([planted(train[0])], train, [planted(test[0])], test, ProbeConfig(ridge=1e-6, seg_steps=200))
+    assert m["depth_rmse"] < 1e-3 and m["depth_delta1"] == 1.0
+    assert m["normal_mean_deg"] < 0.5 and m["normal_within_11.25"] == 1.0
+    assert m["seg_miou"] > 0.99
+    noise = [torch.randn(8, 32, 32, 4)]
+    n = dense_probes(noise, train, [torch.randn(8, 32, 32, 4)], test, ProbeConfig(seg_steps=50))
+    assert n["depth_rmse"] > 10 * m["depth_rmse"] and n["seg_miou"] < 0.6
+
+
+def test_miou_planted():
+    target = torch.tensor([0, 0, 1, 1, 2, 2])
+    assert miou(target, target, 4) == 1.0
+    assert math.isclose(miou(torch.tensor([0, 0, 1, 1, 1, 1]), target, 3), (1 + 0.5 + 0) / 3)
+
+
+def test_learned_depth_is_switchable(worlds):
+    net, losses = train_depth_net(worlds[:1], DepthNetConfig(width=8, steps=6, batch_size=2))
+    assert all(math.isfinite(v) for v in losses)
+    depth = depth_fn(net)(worlds[0].images[:2])
+    assert depth.shape == (2, 32, 32) and (depth >= 0).all()
+    cfg = SplatDistillConfig(depth_source="learned", batch_size=2)
+    with pytest.raises(ValueError, match="depth_fn"):
+        SplatDistiller(PatchConv(), PatchConv(), worlds, cfg).targets([(0, torch.tensor([0, 1]), 2)], (4, 4))
+    d = SplatDistiller(PatchConv(), PatchConv(), worlds, cfg, depth_fn=lambda im: worlds[0].depths[:2] * 0 + 3.5)
+    target, mask = d.targets([(0, torch.tensor([0, 1]), 2)], (4, 4))
+    assert target.shape == (1, 8, 4, 4) and torch.isfinite(target).all()
+
+
+def test_script_reports_a_bad_teacher_path_in_one_line(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "scripts/splat_distill.py", "--teacher.path", str(tmp_path / "missing"),
+                           "--output-root", str(tmp_path / "out"), "--worlds.n-distill", "1", "--worlds.n-views", "4"],
+                          cwd=root, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error:") and "missing" in proc.stderr
+    assert not (tmp_path / "out").exists()  # nothing written before the teacher loads
+
+
+@pytest.mark.slow
+def test_demo_stage_quick(tmp_path):
+    from avfm.splat_distill import run_demo_stage
+
+    out = run_demo_stage(tmp_path, quick=True)
+    assert set(out["table"]) == {"teacher", "fit3d_student", "splat_student"}
+    assert (tmp_path / "splat_distill" / "demo_quick_features.png").is_file()
+
+
+def test_lora_student_starts_identical_and_trains_only_adapters(worlds, tmp_path):
+    images = rearrange(worlds[0].images[:2], "b h w c -> b c h w")
+
+    class Linears(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = PatchConv()
+            self.head = nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 8))
+
+        def forward(self, x):
+            return rearrange(self.head(rearrange(self.conv(x), "b d h w -> b h w d")), "b h w d -> b d h w")
+
+    base = Linears()
+    before = base(images).detach()
+    frozen = {k: v.clone() for k, v in base.state_dict().items()}
+    lora = add_lora(copy.deepcopy(base), rank=2)
+    assert torch.allclose(lora(images), before, atol=1e-6)
+    assert {n for n, p in lora.named_parameters() if p.requires_grad} == {
+        "head.0.lora_a", "head.0.lora_b", "head.2.lora_a", "head.2.lora_b"}
+    cfg = SplatDistillConfig(steps=4, batch_size=2, lr=1e-2, warmup=1, lora_rank=2)
+    d = SplatDistiller(copy.deepcopy(base), copy.deepcopy(base), worlds, cfg)
+    distill(d, RunDir(tmp_path / "lora"), checkpoint_every=2, progress=False)
+    state = d.student.state_dict()
+    assert all(torch.equal(state[k.replace("head.0.", "head.0.base.").replace("head.2.", "head.2.base.")], v)
+               for k, v in frozen.items())
+    assert not torch.allclose(d.student(images), before, atol=1e-5)
+    teacher_state = d.teacher.state_dict()
+    assert all(torch.equal(teacher_state[k], v) for k, v in state.items() if "lora_" not in k)
