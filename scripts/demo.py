@@ -16,6 +16,7 @@ from pathlib import Path
 import tyro
 
 from avfm.demo import run_demo_stage as avfm_stage
+from avfm.splat_distill import run_demo_stage as splat_distill_stage
 from scene3d.checkpoint import atomic_write_json
 from scene3d.cli import run_cli
 from scene3d.data.generate import WorldDatasetConfig, write_world_dataset
@@ -50,6 +51,7 @@ STAGES = [
     ("volume", volume_stage),  # PVD-AL: that field converted into another architecture
     ("splats", splats_stage),  # 3D Gaussians fitted to it, PLY and mesh export
     ("avfm", avfm_stage),  # CanViT pretraining on synthetic 2D scenes, probes per glimpse
+    ("splat_distill", splat_distill_stage),  # a 3D-aware 2D student through feed-forward splatting, 3D probes
     ("prior", prior_stage),  # the class-conditional diffusion prior for score distillation
     ("viewer", viewer_stage),  # the viewer opens every output (full mode: browser screenshots)
 ]
