@@ -39,6 +39,7 @@ from scene3d.distill.splat_lift import (
     upsample_features,
 )
 from scene3d.distill.splat_targets import pool_to_grid, segment_blend
+from scene3d.guard import FiniteGuard
 from scene3d.runs import RunDir
 
 DepthFn = Callable[[Float[Tensor, "V H W 3"]], Float[Tensor, "V H W"]]
@@ -69,6 +70,7 @@ class SplatDistillConfig:
     depth_source: Literal["dataset", "learned"] = "dataset"
     lift: LiftConfig = field(default_factory=LiftConfig)
     seed: int = 0
+    nonfinite: Literal["stop", "skip"] = "stop"  # NaN / inf loss, gradient or parameter: stop naming it, or skip
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -162,6 +164,7 @@ class SplatDistiller:
             raise ValueError("target_source='fit3d' needs the fitted per-world feature Gaussians")
         self.student, self.teacher, self.worlds, self.cfg = student, teacher.eval(), worlds, cfg
         self.fit3d_scenes, self.depth_fn = fit3d_scenes, depth_fn
+        self.guard = FiniteGuard(cfg.nonfinite)
         if cfg.lora_rank > 0:  # the same adapters on both (B = 0: nothing changes yet), student's copied over
             add_lora(student, cfg.lora_rank, cfg.lora_alpha)
             add_lora(teacher, cfg.lora_rank, cfg.lora_alpha)
@@ -215,9 +218,13 @@ class SplatDistiller:
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
+        if not self.guard.loss(step, loss):  # mode "skip": no update
+            return {"loss": float("nan"), "coverage": float(mask.float().mean()), "lr": lr}
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.student.parameters(), 1.0)
-        self.opt.step()
+        if self.guard.gradients(step, self.student.named_parameters()):
+            self.opt.step()
+        self.guard.parameters(step, self.student.named_parameters())
         if self.cfg.target_source == "splat" and self.cfg.ema_momentum < 1:
             ema_update(self.teacher, self.student, self.cfg.ema_momentum)
         return {"loss": loss.item(), "coverage": float(mask.float().mean()), "lr": lr}
@@ -237,6 +244,8 @@ def distill(distiller: SplatDistiller, run: RunDir | None = None, checkpoint_eve
     """Train for `distiller.cfg.steps` steps, resuming from the run's newest checkpoint; `stop_at`
     ends early (to test resume). Returns the per-step scalars of the steps run here."""
     start = 0
+    if run is not None:
+        distiller.guard.checkpoint_dir = run.path / "checkpoints"
     if run is not None and (ckpt := run.load_latest()) is not None:
         state, _ = ckpt
         distiller.load_state_dict(state)

@@ -110,6 +110,12 @@ SCRIPTS: dict[str, ScriptSpec] = {
                      "--eval-views", "1", "--batch-rays", "64", "--n-samples", "16", "--epoch-views", "4",
                      "--epoch-steps", "10"],
         lambda out: out / "distill" / "pvd", _pick("field", "adapter", "optimizer"), 5, 30),
+    "splat_distill": ScriptSpec(
+        "scripts/splat_distill.py",
+        lambda out: ["--name", "r", "--output-root", str(out), "--checkpoint-every", "2", "--no-run-probes",
+                     "--no-progress", "--worlds.n-distill", "2", "--worlds.n-views", "4", "--worlds.size", "32",
+                     "--teacher.name", "random_vit", "--distill.steps", "12", "--distill.batch-size", "1"],
+        lambda out: out / "splat_distill" / "r", _pick("student", "teacher", "optimizer"), 2, 12),
 }
 # What a script needs first: (the script that makes it, the folder of that script's run it uses).
 # `prepare` runs that script uninterrupted (distill_score needs the tiny prior above, distill_volume
