@@ -29,6 +29,7 @@ class Target:
     optimizer: torch.optim.Optimizer
     after_step: Callable[[int], None] | None = None  # e.g. Gaussian densification
     pixel_grad_clip: float | None = None  # Dreamer XL's per-pixel clipping (Gaussian targets)
+    regularization: Callable[[], Tensor] | None = None  # the scene's own regulariser, added to the loss
 
 
 @dataclass
@@ -71,7 +72,11 @@ class ScoreDistiller:
             target.optimizer.zero_grad(set_to_none=True)
         out = self.guidance(images, cond, null, step, cameras=cameras, generator=self.generator)
         # Each particle gets the gradient it would get alone: the surrogate is summed over particles.
-        (out.loss * len(self.targets)).backward()
+        loss = out.loss * len(self.targets)
+        for target in self.targets:
+            if target.regularization is not None:
+                loss = loss + target.regularization()
+        loss.backward()
         for target in self.targets:
             target.optimizer.step()
             if target.after_step is not None:
