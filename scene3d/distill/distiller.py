@@ -35,7 +35,7 @@ class Target:
 @dataclass
 class DistillConfig:
     prompt: str = "sphere"
-    steps: int = 500
+    steps: int = 200
     batch_size: int = 4  # views per target per step
     render_size: int = 32
     view_dependent: bool = True  # append the view to text prompts (class priors ignore it)

@@ -39,13 +39,13 @@ class EvalScoreConfig:
     targets: tuple[str, ...] = ("field", "splats")
     prompts: tuple[str, ...] = ()  # empty: every class of the prior
     seeds: int = 2
-    steps: int = 200
+    steps: int = 150
     batch_size: int = 4
     render_size: int = 32
     n_views: int = 8
     speed_size: int = 64  # guidance steps/s measured on renders of this size
     speed_steps: int = 5
-    quick: bool = False  # 2 prompts, 2 seeds (diversity), 40 steps: under 10 minutes on 2 cores
+    quick: bool = False  # one prompt (torus), 2 seeds (for diversity), 50 steps: under 10 minutes on 2 cores
     out: Path = Path("outputs/bench/score.json")
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     target_options: TargetOptions = field(default_factory=TargetOptions)
@@ -72,8 +72,8 @@ def guidance_speed(prior: DiffusionPrior, names: tuple[str, ...] = tuple(GUIDANC
 
 def evaluate_score(config: EvalScoreConfig) -> dict:
     if config.quick:
-        config.seeds, config.steps = 2, 40
-        config.prompts = config.prompts or ("torus", "cylinder")
+        config.seeds, config.steps = 2, 50
+        config.prompts = config.prompts or ("torus",)
     prior = load_prior(config.prior)
     if not config.classifier.is_dir() or RunDir(config.classifier).latest_checkpoint() is None:
         train_classifier(ClassifierConfig(root=config.classifier.parent.parent, name=config.classifier.name))

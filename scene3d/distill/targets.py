@@ -216,7 +216,7 @@ class SplatTargetConfig:
     init_opacity: float = 0.3
     init_scale: float = 0.03
     sh_degree: int = 0
-    lr_means: float = 2e-3
+    lr_means: float = 1e-3
     lr_scales: float = 1e-2
     lr_quats: float = 1e-3
     lr_opacity: float = 5e-2
