@@ -49,8 +49,8 @@ def make_run_guidance(name: str, prior: DiffusionPrior, schedule: ScheduleConfig
 @dataclass
 class DistillScoreConfig:
     prior: Path = Path("outputs/prior/objects32")
-    guidance: str = "sds"
-    target: str = "splats"
+    guidance: str = "sds"  # sds | vsd | ism | tsm (GUIDANCES)
+    target: str = "splats"  # field | splats | voxels | image (TARGETS)
     name: str = ""  # default: <prompt>_<guidance>_<target>_s<seed>
     root: Path = Path("outputs")
     classifier: Path | None = Path("outputs/classifier/classifier32")  # skipped when missing
