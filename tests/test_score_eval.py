@@ -83,6 +83,7 @@ def test_distill_score_run_writes_views_turntable_and_export(tmp_path, target, e
                             splats=SplatTargetConfig(n_gaussians=200))
     config = DistillScoreConfig(prior=tmp_path / "prior", guidance="vsd", target=target, root=tmp_path,
                                 classifier=None, turntable_frames=4, view_size=16, targets=options,
+                                particles=2 if target == "splats" else 1,
                                 distill=DistillConfig(prompt="torus", steps=2, batch_size=2, render_size=16,
                                                       log_every=1))
     metrics = distill_score(config)
@@ -90,6 +91,8 @@ def test_distill_score_run_writes_views_turntable_and_export(tmp_path, target, e
     for name in ("views.png", "turntable.gif", "metrics.json", "scalars.jsonl", "config.json", export):
         assert (run / name).is_file(), name
     assert 0 <= metrics["saturation"] <= 1 and metrics["steps_per_second"] > 0
+    if target == "splats":  # VSD with two particles: the second one exported beside the first
+        assert (run / "particle1" / "splats.ply").is_file() and (run / "particle1" / "turntable.gif").is_file()
     assert any((run / "tb").iterdir())  # TensorBoard events
     config.guidance = "dds"
     with pytest.raises(DataError, match="guidance"):

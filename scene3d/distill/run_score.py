@@ -56,6 +56,7 @@ class DistillScoreConfig:
     classifier: Path | None = Path("outputs/classifier/classifier32")  # skipped when missing
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     targets: TargetOptions = field(default_factory=TargetOptions)
+    particles: int = 1  # VSD's particles (1 to 4): independent scenes trained as one guidance batch
     turntable_frames: int = 48
     view_size: int = 64  # resolution of views.png and the turntable (recognition uses render_size)
     export: bool = True  # splats.ply for Gaussians, mesh.ply for fields
@@ -73,27 +74,34 @@ def distill_score(config: DistillScoreConfig) -> dict:
     run = RunDir.create("score", name, root=config.root)
     run.save_config(config)
     guidance = make_run_guidance(config.guidance, prior, config.schedule, d.steps)
-    student = build_target(config.target, d.seed, config.targets, guidance=config.guidance)
+    students = [build_target(config.target, d.seed + k, config.targets, guidance=config.guidance)
+                for k in range(config.particles)]
     start = time.perf_counter()
-    ScoreDistiller(prior, guidance, [student.target], d).run(run)
+    ScoreDistiller(prior, guidance, [s.target for s in students], d).run(run)
     seconds = time.perf_counter() - start
-    with torch.no_grad():
-        views = student.render(turntable_cameras(8, d.render_size))
-        big = student.render(turntable_cameras(8, config.view_size))
-        high = student.render(turntable_cameras(4, config.view_size, elevation_deg=55.0))
-        frames = student.render(turntable_cameras(config.turntable_frames, config.view_size))
-    rows = [list(rearrange(x.clamp(0, 1), "v c h w -> v h w c")) for x in (big, high)]
+    metrics: dict = {"seconds": round(seconds, 1), "steps_per_second": d.steps / seconds}
+    rows, views = [], []
+    for k, student in enumerate(students):
+        folder = run.path if k == 0 else run.file(f"particle{k}")
+        folder.mkdir(parents=True, exist_ok=True)
+        with torch.no_grad():
+            views.append(student.render(turntable_cameras(8, d.render_size)))
+            big = student.render(turntable_cameras(8, config.view_size))
+            high = student.render(turntable_cameras(4, config.view_size, elevation_deg=55.0))
+            frames = student.render(turntable_cameras(config.turntable_frames, config.view_size))
+        rows += [list(rearrange(x.clamp(0, 1), "v c h w -> v h w c")) for x in (big, high)]
+        video = (rearrange(frames, "f c h w -> f h w c").clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+        iio.imwrite(folder / "turntable.gif", video, duration=50, loop=0)
+        if config.export and student.export is not None:
+            exported = student.export(folder)
+            metrics.update(exported if k == 0 else {f"particle{k}_{key}": v for key, v in exported.items()})
     save_png(run.file("views.png"), image_grid(rows))
-    video = (rearrange(frames, "f c h w -> f h w c").clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
-    iio.imwrite(run.file("turntable.gif"), video, duration=50, loop=0)
-    metrics: dict = {"saturation": saturation(views), "views_png": str(run.file("views.png")),
-                     "turntable": str(run.file("turntable.gif")), "seconds": round(seconds, 1),
-                     "steps_per_second": d.steps / seconds}
-    if config.export and student.export is not None:
-        metrics.update(student.export(run.path))
+    views = torch.cat(views)
+    metrics.update({"saturation": saturation(views), "views_png": str(run.file("views.png")),
+                    "turntable": str(run.file("turntable.gif"))})
     if config.classifier is not None and config.classifier.is_dir() and isinstance(prior, PixelPrior):
         classifier, classes = load_classifier(config.classifier)
-        metrics["recognition"] = recognition(classifier, views, classes.index(d.prompt))
+        metrics["recognition"] = recognition(classifier, views, classes.index(d.prompt))  # all particles' views
     run.save_metrics(metrics)
     run.close()
     return metrics

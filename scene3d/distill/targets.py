@@ -91,7 +91,7 @@ class Student:
     target: Target
     render: Callable[[Cameras], Tensor]  # deterministic renders [B,3,H,W] in [0,1] for evaluation
     module: nn.Module
-    export: Callable[[Path], dict[str, str]] | None = None  # writes files into a folder, returns their paths
+    export: Callable[[Path], dict[str, str | int]] | None = None  # writes files into a folder: paths, counts
 
 
 # radiance fields -------------------------------------------------------------------------------------
@@ -180,7 +180,7 @@ def field_student(config: FieldTargetConfig, seed: int = 0) -> Student:
 
     target.after_step = after_step
 
-    def export(folder: Path) -> dict[str, str]:
+    def export(folder: Path) -> dict[str, str | int]:
         from scene3d.export import save_mesh, tsdf_fusion
 
         cameras = turntable_cameras(config.mesh_views, config.mesh_size, elevation_deg=30.0)
@@ -258,7 +258,7 @@ def splat_student(config: SplatTargetConfig, seed: int = 0) -> Student:
         if "out" in last:
             controller.after_backward(step + 1, last.pop("out"))
 
-    def export(folder: Path) -> dict[str, str]:
+    def export(folder: Path) -> dict[str, str | int]:
         from scene3d.gaussians.ply import write_ply
 
         return {"ply": str(write_ply(Path(folder) / "splats.ply", scene)), "gaussians": len(scene)}
