@@ -1,8 +1,10 @@
-"""Distil each prompt with each guidance into each target and score it (recognition, saturation,
-diversity, speed); writes outputs/bench/score.json and a PNG of the turntable views.
+"""Distil each prompt with each guidance into each target and score it (recognition of 8 views by an
+independent classifier, saturation vs the training renders, diversity across seeds, wall time,
+guidance steps/s at 64x64); writes outputs/bench/score.json and a PNG of the turntable views.
 
-    python scripts/eval_score.py --prior outputs/prior/objects32 --quick
-    python scripts/eval_score.py --guidances sds vsd ism tsm --targets voxels image
+    python scripts/eval_score.py --quick                                   # < 10 min on 2 cores
+    python scripts/eval_score.py --targets field splats --guidances sds vsd --seeds 2 --steps 150
+    python scripts/eval_score.py --guidances ism tsm --targets splats
 """
 
 import tyro

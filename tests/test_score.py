@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from scene3d.diffusion import DiffusionPrior, PixelPrior, PixelPriorConfig
+from scene3d.diffusion import PixelPrior, PixelPriorConfig
 from scene3d.distill.distiller import DistillConfig, ScoreDistiller, Target
 from scene3d.distill.score import GUIDANCES, ISM, SDS, TSM, VSD, camera_features, clip_pixel_gradients, make_guidance
 from scene3d.distill.views import camera_angles, random_cameras, turntable_cameras, view_names
+from tests._score_priors import GaussianPrior
 
 TINY = PixelPriorConfig(resolution=16, block_out_channels=(8, 16), norm_num_groups=4, attention=False)
 S = 3.0  # guidance scale used throughout
@@ -85,13 +86,44 @@ def test_vsd_gradient_is_its_formula_and_trains_only_the_estimator(prior):
     with torch.no_grad():
         eps_est = guidance.estimator(x_t, t, cond, camera_features(cameras))
     eps_pre = torch.cat([_cfg(prior, x_t[i:i + 1], t[i], cond[i:i + 1], null[i:i + 1]) for i in range(2)])
-    before = [p.detach().clone() for p in guidance.estimator.parameters()]
+    trainable = guidance.trainable_parameters()
+    before = [p.detach().clone() for p in trainable]
     out = guidance(images, cond, null, cameras=cameras, t=t, noise=noise)
     _check_surrogate(out, (1 - abar) * (eps_pre - eps_est))
     assert "estimator_loss" in out.extras
-    changed = [not torch.equal(a, p) for a, p in zip(before, guidance.estimator.parameters(), strict=True)]
-    assert any(changed)
-    assert len(guidance.trainable_parameters()) == len(before)
+    assert any(not torch.equal(a, p) for a, p in zip(before, trainable, strict=True))
+
+
+@pytest.mark.parametrize("rank", [0, 2])
+def test_vsd_estimator_lora_or_copy_starts_at_the_prior_and_shares_frozen_weights(prior, rank):
+    from scene3d.diffusion.base import LoRAConv2d, LoRALinear
+
+    guidance = make_guidance("vsd", prior, lora_rank=rank, estimator_lr=1e-2)
+    est = guidance.estimator
+    x_t, t = torch.randn(2, 3, 16, 16), torch.tensor([100, 700])
+    cond = prior.condition("box", 2)
+    cameras, _ = random_cameras(2, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # zero-initialised LoRA and camera MLP: the estimator equals the prior
+        assert torch.allclose(est(x_t, t, cond, camera_features(cameras)), prior.predict_noise(x_t, t, cond),
+                              atol=1e-5)
+    n_prior = sum(p.numel() for p in prior.parameters())
+    n_train = sum(p.numel() for p in guidance.trainable_parameters())
+    wrapped = [m for m in est.modules() if isinstance(m, LoRALinear | LoRAConv2d)]
+    if rank == 0:
+        assert not wrapped and n_train > n_prior
+    else:
+        assert wrapped and n_train < n_prior / 2
+        shared = {p.data_ptr() for p in prior.parameters()}
+        frozen = [p for p in est.parameters() if not p.requires_grad]
+        assert frozen and all(p.data_ptr() in shared for p in frozen)  # no second copy of the weights
+    prior_before = [p.detach().clone() for p in prior.parameters()]
+    images = torch.rand(2, 3, 16, 16, requires_grad=True)
+    for step in range(3):
+        guidance(images, cond, prior.null_condition(2), step, cameras=cameras)
+    with torch.no_grad():
+        assert not torch.allclose(est(x_t, t, cond, camera_features(cameras)), prior.predict_noise(x_t, t, cond),
+                                  atol=1e-5)
+    assert all(torch.equal(a, p) for a, p in zip(prior_before, prior.parameters(), strict=True))
 
 
 def _ddim_invert(prior, x, eps, cur, nxt):
@@ -183,55 +215,6 @@ def test_view_names_and_cameras():
     assert torch.rad2deg(e).min() >= 5 - 1e-3 and torch.rad2deg(e).max() <= 60 + 1e-3
     assert torch.allclose(cams.forward, torch.nn.functional.normalize(-cams.centers, dim=-1), atol=1e-5)
     assert len(turntable_cameras(8, 8)) == 8
-
-
-class GaussianPrior(DiffusionPrior):
-    """Exact denoiser of N(mu, sigma^2 I) data (a test double with a learnable-looking parameter)."""
-
-    def __init__(self, mu: torch.Tensor, sigma: float):
-        from diffusers import DDPMScheduler
-
-        super().__init__(DDPMScheduler(beta_schedule="squaredcos_cap_v2"))
-        self.denoiser = nn.Module()
-        self.denoiser.mu = nn.Parameter(mu)
-        self.sigma = sigma
-        self.freeze()
-
-    def encode(self, images):
-        return images * 2 - 1
-
-    def decode(self, x):
-        return (x + 1) / 2
-
-    def condition(self, prompt, batch, views=None):
-        return torch.zeros(batch, dtype=torch.long)
-
-    def null_condition(self, batch):
-        return torch.zeros(batch, dtype=torch.long)
-
-    def _forward(self, denoiser, x_t, t, cond, class_labels=None):
-        return gaussian_eps(self.alphas_cumprod[t].view(-1, 1, 1, 1), x_t, denoiser.mu, self.sigma)
-
-    def make_estimator(self, camera_dim=16):
-        return GaussianEstimator(self)
-
-
-def gaussian_eps(a, x_t, mu, sigma):
-    """E[eps | x_t] for x_0 ~ N(mu, sigma^2 I)."""
-    return (1 - a).sqrt() * (x_t - a.sqrt() * mu) / (a * sigma**2 + 1 - a)
-
-
-class GaussianEstimator(nn.Module):
-    """VSD's estimator in the same family: a Gaussian with learnable mean and scale (camera ignored)."""
-
-    def __init__(self, prior):
-        super().__init__()
-        self.alphas_cumprod = prior.alphas_cumprod
-        self.mu = nn.Parameter(torch.zeros_like(prior.denoiser.mu))
-        self.log_sigma = nn.Parameter(torch.zeros(()))
-
-    def forward(self, x_t, t, cond, camera):
-        return gaussian_eps(self.alphas_cumprod[t].view(-1, 1, 1, 1), x_t, self.mu, self.log_sigma.exp())
 
 
 @pytest.mark.parametrize("name", sorted(GUIDANCES))

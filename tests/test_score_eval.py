@@ -1,5 +1,6 @@
-"""Saturation, diversity and recognition metrics of distilled renders."""
+"""Saturation, diversity and recognition metrics of distilled renders; the eval and distill runs."""
 
+import pytest
 import torch
 
 from scene3d.distill.evaluate import diversity, foreground, recognition, saturation
@@ -57,33 +58,53 @@ def test_eval_score_writes_its_report(tmp_path):
     out = tmp_path / "bench" / "score.json"
     result = evaluate_score(EvalScoreConfig(prior=tmp_path / "prior", classifier=tmp_path / "classifier" / "clf",
                                             guidances=("sds", "ism"), targets=("image",), prompts=("box",),
-                                            seeds=2, steps=2, render_size=16, n_views=2, out=out))
+                                            seeds=2, steps=2, render_size=16, n_views=2, speed_size=16, speed_steps=1,
+                                            out=out))
     assert out.is_file() and out.with_suffix(".png").is_file()
     for key in ("sds/image", "ism/image"):
         run = result["runs"][key]
-        assert 0 <= run["recognition"] <= 1 and run["diversity"] > 0 and run["steps_per_second"] > 0
+        assert 0 <= run["recognition"] <= 1 and run["diversity"] > 0 and run["distill_steps_per_second"] > 0
+        assert set(run["recognition_per_prompt"]) == {"box"}
+    assert set(result["guidance_steps_per_second"]) == {"sds", "ism"}
 
 
-def test_distill_score_run_writes_views_and_turntable(tmp_path):
-    import pytest
-
+@pytest.mark.parametrize(("target", "export"), [("splats", "splats.ply"), ("field", "mesh.ply")])
+def test_distill_score_run_writes_views_turntable_and_export(tmp_path, target, export):
     from scene3d.diffusion import PixelPrior, PixelPriorConfig
     from scene3d.distill.distiller import DistillConfig
     from scene3d.distill.run_score import DistillScoreConfig, distill_score
+    from scene3d.distill.targets import FieldTargetConfig, SplatTargetConfig, TargetOptions
     from scene3d.errors import DataError
 
     torch.manual_seed(0)
     PixelPrior(PixelPriorConfig(resolution=16, block_out_channels=(8, 16), norm_num_groups=4,
                                 attention=False)).save_pretrained(tmp_path / "prior")
-    config = DistillScoreConfig(prior=tmp_path / "prior", guidance="vsd", target="voxels", root=tmp_path,
-                                classifier=None, turntable_frames=4,
+    options = TargetOptions(field=FieldTargetConfig(samples=12, mesh_views=4, mesh_size=16),
+                            splats=SplatTargetConfig(n_gaussians=200))
+    config = DistillScoreConfig(prior=tmp_path / "prior", guidance="vsd", target=target, root=tmp_path,
+                                classifier=None, turntable_frames=4, view_size=16, targets=options,
+                                particles=2 if target == "splats" else 1,
                                 distill=DistillConfig(prompt="torus", steps=2, batch_size=2, render_size=16,
                                                       log_every=1))
     metrics = distill_score(config)
-    run = tmp_path / "score" / "torus_vsd_voxels_s0"
-    for name in ("views.png", "turntable.gif", "metrics.json", "scalars.jsonl", "config.json"):
+    run = tmp_path / "score" / f"torus_vsd_{target}_s0"
+    for name in ("views.png", "turntable.gif", "metrics.json", "scalars.jsonl", "config.json", export):
         assert (run / name).is_file(), name
-    assert 0 <= metrics["saturation"] <= 1
+    assert 0 <= metrics["saturation"] <= 1 and metrics["steps_per_second"] > 0
+    if target == "splats":  # VSD with two particles: the second one exported beside the first
+        assert (run / "particle1" / "splats.ply").is_file() and (run / "particle1" / "turntable.gif").is_file()
+    assert any((run / "tb").iterdir())  # TensorBoard events
     config.guidance = "dds"
     with pytest.raises(DataError, match="guidance"):
         distill_score(config)
+
+
+def test_distill_score_cli_takes_prompt_without_prefix():
+    import tyro
+
+    from scene3d.distill.run_score import DistillScoreConfig
+
+    config = tyro.cli(DistillScoreConfig, args=["--guidance", "vsd", "--target", "splats", "--prompt", "box",
+                                                "--steps", "7", "--targets.splats.n-gaussians", "50"])
+    assert (config.guidance, config.target, config.distill.prompt, config.distill.steps) == ("vsd", "splats", "box", 7)
+    assert config.targets.splats.n_gaussians == 50

@@ -88,9 +88,10 @@ class DiffusionPrior(nn.Module, ABC):
         eps = self.predict_noise(self.add_noise(x0, noise, t), t, cond)
         return (eps - noise).pow(2).flatten(1).mean(1)
 
-    def make_estimator(self, camera_dim: int = 16) -> NoiseEstimator:
-        """A trainable, camera-conditioned copy of the denoiser (VSD's estimator of the renders' score)."""
-        return NoiseEstimator(self, camera_dim)
+    def make_estimator(self, camera_dim: int = 16, lora_rank: int = 4) -> NoiseEstimator:
+        """VSD's camera-conditioned estimator of the renders' score: LoRA adapters (rank `lora_rank`)
+        on a weight-sharing frozen copy of the denoiser, or a full trainable copy (`lora_rank=0`)."""
+        return NoiseEstimator(self, camera_dim, lora_rank)
 
     @torch.no_grad()
     def sample(self, cond: Tensor, shape: tuple[int, ...], steps: int = 50, guidance_scale: float = 1.0,
@@ -136,21 +137,83 @@ class _CameraClassEmbedding(nn.Module):
         return emb
 
 
+class LoRALinear(nn.Module):
+    """base(x) + (alpha / r) up(down(x)): a frozen linear layer plus a trainable rank-r update
+    (Hu et al. 2021); `up` starts at zero, so the wrapped layer starts equal to the base."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None):
+        super().__init__()
+        self.base, self.scale = base, (alpha or rank) / rank
+        self.down = nn.Linear(base.in_features, rank, bias=False)
+        self.up = nn.Linear(rank, base.out_features, bias=False)
+        nn.init.kaiming_uniform_(self.down.weight, a=5**0.5)
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.base(x) + self.scale * self.up(self.down(x))
+
+
+class LoRAConv2d(nn.Module):
+    """The convolution analogue (LoCon): down is a k x k conv to r channels with the base's stride
+    and padding, up a zero-initialised 1 x 1 conv back to the base's channels."""
+
+    def __init__(self, base: nn.Conv2d, rank: int, alpha: float | None = None):
+        super().__init__()
+        self.base, self.scale = base, (alpha or rank) / rank
+        self.down = nn.Conv2d(base.in_channels, rank, base.kernel_size, base.stride, base.padding,
+                              base.dilation, bias=False)
+        self.up = nn.Conv2d(rank, base.out_channels, 1, bias=False)
+        nn.init.kaiming_uniform_(self.down.weight, a=5**0.5)
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.base(x) + self.scale * self.up(self.down(x))
+
+
+def frozen_shared_copy(module: nn.Module) -> nn.Module:
+    """A structural copy of `module` whose parameters share memory with the original's but are
+    separate frozen leaves (unfreezing the original does not unfreeze the copy); buffers are shared."""
+    memo = {id(p): nn.Parameter(p.detach(), requires_grad=False) for p in module.parameters()}
+    memo.update({id(b): b for b in module.buffers()})
+    return copy.deepcopy(module, memo)
+
+
+def add_lora(module: nn.Module, rank: int, alpha: float | None = None) -> list[nn.Parameter]:
+    """Wrap every nn.Linear and (ungrouped) nn.Conv2d of `module` in place; returns the LoRA parameters."""
+    found = [(parent, name, child) for parent in module.modules() for name, child in parent.named_children()
+             if isinstance(child, nn.Linear) or (isinstance(child, nn.Conv2d) and child.groups == 1)]
+    params = []
+    for parent, name, child in found:
+        wrapped = (LoRALinear if isinstance(child, nn.Linear) else LoRAConv2d)(child, rank, alpha)
+        wrapped.to(device=child.weight.device, dtype=child.weight.dtype)
+        setattr(parent, name, wrapped)
+        params += [wrapped.down.weight, wrapped.up.weight]
+    return params
+
+
 class NoiseEstimator(nn.Module):
-    """A trainable copy of a prior's denoiser, also conditioned on the camera (c2w flattened, 16).
+    """VSD's eps_psi(x_t, t, y, camera): the prior's denoiser with LoRA adapters (ProlificDreamer's
+    choice; the frozen weights are shared with the prior) or, with `lora_rank=0`, a full trainable
+    copy. Conditioned on the camera (c2w flattened, 16) through the class-embedding slot, as
+    threestudio does: a zero-initialised MLP, so the estimator starts equal to the prior.
+    `parameters(recurse)` includes the frozen shared weights; `trainable_parameters()` does not."""
 
-    ProlificDreamer uses a LoRA of the prior; without `peft` we train a full copy (small priors) and
-    condition it on the camera through the class-embedding slot, as threestudio does for its LoRA.
-    """
-
-    def __init__(self, prior: DiffusionPrior, camera_dim: int = 16):
+    def __init__(self, prior: DiffusionPrior, camera_dim: int = 16, lora_rank: int = 4):
         super().__init__()
         self.prior_forward = prior._forward
-        self.camera_dim = camera_dim
-        self.denoiser = copy.deepcopy(prior.denoiser).requires_grad_(True).train()
-        dim = self.denoiser.time_embedding.linear_2.out_features
+        self.camera_dim, self.lora_rank = camera_dim, lora_rank
+        dim = prior.denoiser.time_embedding.linear_2.out_features
+        if lora_rank > 0:
+            self.denoiser = frozen_shared_copy(prior.denoiser)
+            add_lora(self.denoiser, lora_rank)
+        else:
+            self.denoiser = copy.deepcopy(prior.denoiser).requires_grad_(True)
+        self.denoiser.train()
         self.denoiser.class_embedding = _CameraClassEmbedding(self.denoiser.class_embedding, camera_dim, dim)
         self.has_class = self.denoiser.class_embedding.base is not None
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor, camera: Tensor | None) -> Tensor:
         """eps_psi(x_t, t, cond, camera); camera [B, camera_dim] or None (the null camera, zeros)."""

@@ -1,6 +1,7 @@
 """`make demo` stage for the diffusion prior: train the pixel prior and the independent classifier,
 write the sample grid, then sanity-check the guidances in 2D (a learnable image per class distilled
-with SDS and VSD, labelled by the classifier). The 3D score-distillation stage plugs in later."""
+with SDS and VSD, labelled by the classifier). The 3D stage that follows it is
+`scene3d.distill.score_demo.run_demo_stage` (it reuses this stage's prior and classifier)."""
 
 from __future__ import annotations
 

@@ -31,12 +31,13 @@ class Target:
     optimizer: torch.optim.Optimizer
     after_step: Callable[[int], None] | None = None  # e.g. Gaussian densification
     pixel_grad_clip: float | None = None  # Dreamer XL's per-pixel clipping (Gaussian targets)
+    regularization: Callable[[], Tensor] | None = None  # the scene's own regulariser, added to the loss
 
 
 @dataclass
 class DistillConfig:
     prompt: str = "sphere"
-    steps: int = 500
+    steps: int = 200
     batch_size: int = 4  # views per target per step
     render_size: int = 32
     view_dependent: bool = True  # append the view to text prompts (class priors ignore it)
@@ -109,8 +110,12 @@ class ScoreDistiller:
             target.optimizer.zero_grad(set_to_none=True)
         out = self.guidance(images, cond, null, step, cameras=cameras, generator=self.generator)
         # Each particle gets the gradient it would get alone: the surrogate is summed over particles.
-        if self.guard.loss(step + 1, out.loss):
-            (out.loss * len(self.targets)).backward()
+        loss = out.loss * len(self.targets)
+        for target in self.targets:
+            if target.regularization is not None:
+                loss = loss + target.regularization()
+        if self.guard.loss(step + 1, loss):
+            loss.backward()
             if self.guard.gradients(step + 1, self.named_parameters()):
                 for target in self.targets:
                     target.optimizer.step()

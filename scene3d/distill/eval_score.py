@@ -1,8 +1,9 @@
 """Evaluate score distillation: for each guidance x target x prompt x seed, distill, render 8
 evenly spaced views, and report the fraction the independent classifier recognises as the prompt,
-colour saturation vs the training renders, diversity across seeds, and guidance steps per second.
+colour saturation vs the training renders, diversity across seeds, wall time, and the guidances'
+own speed (steps per second on 64x64 renders).
 
-Targets come from `scene3d.distill.targets.TARGETS` (factories `seed -> (Target, render_for_eval)`).
+Targets come from `scene3d.distill.targets.TARGETS` (`build_target(name, seed, options)`).
 """
 
 from __future__ import annotations
@@ -13,16 +14,19 @@ from pathlib import Path
 
 import torch
 from einops import rearrange
+from tqdm import tqdm
 
 from scene3d.checkpoint import atomic_write_json
-from scene3d.diffusion import load_prior
+from scene3d.diffusion import PixelPrior, load_prior
+from scene3d.diffusion.base import DiffusionPrior
 from scene3d.diffusion.classifier import ClassifierConfig, load_classifier, train_classifier
 from scene3d.diffusion.data import render_objects
 from scene3d.distill.distiller import DistillConfig, ScoreDistiller
 from scene3d.distill.evaluate import diversity, recognition, saturation
-from scene3d.distill.score import make_guidance
-from scene3d.distill.targets import TARGETS
-from scene3d.distill.views import turntable_cameras
+from scene3d.distill.run_score import ScheduleConfig, make_run_guidance
+from scene3d.distill.score import GUIDANCES, make_guidance
+from scene3d.distill.targets import TargetOptions, build_target
+from scene3d.distill.views import random_cameras, turntable_cameras
 from scene3d.runs import RunDir, config_to_dict
 from scene3d.viz import image_grid, save_png
 
@@ -32,23 +36,44 @@ class EvalScoreConfig:
     prior: Path = Path("outputs/prior/objects32")
     classifier: Path = Path("outputs/classifier/classifier32")  # trained there if missing
     guidances: tuple[str, ...] = ("sds", "vsd")
-    targets: tuple[str, ...] = ("voxels",)
+    targets: tuple[str, ...] = ("field", "splats")
     prompts: tuple[str, ...] = ()  # empty: every class of the prior
     seeds: int = 2
-    steps: int = 300
+    steps: int = 150
     batch_size: int = 4
     render_size: int = 32
-    guidance_scale: float = 7.5
     n_views: int = 8
-    quick: bool = False  # 1 seed, 100 steps, 2 prompts
+    speed_size: int = 64  # guidance steps/s measured on renders of this size
+    speed_steps: int = 5
+    quick: bool = False  # one prompt (torus), 2 seeds (for diversity), 50 steps: under 10 minutes on 2 cores
     out: Path = Path("outputs/bench/score.json")
-    distill: DistillConfig = field(default_factory=DistillConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    target_options: TargetOptions = field(default_factory=TargetOptions)
+
+
+def guidance_speed(prior: DiffusionPrior, names: tuple[str, ...] = tuple(GUIDANCES), size: int = 64,
+                   batch: int = 4, steps: int = 10) -> dict[str, float]:
+    """Guidance steps per second (forward + backward of the surrogate, estimator update for VSD) on
+    random [batch, 3, size, size] renders; one warm-up step each, then `steps` timed steps."""
+    prompt = prior.config.classes[0] if isinstance(prior, PixelPrior) else "a sphere"
+    cond, null = prior.condition(prompt, batch), prior.null_condition(batch)
+    cams, _ = random_cameras(batch, size)
+    rates = {}
+    for name in names:
+        guidance = make_guidance(name, prior)
+        images = torch.rand(batch, 3, size, size, requires_grad=True)
+        guidance(images, cond, null, cameras=cams).loss.backward()  # warm-up
+        start = time.perf_counter()
+        for step in range(steps):
+            guidance(images, cond, null, step, cameras=cams).loss.backward()
+        rates[name] = steps / (time.perf_counter() - start)
+    return rates
 
 
 def evaluate_score(config: EvalScoreConfig) -> dict:
     if config.quick:
-        config.seeds, config.steps = 1, 100
-        config.prompts = config.prompts or ("sphere", "torus")
+        config.seeds, config.steps = 2, 50
+        config.prompts = config.prompts or ("torus",)
     prior = load_prior(config.prior)
     if not config.classifier.is_dir() or RunDir(config.classifier).latest_checkpoint() is None:
         train_classifier(ClassifierConfig(root=config.classifier.parent.parent, name=config.classifier.name))
@@ -56,34 +81,40 @@ def evaluate_score(config: EvalScoreConfig) -> dict:
     prompts = config.prompts or classes
     data = render_objects(8, 4, config.render_size, seed=3000, classes=classes)
     views = turntable_cameras(config.n_views, config.render_size)
-    results: dict = {"config": config_to_dict(config), "data_saturation": saturation(data.images), "runs": {}}
+    results: dict = {"config": config_to_dict(config), "torch_threads": torch.get_num_threads(),
+                     "data_saturation": saturation(data.images), "runs": {}}
     grid_rows = []
-    for target_name in config.targets:
-        for guidance_name in config.guidances:
-            rec, sats, divs, rates = [], [], [], []
-            for prompt in prompts:
-                renders = []
-                for seed in range(config.seeds):
-                    target, render_eval = TARGETS[target_name](seed)
-                    guidance = make_guidance(guidance_name, prior, guidance_scale=config.guidance_scale,
-                                             t_max=0.98, t_max_end=0.5, anneal_steps=config.steps)
-                    dc = DistillConfig(prompt=prompt, steps=config.steps, batch_size=config.batch_size,
-                                       render_size=config.render_size, seed=seed, views=config.distill.views)
-                    start = time.perf_counter()
-                    ScoreDistiller(prior, guidance, [target], dc).run(progress=False)
-                    rates.append(config.steps / (time.perf_counter() - start))
-                    with torch.no_grad():
-                        images = render_eval(views)
-                    renders.append(images)
-                    rec.append(recognition(classifier, images, classes.index(prompt)))
-                    sats.append(saturation(images))
-                    grid_rows.append(list(rearrange(images, "v c h w -> v h w c")))
-                divs.append(diversity(torch.stack(renders)))
-            key = f"{guidance_name}/{target_name}"
-            results["runs"][key] = {"recognition": sum(rec) / len(rec), "saturation": sum(sats) / len(sats),
-                                    "diversity": sum(divs) / len(divs), "steps_per_second": sum(rates) / len(rates),
-                                    "per_run_recognition": rec}
-            print(f"{key}: {results['runs'][key]}")
+    jobs = [(t, g) for t in config.targets for g in config.guidances]
+    bar = tqdm(total=len(jobs) * len(prompts) * config.seeds, desc="eval score", dynamic_ncols=True)
+    for target_name, guidance_name in jobs:
+        rec, sats, divs, seconds, per_prompt = [], [], [], [], {}
+        for prompt in prompts:
+            renders = []
+            for seed in range(config.seeds):
+                student = build_target(target_name, seed, config.target_options, guidance=guidance_name)
+                guidance = make_run_guidance(guidance_name, prior, config.schedule, config.steps)
+                dc = DistillConfig(prompt=prompt, steps=config.steps, batch_size=config.batch_size,
+                                   render_size=config.render_size, seed=seed)
+                start = time.perf_counter()
+                ScoreDistiller(prior, guidance, [student.target], dc).run(progress=False)
+                seconds.append(time.perf_counter() - start)
+                images = student.render(views).clamp(0, 1)
+                renders.append(images)
+                rec.append(recognition(classifier, images, classes.index(prompt)))
+                sats.append(saturation(images))
+                per_prompt.setdefault(prompt, []).append(rec[-1])
+                grid_rows.append(list(rearrange(images, "v c h w -> v h w c")))
+                bar.update(1)
+            divs.append(diversity(torch.stack(renders)))
+        key = f"{guidance_name}/{target_name}"
+        results["runs"][key] = {"recognition": sum(rec) / len(rec), "saturation": sum(sats) / len(sats),
+                                "diversity": sum(divs) / len(divs), "seconds_per_run": sum(seconds) / len(seconds),
+                                "distill_steps_per_second": config.steps / (sum(seconds) / len(seconds)),
+                                "recognition_per_prompt": {p: sum(v) / len(v) for p, v in per_prompt.items()}}
+        bar.write(f"{key}: {results['runs'][key]}")
+    bar.close()
+    results["guidance_steps_per_second"] = guidance_speed(prior, config.guidances, config.speed_size,
+                                                          config.batch_size, config.speed_steps)
     png = config.out.with_suffix(".png")
     save_png(png, image_grid(grid_rows))
     results["turntables_png"] = str(png)
