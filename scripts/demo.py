@@ -21,6 +21,7 @@ from scene3d.checkpoint import atomic_write_json
 from scene3d.cli import run_cli
 from scene3d.data.generate import WorldDatasetConfig, write_world_dataset
 from scene3d.diffusion.demo import run_demo_stage as prior_stage
+from scene3d.distill.score_demo import run_demo_stage as score_stage
 from scene3d.distill.volume_demo import run_demo_stage as volume_stage
 from scene3d.fields.demo import run_demo_stage as fields_stage
 from scene3d.gaussians.train import run_demo_stage as splats_stage
@@ -53,6 +54,7 @@ STAGES = [
     ("avfm", avfm_stage),  # CanViT pretraining on synthetic 2D scenes, probes per glimpse
     ("splat_distill", splat_distill_stage),  # a 3D-aware 2D student through feed-forward splatting, 3D probes
     ("prior", prior_stage),  # the class-conditional diffusion prior for score distillation
+    ("score", score_stage),  # score distillation of an object into splats (and a field in full mode)
     ("viewer", viewer_stage),  # the viewer opens every output (full mode: browser screenshots)
 ]
 
