@@ -102,17 +102,22 @@ def test_pixel_prior_save_load_and_missing(tmp_path):
         PixelPrior.from_pretrained(tmp_path / "p")
 
 
-def test_estimator_starts_equal_to_prior_and_is_camera_conditioned():
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_estimator_starts_equal_to_prior_and_is_camera_conditioned(lora_rank):
     torch.manual_seed(0)
     prior = PixelPrior(TINY).freeze()
-    est = prior.make_estimator()
+    est = prior.make_estimator(lora_rank=lora_rank)
     x, t, y = torch.randn(2, 3, 16, 16), torch.tensor([5, 700]), torch.tensor([1, 2])
     cam = torch.randn(2, 16)
     assert torch.allclose(est(x, t, y, cam), prior.predict_noise(x, t, y), atol=1e-6)
     with torch.no_grad():
         est.denoiser.class_embedding.camera[-1].weight.normal_()
     assert not torch.allclose(est(x, t, y, cam), est(x, t, y, None), atol=1e-4)
-    assert all(p.requires_grad for p in est.parameters())
+    trainable = sum(p.numel() for p in est.parameters() if p.requires_grad)
+    if lora_rank == 0:  # a full trainable copy
+        assert all(p.requires_grad for p in est.parameters())
+    else:  # LoRA adapters and the camera embedding only
+        assert 0 < trainable < sum(p.numel() for p in prior.parameters()) / 2
     assert not any(p.requires_grad for p in prior.parameters())
 
 
