@@ -58,7 +58,7 @@ def run_demo_stage(out_dir: Path, quick: bool) -> dict:
     for name in ("sds", "vsd"):
         recognised, sats, images_all = [], [], []
         for k, prompt in enumerate(prior.config.classes):
-            images = distill_images(prior, name, prompt, steps=40 if quick else 200, seeds=1 if quick else 2)
+            images = distill_images(prior, name, prompt, steps=40 if quick else 120, seeds=1)
             recognised.append(recognition(classifier, images, k))
             sats.append(saturation(images))
             images_all.append(images)

@@ -100,8 +100,8 @@ SCRIPTS: dict[str, ScriptSpec] = {
         "scripts/distill_score.py",
         lambda out: ["--prior", str(out / "prior" / "r" / "prior"), "--root", str(out), "--name", "r",
                      "--guidance", "vsd", "--target", "voxels", "--classifier", str(out / "none"),
-                     "--turntable-frames", "2", "--distill.steps", "12", "--distill.checkpoint-every", "2",
-                     "--distill.batch-size", "1", "--distill.render-size", "8", "--distill.log-every", "1"],
+                     "--turntable-frames", "2", "--steps", "12", "--checkpoint-every", "2",
+                     "--batch-size", "1", "--render-size", "8", "--log-every", "1"],
         lambda out: out / "score" / "r", _pick("targets", "guidance", "estimator_optimizer"), 2, 12),
     "distill_volume": ScriptSpec(
         "scripts/distill_volume.py",
