@@ -5,13 +5,17 @@ with earlier checkpoints intact. The subprocess tests are slow; the default suit
 pieces in process."""
 
 import errno
+import importlib.util
 import os
+import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import torch
+import tyro
 
 from scene3d.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from scene3d.cli import run_cli
@@ -84,6 +88,19 @@ def test_every_registered_script_exists_and_writes_under_the_given_folder(tmp_pa
         assert command(spec, tmp_path)[1].endswith(spec.script) and os.path.isfile(command(spec, tmp_path)[1]), name
         assert spec.steps % spec.checkpoint_every == 0 and str(tmp_path) in " ".join(spec.argv(tmp_path)), name
         assert spec.run_dir(tmp_path).is_relative_to(tmp_path), name
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_registered_options_parse_against_the_script_config(name, tmp_path):
+    """The registry's command lines stay in step with the scripts' options (the kill tests are slow)."""
+    path = command(SCRIPTS[name], tmp_path)[1]
+    source = Path(path).read_text()
+    config_name = re.search(r"tyro\.cli\((\w+)\)", source).group(1)
+    spec = importlib.util.spec_from_file_location(f"script_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = tyro.cli(getattr(module, config_name), args=SCRIPTS[name].argv(tmp_path))
+    assert str(tmp_path) in repr(config)
 
 
 # subprocesses ---------------------------------------------------------------------------------
