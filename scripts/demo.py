@@ -2,6 +2,7 @@
 
     python scripts/demo.py           # full size (make demo)
     python scripts/demo.py --quick   # the same pipeline at CI size (make demo-quick)
+    python scripts/demo.py --stages prior score   # only these (later stages read earlier ones' outputs)
 
 Writes everything under outputs/demo/ (or --out) and a summary.json of every stage's metrics.
 """
@@ -19,10 +20,12 @@ from avfm.demo import run_demo_stage as avfm_stage
 from avfm.splat_distill import run_demo_stage as splat_distill_stage
 from scene3d.checkpoint import atomic_write_json
 from scene3d.cli import run_cli
+from scene3d.data.formats import read_json_object
 from scene3d.data.generate import WorldDatasetConfig, write_world_dataset
 from scene3d.diffusion.demo import run_demo_stage as prior_stage
 from scene3d.distill.score_demo import run_demo_stage as score_stage
 from scene3d.distill.volume_demo import run_demo_stage as volume_stage
+from scene3d.errors import Scene3DError
 from scene3d.fields.demo import run_demo_stage as fields_stage
 from scene3d.gaussians.train import run_demo_stage as splats_stage
 from viewer.demo import run_demo_stage as viewer_stage
@@ -35,6 +38,7 @@ class DemoConfig:
     quick: bool = False  # CI size: smaller images, fewer views, shorter training
     serve: bool = True  # full mode ends by serving the viewer on the outputs (when run from a terminal)
     port: int = 8080
+    stages: tuple[str, ...] = ()  # run only these stages (default: all), keeping the others' summary
 
 
 def world_stage(out: Path, quick: bool) -> dict:
@@ -60,9 +64,16 @@ STAGES = [
 
 
 def main(config: DemoConfig) -> None:
+    unknown = sorted(set(config.stages) - {name for name, _ in STAGES})
+    if unknown:
+        raise Scene3DError(f"--stages: unknown {unknown}; the stages are {[name for name, _ in STAGES]}")
     config.out.mkdir(parents=True, exist_ok=True)
     summary: dict = {"quick": config.quick, "stages": {}}
+    if config.stages and (config.out / "summary.json").is_file():
+        summary["stages"] = read_json_object(config.out / "summary.json").get("stages", {})
     for name, stage in STAGES:
+        if config.stages and name not in config.stages:
+            continue
         start = time.perf_counter()
         print(f"== demo stage: {name}")
         result = stage(config.out, config.quick)

@@ -36,3 +36,16 @@ def test_make_world_end_to_end(tmp_path):
     test = load_dataset(out, "test")
     assert test.images.shape == (16, 96, 128, 3) and test.depths.shape == (16, 96, 128)
     assert (out / "contact_sheet.png").stat().st_size > 10_000
+
+
+def test_demo_runs_chosen_stages_and_keeps_the_others_summary(tmp_path):
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "summary.json").write_text(json.dumps({"quick": True, "stages": {"fields": {"test_psnr": 30.0}}}))
+    result = _run(str(ROOT / "scripts/demo.py"), "--quick", "--out", str(out), "--stages", "world")
+    assert result.returncode == 0, result.stderr
+    stages = json.loads((out / "summary.json").read_text())["stages"]
+    assert stages["fields"] == {"test_psnr": 30.0} and stages["world"]["views"]["train"] > 0
+    assert not (out / "splats").exists()  # the stages not chosen did not run
+    bad = _run(str(ROOT / "scripts/demo.py"), "--quick", "--out", str(out), "--stages", "wrold")
+    assert bad.returncode == 2 and "wrold" in bad.stderr and "Traceback" not in bad.stderr

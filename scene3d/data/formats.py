@@ -134,6 +134,11 @@ class _Doc:
     def error(self, field: str, problem: str) -> DataError:
         return DataError(self.path, field, problem)
 
+
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """A JSON file's top-level object; any problem is one `DataError` naming the file."""
+    return _Doc(Path(path)).data
+
     def number(self, obj: dict, key: str, where: str, default: float | None = None, positive: bool = False) -> float:
         if key not in obj:
             if default is None:
