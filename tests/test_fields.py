@@ -142,6 +142,23 @@ def test_spherical_harmonics_are_orthonormal():
     torch.testing.assert_close(gram, torch.eye(16, dtype=torch.float64), atol=0.03, rtol=0)
 
 
+@pytest.mark.parametrize("name", sorted(FIELDS))
+def test_sparsity_prior_is_off_by_default_and_empties_free_space(name):
+    x, _ = random_inputs(2048, seed=1)
+    assert tiny_field(name).regularization().item() == pytest.approx(
+        tiny_field(name, sparsity=0.0).regularization().item())
+    field = tiny_field(name, sparsity=1.0, sparsity_samples=512)
+    with_prior = field.regularization() - tiny_field(name).regularization()
+    assert with_prior.item() > 0
+    before = field.density(x).mean().item()
+    optimizer = torch.optim.Adam(field.parameters(), lr=field.config.lr)
+    for _ in range(20):
+        optimizer.zero_grad()
+        field.sparsity_loss().backward()
+        optimizer.step()
+    assert field.density(x).mean().item() < 0.5 * before
+
+
 def test_tensorf_upsampling_grows_the_grid_and_keeps_the_function():
     field = tiny_field("tensorf")
     x, dirs = random_inputs(512)

@@ -134,11 +134,6 @@ class _Doc:
     def error(self, field: str, problem: str) -> DataError:
         return DataError(self.path, field, problem)
 
-
-def read_json_object(path: str | Path) -> dict[str, Any]:
-    """A JSON file's top-level object; any problem is one `DataError` naming the file."""
-    return _Doc(Path(path)).data
-
     def number(self, obj: dict, key: str, where: str, default: float | None = None, positive: bool = False) -> float:
         if key not in obj:
             if default is None:
@@ -194,6 +189,11 @@ def read_json_object(path: str | Path) -> dict[str, Any]:
 
 
 MAX_IMAGE_PIXELS = 2**26  # 8192 x 8192: larger declared sizes are refused before decoding
+
+
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """A JSON file's top-level object; any problem is one `DataError` naming the file."""
+    return _Doc(Path(path)).data
 
 
 def _check_image_size(path: Path, where: str) -> None:

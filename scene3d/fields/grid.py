@@ -85,4 +85,4 @@ class GridField(Field):
 
     def regularization(self) -> Tensor:
         tv = total_variation(self.voxels, self.resolution, self.config.tv_samples)
-        return self.config.tv_density * tv[0] + self.config.tv_color * tv[1:].mean()
+        return self.config.tv_density * tv[0] + self.config.tv_color * tv[1:].mean() + self.sparsity_loss()

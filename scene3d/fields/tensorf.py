@@ -136,7 +136,7 @@ class TensoRFField(Field):
 
     def regularization(self) -> Tensor:
         l1 = sum(p.abs().mean() for group in (self.density_planes, self.density_lines) for p in group)
-        return self.config.l1_weight * l1
+        return self.config.l1_weight * l1 + self.sparsity_loss()
 
     def on_train_step(self, step: int) -> bool:
         if step not in self.config.upsample_steps:
