@@ -4,13 +4,20 @@ from a checkpoint is exact."""
 
 from __future__ import annotations
 
+import json
+
+import pytest
 import torch
 
 from scene3d.checkpoint import load_checkpoint, save_checkpoint
 from scene3d.distill.volume import EvalViews
-from scene3d.distill.volume_to_gaussians import FieldToGaussianDistiller, SplatDistillConfig
+from scene3d.distill.volume_run import DistillVolumeConfig, distill_volume
+from scene3d.distill.volume_to_gaussians import FieldToGaussianDistiller, SplatDistillConfig, SplatOptions
+from scene3d.gaussians.ply import read_ply
 from scene3d.gaussians.strategy import DensifyStrategy
+from scene3d.render import OccupancyGridConfig
 from tests._volume_scenes import SHELL, blob_grid, eval_views
+from tests.test_volume_distill import write_teacher
 
 
 def _config(**kw) -> SplatDistillConfig:
@@ -76,3 +83,46 @@ def test_resume_is_exact(tmp_path):
     assert len(resumed.scene) == len(full.scene) > cfg.n_init
     for name, p in full.scene.params.items():
         assert torch.equal(p, resumed.scene.params[name]), name
+
+
+def _run_config(tmp_path, teacher, name: str) -> DistillVolumeConfig:
+    splats = SplatOptions(n_init=200, sh_degree=0,
+                                densify=DensifyStrategy(refine_start=3, refine_stop=9, refine_every=3,
+                                                        reset_every=10**9))
+    return DistillVolumeConfig(teacher=teacher, student="splats", name=name, output_root=tmp_path, steps=10,
+                               n_samples=16, occupancy=OccupancyGridConfig(resolution=16), epoch_views=4,
+                               epoch_steps=3, eval_every=4, eval_views=1, checkpoint_every=4, splats=splats)
+
+
+def test_script_run_resumes_exactly_and_writes_its_outputs(tmp_path, monkeypatch):
+    """`--student splats`: interrupted after the step-4 checkpoint and two more steps, then resumed,
+    the run ends with the same scene as an uninterrupted one; metrics, grid and PLY are written."""
+    teacher = write_teacher(tmp_path / "teacher.safetensors")
+    _, full = distill_volume(_run_config(tmp_path, teacher, "full"), progress=False)
+    train_step = FieldToGaussianDistiller.train_step
+
+    def interrupted(self):
+        if self.step == 6:
+            raise KeyboardInterrupt
+        return train_step(self)
+
+    monkeypatch.setattr(FieldToGaussianDistiller, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        distill_volume(_run_config(tmp_path, teacher, "split"), progress=False)
+    calls = []
+
+    def counted(self):
+        calls.append(self.step)
+        return train_step(self)
+
+    monkeypatch.setattr(FieldToGaussianDistiller, "train_step", counted)
+    torch.manual_seed(99)  # the run's RNGs are its own
+    _, resumed = distill_volume(_run_config(tmp_path, teacher, "split"), progress=False)
+    assert calls == list(range(4, 10))  # it went on from the step-4 checkpoint
+    a, b = (read_ply(tmp_path / "distill" / name / "scene.ply") for name in ("full", "split"))
+    assert len(a) == len(b) == full["num_gaussians"] > 200 and torch.equal(a.means, b.means)  # densified
+    assert resumed["steps"] == full["steps"] == 10
+    assert {"psnr_vs_teacher", "test_psnr", "teacher_test_psnr"} <= full.keys()
+    run = tmp_path / "distill" / "full"
+    assert (run / "renders" / "test_grid.png").is_file()
+    assert json.loads((run / "metrics.json").read_text())["student"] == "splats"

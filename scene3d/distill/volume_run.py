@@ -1,9 +1,11 @@
 """A volume-distillation run: load a teacher (field checkpoint or run directory), find its cameras and
 test views, distil into a student with progress bar, TensorBoard, periodic test PSNR/SSIM against
-the teacher's renders and the ground truth, PNG renders, rotating checkpoints and exact resume."""
+the teacher's renders and the ground truth, PNG renders, rotating checkpoints and exact resume.
+`--student splats` distils into a 3D Gaussian scene instead (`volume_to_gaussians`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +21,16 @@ from scene3d.data.dataset import MultiViewDataset
 from scene3d.data.formats import load_dataset
 from scene3d.distill.volume import EvalViews, VolumeDistillConfig, VolumeDistiller
 from scene3d.distill.volume_active import Shell
+from scene3d.distill.volume_to_gaussians import FieldToGaussianDistiller, SplatDistillConfig, SplatOptions
 from scene3d.errors import CheckpointError
 from scene3d.fields.base import Field, field_from_spec, load_field_state, save_field
 from scene3d.fields.train import FitConfig, depth_to_rgb, load_data, to_uint8
-from scene3d.runs import RunDir
+from scene3d.gaussians.ply import write_ply
+from scene3d.runs import RunDir, config_to_dict
+from scene3d.viz import image_grid, save_png
 
 _FIT_KEYS = ("data", "world_seed", "n_train_views", "n_test_views", "image_size")
+SPLATS = "splats"  # the student name that selects a 3D Gaussian scene
 
 
 @dataclass
@@ -32,7 +38,9 @@ class DistillVolumeConfig(VolumeDistillConfig):
     """A run: `teacher` is a field checkpoint or a run directory (its latest checkpoint). The teacher's
     training views give the camera shell and the ground truth: from `data` when given, else from
     the teacher run's own fit config; without either a default shell around the box is used.
-    Runs go to `<output_root>/distill/<name>/` and resume from their latest checkpoint."""
+    Runs go to `<output_root>/distill/<name>/` and resume from their latest checkpoint.
+    `student="splats"` trains a Gaussian scene (CPU) with the Gaussian-only options `splats`; steps,
+    n_samples, epoch_views, epoch_steps, use_occupancy, occupancy and seed are shared with field students."""
 
     teacher: Path = Path("outputs/fields/hashgrid")
     data: Path | None = None
@@ -42,6 +50,17 @@ class DistillVolumeConfig(VolumeDistillConfig):
     eval_views: int = 4
     checkpoint_every: int = 250
     resume: bool = True
+    splats: SplatOptions = dataclasses.field(default_factory=SplatOptions)
+
+    def __post_init__(self) -> None:
+        if self.student != SPLATS:  # a Gaussian student has no field options to check
+            super().__post_init__()
+
+    def splat_config(self) -> SplatDistillConfig:
+        options = {f.name: getattr(self.splats, f.name) for f in dataclasses.fields(SplatOptions)}
+        return SplatDistillConfig(**options, steps=self.steps, n_samples=self.n_samples, epoch_views=self.epoch_views,
+                                  epoch_steps=self.epoch_steps, use_occupancy=self.use_occupancy,
+                                  occupancy=self.occupancy, seed=self.seed)
 
 
 def resolve_checkpoint(path: Path) -> Path:
@@ -92,8 +111,8 @@ def save_renders(run: RunDir, out: dict[str, torch.Tensor], views: EvalViews) ->
     return paths
 
 
-def build_distiller(config: DistillVolumeConfig) -> tuple[VolumeDistiller, dict[str, Any]]:
-    """The distiller of a run config, and the extra checkpoint config (teacher path, its fit)."""
+def teacher_setup(config: DistillVolumeConfig) -> tuple[Field, Shell, EvalViews, dict[str, Any]]:
+    """The run's teacher, its camera shell, the test views and the extra checkpoint config (teacher path, its fit)."""
     teacher, teacher_config = load_teacher(config.teacher)
     splits = teacher_views(config.data, teacher_config)
     if splits is None:
@@ -109,12 +128,20 @@ def build_distiller(config: DistillVolumeConfig) -> tuple[VolumeDistiller, dict[
     extra = {"teacher": str(config.teacher), "teacher_field": teacher.name}
     if "fit" in teacher_config:
         extra["fit"] = teacher_config["fit"]
+    return teacher, shell, views, extra
+
+
+def build_distiller(config: DistillVolumeConfig) -> tuple[VolumeDistiller, dict[str, Any]]:
+    """The distiller of a run config, and the extra checkpoint config (teacher path, its fit)."""
+    teacher, shell, views, extra = teacher_setup(config)
     return VolumeDistiller(config, teacher, shell, views), extra
 
 
 def distill_volume(config: DistillVolumeConfig, progress: bool = True) -> tuple[VolumeDistiller, dict[str, Any]]:
     """Distil to `config.steps` (resuming from the run's latest checkpoint when `config.resume`),
     evaluate, write renders, the student field (`student.safetensors`) and metrics."""
+    if config.student == SPLATS:
+        return distill_splats(config, progress)
     distiller, extra = build_distiller(config)
     name = config.name or f"{distiller.teacher.name}_to_{config.student}"
     run = RunDir.create("distill", name, root=config.output_root)
@@ -146,6 +173,47 @@ def distill_volume(config: DistillVolumeConfig, progress: bool = True) -> tuple[
     result = {"teacher": distiller.teacher.name, "student": config.student, "active": config.active,
               "schedule": config.schedule, "params": distiller.student.parameter_count(), "steps": distiller.step,
               "train_seconds": time.perf_counter() - start, **metrics, "timeline": timeline}
+    run.save_metrics(result)
+    run.close()
+    return distiller, result
+
+
+def distill_splats(config: DistillVolumeConfig, progress: bool = True
+                   ) -> tuple[FieldToGaussianDistiller, dict[str, Any]]:
+    """`distill_volume` for a Gaussian student: the same run layout, with `renders/test_grid.png`
+    (rows: ground truth when known, teacher, student) and `scene.ply` instead of a student field."""
+    teacher, shell, views, extra = teacher_setup(config)
+    splat_config = config.splat_config()
+    distiller = FieldToGaussianDistiller(splat_config, teacher, shell, views)
+    run = RunDir.create("distill", config.name or f"{teacher.name}_to_{SPLATS}", root=config.output_root)
+    run.save_config(config)
+    if config.resume and (loaded := run.load_latest()) is not None:
+        distiller.load_state_dict(loaded[0], run.latest_checkpoint())
+    checkpoint_config = {**extra, "splats": config_to_dict(splat_config), "shell": config_to_dict(shell)}
+    bar = tqdm(total=config.steps, initial=distiller.step, disable=not progress,
+               desc=f"distil {teacher.name} -> {SPLATS}")
+    start, timeline = time.perf_counter(), []
+    while distiller.step < config.steps:
+        logs = distiller.train_step()
+        bar.update(1)
+        step = distiller.step
+        if step % 50 == 0 or step == config.steps:
+            bar.set_postfix(psnr_t=f"{logs['psnr_vs_teacher']:.2f}", n=len(distiller.scene))
+            run.log_scalars(step, {f"train/{k}": v for k, v in logs.items()})
+        if step % config.eval_every == 0 or step == config.steps:
+            metrics, _ = distiller.evaluate(config.eval_views)
+            timeline.append({"step": step, "seconds": time.perf_counter() - start, **metrics})
+            run.log_scalars(step, {f"test/{k}": v for k, v in metrics.items()})
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            run.save_checkpoint(step, distiller.state_dict(), checkpoint_config)
+    bar.close()
+    metrics, pred = distiller.evaluate()
+    k = min(4, len(pred))
+    rows = [] if views.ground_truth is None else [list(views.ground_truth[:k].float())]
+    save_png(run.file("renders", "test_grid.png"), image_grid([*rows, list(views.teacher_rgb[:k]), list(pred[:k])]))
+    write_ply(run.file("scene.ply"), distiller.scene)
+    result = {"teacher": teacher.name, "student": SPLATS, "num_gaussians": len(distiller.scene),
+              "steps": distiller.step, "train_seconds": time.perf_counter() - start, **metrics, "timeline": timeline}
     run.save_metrics(result)
     run.close()
     return distiller, result

@@ -37,20 +37,13 @@ def _cpu_densify() -> DensifyStrategy:
 
 
 @dataclass
-class SplatDistillConfig:
-    """steps: optimisation steps (one batch of `batch_cameras` virtual views each); epoch_views /
-    epoch_steps: teacher views rendered per epoch and steps per epoch; n_samples: teacher samples per
-    ray; n_init / init_min_opacity: initial Gaussians, seeded on teacher rays more opaque than this.
-    Small CPU defaults; the rest (SH schedule, D-SSIM weight, means decay, densification without
-    opacity resets as for short runs) follows `scene3d.gaussians.train.FitConfig`."""
+class SplatOptions:
+    """The Gaussian student's own options. batch_cameras: virtual views per step; n_init /
+    init_min_opacity: initial Gaussians, seeded on teacher rays more opaque than this. The rest (SH
+    schedule, D-SSIM weight, means decay, densification without opacity resets as for short runs)
+    follows `scene3d.gaussians.train.FitConfig`; small CPU defaults."""
 
-    steps: int = 2000
     batch_cameras: int = 1
-    epoch_views: int = 32
-    epoch_steps: int = 50
-    n_samples: int = 64
-    use_occupancy: bool = True
-    occupancy: OccupancyGridConfig = field(default_factory=OccupancyGridConfig)
     n_init: int = 5000
     init_min_opacity: float = 0.5
     init_opacity: float = 0.1
@@ -59,6 +52,20 @@ class SplatDistillConfig:
     lambda_dssim: float = 0.2
     means_lr_final_factor: float = 0.01
     densify: DensifyStrategy = field(default_factory=_cpu_densify)
+
+
+@dataclass
+class SplatDistillConfig(SplatOptions):
+    """steps: optimisation steps; epoch_views / epoch_steps: teacher views rendered per epoch and steps
+    per epoch; n_samples: teacher samples per ray; use_occupancy: skip the teacher's empty space with
+    an occupancy grid measured on it."""
+
+    steps: int = 2000
+    epoch_views: int = 32
+    epoch_steps: int = 50
+    n_samples: int = 64
+    use_occupancy: bool = True
+    occupancy: OccupancyGridConfig = field(default_factory=OccupancyGridConfig)
     seed: int = 0
 
 
