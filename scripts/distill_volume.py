@@ -4,9 +4,11 @@
     python scripts/distill_volume.py --teacher outputs/fields/hashgrid --student mlp
     python scripts/distill_volume.py --teacher outputs/fields/tensorf --student grid --active image,ray,point
     python scripts/distill_volume.py --teacher f.safetensors --student hashgrid --schedule staged --active ""
+    python scripts/distill_volume.py --teacher outputs/fields/tensorf --student splats   # into a 3D Gaussian scene
 
 Writes outputs/distill/<teacher>_to_<student>/ (config, TensorBoard, checkpoints, renders,
-student.safetensors, metrics.json) and resumes from its latest checkpoint when run again.
+student.safetensors, metrics.json; for splats renders/test_grid.png and scene.ply) and resumes from its
+latest checkpoint when run again.
 """
 
 from __future__ import annotations
