@@ -66,6 +66,10 @@ def test_eval_score_writes_its_report(tmp_path):
         assert 0 <= run["recognition"] <= 1 and run["diversity"] > 0 and run["distill_steps_per_second"] > 0
         assert set(run["recognition_per_prompt"]) == {"box"}
     assert set(result["guidance_steps_per_second"]) == {"sds", "ism"}
+    nulls = result["null_label_rates"]  # blank, clutter and untrained-student renders, labels incl. `none`
+    assert set(nulls) == {"blank", "clutter", "field_init", "splats_init"}
+    assert all(set(r) == {"sphere", "box", "cylinder", "torus", "none"} for r in nulls.values())
+    assert all(abs(sum(r.values()) - 1) < 1e-5 for r in nulls.values())
 
 
 @pytest.mark.parametrize(("target", "export"), [("splats", "splats.ply"), ("field", "mesh.ply")])
