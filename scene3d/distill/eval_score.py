@@ -46,7 +46,7 @@ class EvalScoreConfig:
     n_views: int = 8
     speed_size: int = 64  # guidance steps/s measured on renders of this size
     speed_steps: int = 5
-    quick: bool = False  # one prompt (torus), 2 seeds (for diversity), 50 steps: under 10 minutes on 2 cores
+    quick: bool = False  # one prompt (torus), 2 seeds (for diversity), 30 steps of 2 views: a few minutes
     out: Path = Path("outputs/bench/score.json")
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     target_options: TargetOptions = field(default_factory=TargetOptions)
@@ -91,7 +91,7 @@ def label_rates(classifier: nn.Module, classes: tuple[str, ...], images: Tensor)
 
 def evaluate_score(config: EvalScoreConfig) -> dict:
     if config.quick:
-        config.seeds, config.steps = 2, 50
+        config.seeds, config.steps, config.batch_size = 2, 30, 2
         config.prompts = config.prompts or ("torus",)
     prior = load_prior(config.prior)
     if not config.classifier.is_dir() or RunDir(config.classifier).latest_checkpoint() is None:
