@@ -46,6 +46,7 @@ class EvalScoreConfig:
     n_views: int = 8
     speed_size: int = 64  # guidance steps/s measured on renders of this size
     speed_steps: int = 5
+    threads: int = 1  # torch threads (0: torch default); 2 spin-wait on a shared 2-core machine (quick: 13.5 vs 3.9 m)
     quick: bool = False  # one prompt (torus), 2 seeds (for diversity), 30 steps of 2 views: a few minutes
     out: Path = Path("outputs/bench/score.json")
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -93,6 +94,15 @@ def evaluate_score(config: EvalScoreConfig) -> dict:
     if config.quick:
         config.seeds, config.steps, config.batch_size = 2, 30, 2
         config.prompts = config.prompts or ("torus",)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads or threads)
+    try:
+        return _evaluate(config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _evaluate(config: EvalScoreConfig) -> dict:
     prior = load_prior(config.prior)
     if not config.classifier.is_dir() or RunDir(config.classifier).latest_checkpoint() is None:
         train_classifier(ClassifierConfig(root=config.classifier.parent.parent, name=config.classifier.name))
@@ -135,6 +145,7 @@ def evaluate_score(config: EvalScoreConfig) -> dict:
                                 "distill_steps_per_second": config.steps / (sum(seconds) / len(seconds)),
                                 "recognition_per_prompt": {p: sum(v) / len(v) for p, v in per_prompt.items()}}
         bar.write(f"{key}: {results['runs'][key]}")
+        atomic_write_json(config.out, results)  # partial results survive an interrupted run
     bar.close()
     results["guidance_steps_per_second"] = guidance_speed(prior, config.guidances, config.speed_size,
                                                           config.batch_size, config.speed_steps)
