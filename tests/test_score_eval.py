@@ -66,6 +66,10 @@ def test_eval_score_writes_its_report(tmp_path):
         assert 0 <= run["recognition"] <= 1 and run["diversity"] > 0 and run["distill_steps_per_second"] > 0
         assert set(run["recognition_per_prompt"]) == {"box"}
     assert set(result["guidance_steps_per_second"]) == {"sds", "ism"}
+    nulls = result["null_label_rates"]  # blank, clutter and untrained-student renders, labels incl. `none`
+    assert set(nulls) == {"blank", "clutter", "field_init", "splats_init"}
+    assert all(set(r) == {"sphere", "box", "cylinder", "torus", "none"} for r in nulls.values())
+    assert all(abs(sum(r.values()) - 1) < 1e-5 for r in nulls.values())
 
 
 @pytest.mark.parametrize(("target", "export"), [("splats", "splats.ply"), ("field", "mesh.ply")])
@@ -108,3 +112,15 @@ def test_distill_score_cli_takes_prompt_without_prefix():
                                                 "--steps", "7", "--targets.splats.n-gaussians", "50"])
     assert (config.guidance, config.target, config.distill.prompt, config.distill.steps) == ("vsd", "splats", "box", 7)
     assert config.targets.splats.n_gaussians == 50
+
+
+def test_run_guidance_takes_the_schedule_and_vsd_estimator_lr():
+    from scene3d.diffusion import PixelPrior, PixelPriorConfig
+    from scene3d.distill.run_score import ScheduleConfig, make_run_guidance
+
+    prior = PixelPrior(PixelPriorConfig(resolution=16, block_out_channels=(8, 16), norm_num_groups=4, attention=False))
+    schedule = ScheduleConfig(guidance_scale=3.0, t_max_end=0.4, estimator_lr=2e-3)
+    vsd = make_run_guidance("vsd", prior, schedule, steps=100)
+    assert vsd.config.guidance_scale == 3.0 and vsd.config.t_max_end == 0.4 and vsd.config.anneal_steps == 100
+    assert vsd.optimizer.param_groups[0]["lr"] == 2e-3
+    assert make_run_guidance("sds", prior, schedule, steps=10).config.guidance_scale == 3.0  # no estimator_lr

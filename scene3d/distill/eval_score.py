@@ -14,12 +14,13 @@ from pathlib import Path
 
 import torch
 from einops import rearrange
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from scene3d.checkpoint import atomic_write_json
 from scene3d.diffusion import PixelPrior, load_prior
 from scene3d.diffusion.base import DiffusionPrior
-from scene3d.diffusion.classifier import ClassifierConfig, load_classifier, train_classifier
+from scene3d.diffusion.classifier import NONE_CLASS, ClassifierConfig, clutter_images, load_classifier, train_classifier
 from scene3d.diffusion.data import render_objects
 from scene3d.distill.distiller import DistillConfig, ScoreDistiller
 from scene3d.distill.evaluate import diversity, recognition, saturation
@@ -45,7 +46,8 @@ class EvalScoreConfig:
     n_views: int = 8
     speed_size: int = 64  # guidance steps/s measured on renders of this size
     speed_steps: int = 5
-    quick: bool = False  # one prompt (torus), 2 seeds (for diversity), 50 steps: under 10 minutes on 2 cores
+    threads: int = 1  # torch threads (0: torch default); 2 spin-wait on a shared 2-core machine (quick: 13.5 vs 3.9 m)
+    quick: bool = False  # one prompt (torus), 2 seeds (for diversity), 30 steps of 2 views: a few minutes
     out: Path = Path("outputs/bench/score.json")
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     target_options: TargetOptions = field(default_factory=TargetOptions)
@@ -70,19 +72,50 @@ def guidance_speed(prior: DiffusionPrior, names: tuple[str, ...] = tuple(GUIDANC
     return rates
 
 
+def null_renders(size: int, n_views: int, options: TargetOptions, seed: int = 777) -> dict[str, Tensor]:
+    """Renders of no object, to check that the classifier is not lenient: blank white views,
+    clutter images (a seed the classifier's training never uses), and the untrained field and
+    splats students (a grey blob and a grey ball of Gaussians) from the turntable views."""
+    views = turntable_cameras(n_views, size)
+    return {"blank": torch.ones(n_views, 3, size, size),
+            "clutter": clutter_images(64, size, torch.Generator().manual_seed(seed)),
+            **{f"{name}_init": build_target(name, 0, options).render(views).clamp(0, 1)
+               for name in ("field", "splats")}}
+
+
+@torch.no_grad()
+def label_rates(classifier: nn.Module, classes: tuple[str, ...], images: Tensor) -> dict[str, float]:
+    """Fraction of `images` the classifier gives each label."""
+    labels = classifier(images).argmax(-1)
+    return {c: float((labels == k).float().mean()) for k, c in enumerate(classes)}
+
+
 def evaluate_score(config: EvalScoreConfig) -> dict:
     if config.quick:
-        config.seeds, config.steps = 2, 50
+        config.seeds, config.steps, config.batch_size = 2, 30, 2
         config.prompts = config.prompts or ("torus",)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads or threads)
+    try:
+        return _evaluate(config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _evaluate(config: EvalScoreConfig) -> dict:
     prior = load_prior(config.prior)
     if not config.classifier.is_dir() or RunDir(config.classifier).latest_checkpoint() is None:
         train_classifier(ClassifierConfig(root=config.classifier.parent.parent, name=config.classifier.name))
     classifier, classes = load_classifier(config.classifier)
-    prompts = config.prompts or classes
-    data = render_objects(8, 4, config.render_size, seed=3000, classes=classes)
+    objects = tuple(c for c in classes if c != NONE_CLASS)
+    prompts = config.prompts or objects
+    data = render_objects(8, 4, config.render_size, seed=3000, classes=objects)
     views = turntable_cameras(config.n_views, config.render_size)
     results: dict = {"config": config_to_dict(config), "torch_threads": torch.get_num_threads(),
-                     "data_saturation": saturation(data.images), "runs": {}}
+                     "data_saturation": saturation(data.images), "runs": {},
+                     "null_label_rates": {name: label_rates(classifier, classes, images) for name, images in
+                                          null_renders(config.render_size, config.n_views,
+                                                       config.target_options).items()}}
     grid_rows = []
     jobs = [(t, g) for t in config.targets for g in config.guidances]
     bar = tqdm(total=len(jobs) * len(prompts) * config.seeds, desc="eval score", dynamic_ncols=True)
@@ -112,6 +145,7 @@ def evaluate_score(config: EvalScoreConfig) -> dict:
                                 "distill_steps_per_second": config.steps / (sum(seconds) / len(seconds)),
                                 "recognition_per_prompt": {p: sum(v) / len(v) for p, v in per_prompt.items()}}
         bar.write(f"{key}: {results['runs'][key]}")
+        atomic_write_json(config.out, results)  # partial results survive an interrupted run
     bar.close()
     results["guidance_steps_per_second"] = guidance_speed(prior, config.guidances, config.speed_size,
                                                           config.batch_size, config.speed_steps)

@@ -33,17 +33,22 @@ from scene3d.viz import image_grid, save_png
 
 @dataclass
 class ScheduleConfig:
-    """Guidance settings shared by the scripts: CFG scale and the annealed upper bound of t."""
+    """Guidance settings shared by the scripts: CFG scale, the annealed upper bound of t, and VSD's
+    estimator learning rate. ProlificDreamer trains its LoRA at 1e-4 over tens of thousands of steps;
+    runs here are a few hundred steps, and at 1e-4 the estimator barely moves from the prior, so VSD
+    degenerates into a pure CFG push (spiky, over-saturated Gaussians). 1e-3 lets it track the renders."""
 
     guidance_scale: float = 7.5
     t_max: float = 0.98
     t_max_end: float = 0.5
     anneal_fraction: float = 1.0  # t upper bound annealed t_max -> t_max_end over this fraction of the steps
+    estimator_lr: float = 1e-3  # VSD only
 
 
 def make_run_guidance(name: str, prior: DiffusionPrior, schedule: ScheduleConfig, steps: int) -> Guidance:
+    extra = {"estimator_lr": schedule.estimator_lr} if name == "vsd" else {}
     return make_guidance(name, prior, guidance_scale=schedule.guidance_scale, t_max=schedule.t_max,
-                         t_max_end=schedule.t_max_end, anneal_steps=int(schedule.anneal_fraction * steps))
+                         t_max_end=schedule.t_max_end, anneal_steps=int(schedule.anneal_fraction * steps), **extra)
 
 
 @dataclass
