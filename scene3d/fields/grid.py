@@ -48,7 +48,6 @@ class GridFieldConfig(FieldConfig):
     tv_color: float = 1e-4
     tv_samples: int = 16384
     lr: float = 0.1
-    sparsity: float = 1e-4
 
     @classmethod
     def paper(cls, **overrides: Any) -> GridFieldConfig:

@@ -39,7 +39,6 @@ class HashGridFieldConfig(FieldConfig):
     init_scale: float = 1e-4
     weight_decay: float = 1e-6
     lr: float = 1e-2
-    sparsity: float = 1e-4
 
     @classmethod
     def paper(cls, **overrides: Any) -> HashGridFieldConfig:
