@@ -223,6 +223,18 @@ class EvalViews:
     teacher_rgb: Float[Tensor, "N H W C"] | None = None
     ground_truth: Float[Tensor, "N H W 3"] | None = None
 
+    def compare(self, pred: Float[Tensor, "n H W C"]) -> dict[str, float]:
+        """PSNR / SSIM of renders of the first n views against the teacher's and, when known,
+        the ground truth (with the teacher's own test PSNR)."""
+        n = len(pred)
+        metrics = {"psnr_vs_teacher": mean_psnr(pred, self.teacher_rgb[:n]),
+                   "ssim_vs_teacher": mean_ssim(pred, self.teacher_rgb[:n])}
+        if self.ground_truth is not None:
+            gt = self.ground_truth[:n].float()
+            metrics |= {"test_psnr": mean_psnr(pred, gt), "test_ssim": mean_ssim(pred, gt),
+                        "teacher_test_psnr": mean_psnr(self.teacher_rgb[:n], gt)}
+        return metrics
+
 
 class VolumeDistiller:
     """Owns the student, the adapter, the optimizer, the pools and the RNGs; `train_step` is one step."""
@@ -395,13 +407,7 @@ class VolumeDistiller:
         sub = EvalViews(views.cameras[:n], views.background)
         out = self._render(self.student, sub)
         pred = out["rgb"].clamp(0, 1).cpu()
-        metrics = {"psnr_vs_teacher": mean_psnr(pred, views.teacher_rgb[:n]),
-                   "ssim_vs_teacher": mean_ssim(pred, views.teacher_rgb[:n])}
-        if views.ground_truth is not None:
-            gt = views.ground_truth[:n].float()
-            metrics |= {"test_psnr": mean_psnr(pred, gt), "test_ssim": mean_ssim(pred, gt),
-                        "teacher_test_psnr": mean_psnr(views.teacher_rgb[:n], gt)}
-        return metrics, out
+        return views.compare(pred), out
 
     # state ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

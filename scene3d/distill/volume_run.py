@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,30 @@ def build_distiller(config: DistillVolumeConfig) -> tuple[VolumeDistiller, dict[
     return VolumeDistiller(config, teacher, shell, views), extra
 
 
+def train_to_end(distiller, run: RunDir, config: DistillVolumeConfig, checkpoint_config: Callable[[], dict], desc: str,
+                 progress: bool, extra_scalars: Callable[[int], dict[str, float]]) -> list[dict[str, Any]]:
+    """Step `distiller` (a field or a Gaussian student) to `config.steps` with a progress bar,
+    scalars every 50 steps, test metrics every `eval_every` and checkpoints every
+    `checkpoint_every`; returns the test-metric timeline (seconds since this call)."""
+    bar = tqdm(total=config.steps, initial=distiller.step, disable=not progress, desc=desc)
+    start, timeline = time.perf_counter(), []
+    while distiller.step < config.steps:
+        logs = distiller.train_step()
+        bar.update(1)
+        step = distiller.step
+        if step % 50 == 0 or step == config.steps:
+            bar.set_postfix(psnr_t=f"{logs['psnr_vs_teacher']:.2f}")
+            run.log_scalars(step, {f"train/{k}": v for k, v in logs.items()} | extra_scalars(step))
+        if step % config.eval_every == 0 or step == config.steps:
+            metrics, _ = distiller.evaluate(config.eval_views)
+            timeline.append({"step": step, "seconds": time.perf_counter() - start, **metrics})
+            run.log_scalars(step, {f"test/{k}": v for k, v in metrics.items()})
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            run.save_checkpoint(step, distiller.state_dict(), checkpoint_config())
+    bar.close()
+    return timeline
+
+
 def distill_volume(config: DistillVolumeConfig, progress: bool = True) -> tuple[VolumeDistiller, dict[str, Any]]:
     """Distil to `config.steps` (resuming from the run's latest checkpoint when `config.resume`),
     evaluate, write renders, the student field (`student.safetensors`) and metrics."""
@@ -149,24 +174,10 @@ def distill_volume(config: DistillVolumeConfig, progress: bool = True) -> tuple[
     distiller.guard.checkpoint_dir = run.path / "checkpoints"
     if config.resume and (loaded := run.load_latest(distiller.device)) is not None:
         distiller.load_state_dict(loaded[0], run.latest_checkpoint())
-    bar = tqdm(total=config.steps, initial=distiller.step, disable=not progress,
-               desc=f"distil {distiller.teacher.name} -> {config.student}")
-    start, timeline = time.perf_counter(), []
-    while distiller.step < config.steps:
-        logs = distiller.train_step()
-        bar.update(1)
-        step = distiller.step
-        if step % 50 == 0 or step == config.steps:
-            bar.set_postfix(psnr_t=f"{logs['psnr_vs_teacher']:.2f}")
-            run.log_scalars(step, {f"train/{k}": v for k, v in logs.items()}
-                            | {f"weights/{k}": v for k, v in distiller.level_weights(step).items()})
-        if step % config.eval_every == 0 or step == config.steps:
-            metrics, _ = distiller.evaluate(config.eval_views)
-            timeline.append({"step": step, "seconds": time.perf_counter() - start, **metrics})
-            run.log_scalars(step, {f"test/{k}": v for k, v in metrics.items()})
-        if step % config.checkpoint_every == 0 or step == config.steps:
-            run.save_checkpoint(step, distiller.state_dict(), distiller.checkpoint_config(extra))
-    bar.close()
+    start = time.perf_counter()
+    timeline = train_to_end(distiller, run, config, lambda: distiller.checkpoint_config(extra),
+                            f"distil {distiller.teacher.name} -> {config.student}", progress,
+                            lambda step: {f"weights/{k}": v for k, v in distiller.level_weights(step).items()})
     metrics, out = distiller.evaluate()
     save_renders(run, out, distiller.views)
     save_field(distiller.student, run.file("student.safetensors"))
@@ -190,23 +201,10 @@ def distill_splats(config: DistillVolumeConfig, progress: bool = True
     if config.resume and (loaded := run.load_latest()) is not None:
         distiller.load_state_dict(loaded[0], run.latest_checkpoint())
     checkpoint_config = {**extra, "splats": config_to_dict(splat_config), "shell": config_to_dict(shell)}
-    bar = tqdm(total=config.steps, initial=distiller.step, disable=not progress,
-               desc=f"distil {teacher.name} -> {SPLATS}")
-    start, timeline = time.perf_counter(), []
-    while distiller.step < config.steps:
-        logs = distiller.train_step()
-        bar.update(1)
-        step = distiller.step
-        if step % 50 == 0 or step == config.steps:
-            bar.set_postfix(psnr_t=f"{logs['psnr_vs_teacher']:.2f}", n=len(distiller.scene))
-            run.log_scalars(step, {f"train/{k}": v for k, v in logs.items()})
-        if step % config.eval_every == 0 or step == config.steps:
-            metrics, _ = distiller.evaluate(config.eval_views)
-            timeline.append({"step": step, "seconds": time.perf_counter() - start, **metrics})
-            run.log_scalars(step, {f"test/{k}": v for k, v in metrics.items()})
-        if step % config.checkpoint_every == 0 or step == config.steps:
-            run.save_checkpoint(step, distiller.state_dict(), checkpoint_config)
-    bar.close()
+    start = time.perf_counter()
+    timeline = train_to_end(distiller, run, config, lambda: checkpoint_config, f"distil {teacher.name} -> {SPLATS}",
+                            progress,
+                            lambda step: {"train/num_gaussians": len(distiller.scene)})
     metrics, pred = distiller.evaluate()
     k = min(4, len(pred))
     rows = [] if views.ground_truth is None else [list(views.ground_truth[:k].float())]

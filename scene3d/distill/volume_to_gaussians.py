@@ -21,7 +21,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from scene3d.cameras import Cameras
-from scene3d.distill.volume import EvalViews, mean_psnr, mean_ssim, teacher_occupancy
+from scene3d.distill.volume import EvalViews, teacher_occupancy
 from scene3d.distill.volume_active import Shell
 from scene3d.errors import CheckpointError
 from scene3d.fields.base import Field
@@ -167,13 +167,7 @@ class FieldToGaussianDistiller:
             raise ValueError("the distiller was built without evaluation views")
         n = len(views.cameras) if n_views is None else min(n_views, len(views.cameras))
         pred = rasterize(self.scene, views.cameras[:n], background=views.background).colors.clamp(0, 1)
-        metrics = {"psnr_vs_teacher": mean_psnr(pred, views.teacher_rgb[:n]),
-                   "ssim_vs_teacher": mean_ssim(pred, views.teacher_rgb[:n])}
-        if views.ground_truth is not None:
-            gt = views.ground_truth[:n].float()
-            metrics |= {"test_psnr": mean_psnr(pred, gt), "test_ssim": mean_ssim(pred, gt),
-                        "teacher_test_psnr": mean_psnr(views.teacher_rgb[:n], gt)}
-        return metrics, pred
+        return views.compare(pred), pred
 
     # state ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
