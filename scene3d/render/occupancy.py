@@ -2,8 +2,9 @@
 
 A coarse grid over the field's box keeps an exponential moving maximum of the density measured at
 random points in each cell; cells above a threshold are occupied. Samples in free cells are never
-sent to the field. The bitfield is dilated by one cell so that thin structures near a cell border
-are not lost; `render_rays(..., occupancy=None)` is the non-skipping reference.
+sent to the field. During training the bitfield is dilated by one cell so that thin structures near
+a cell border are not lost; `render_occupancy` measures a converged field once on a finer grid for
+rendering. `render_rays(..., occupancy=None)` is the non-skipping reference.
 """
 
 from __future__ import annotations
@@ -85,14 +86,46 @@ class OccupancyGrid(nn.Module):
             occ = self.bitfield.flatten().nonzero()[:, 0]
             pick = torch.randint(0, max(len(occ), 1), (n // 4,), generator=generator, device=dev)
             cells = torch.cat([rand, occ[pick]]) if len(occ) else rand
-        jitter = torch.rand(len(cells), 3, generator=generator, device=dev)
-        x = self.aabb[0] + (self.cells[cells] + jitter) / c.resolution * (self.aabb[1] - self.aabb[0])
-        sigma = torch.cat([density_fn(chunk) for chunk in x.split(c.chunk)])
+        sigma = self._density_at_random_points(density_fn, cells, generator)
         self.density.mul_(c.decay)
-        self.density.scatter_reduce_(0, cells, sigma.to(self.density), reduce="amax")
+        self.density.scatter_reduce_(0, cells, sigma, reduce="amax")
+        if step >= c.warmup_steps:
+            self._refresh_bitfield()
+
+    @torch.no_grad()
+    def measure(self, density_fn: Callable[[Tensor], Tensor], points_per_cell: int = 4,
+                generator: torch.Generator | None = None) -> None:
+        """Measure a fixed field from scratch: each cell's density becomes the maximum over
+        `points_per_cell` random points in it (no moving average), and the bitfield follows."""
+        cells = torch.arange(self.config.resolution**3, device=self.density.device).repeat(points_per_cell)
+        sigma = self._density_at_random_points(density_fn, cells, generator)
+        self.density.zero_().scatter_reduce_(0, cells, sigma, reduce="amax")
+        self._refresh_bitfield()
+
+    def _density_at_random_points(self, density_fn: Callable[[Tensor], Tensor], cells: Tensor,
+                                  generator: torch.Generator | None) -> Float[Tensor, " N"]:
+        """Density at one uniformly random point in each of `cells` [N] (flat indices)."""
+        c = self.config
+        jitter = torch.rand(len(cells), 3, generator=generator, device=cells.device)
+        x = self.aabb[0] + (self.cells[cells] + jitter) / c.resolution * (self.aabb[1] - self.aabb[0])
+        return torch.cat([density_fn(chunk) for chunk in x.split(c.chunk)]).to(self.density)
+
+    def _refresh_bitfield(self) -> None:
+        c = self.config
         threshold = min(c.min_optical_thickness / self.step_size, self.density.mean().item())
         bits = rearrange(self.density > threshold, "(z y x) -> z y x", z=c.resolution, y=c.resolution)
         if c.dilate:
             bits = F.max_pool3d(bits[None, None].float(), kernel_size=3, stride=1, padding=1)[0, 0] > 0
-        if step >= c.warmup_steps:
-            self.bitfield.copy_(bits)
+        self.bitfield.copy_(bits)
+
+
+def render_occupancy(density_fn: Callable[[Tensor], Tensor], aabb: Float[Tensor, "2 3"], render_samples: int,
+                     resolution: int = 128, points_per_cell: int = 2, dilate: bool = True,
+                     generator: torch.Generator | None = None) -> OccupancyGrid:
+    """A grid for rendering a converged field, measured once at `points_per_cell` points per cell.
+    Finer than the training grid, so its one-cell safety margin is thinner, and the isolated density
+    spikes a hash grid leaves in free space block a smaller volume each."""
+    config = OccupancyGridConfig(resolution=resolution, render_samples=render_samples, dilate=dilate)
+    grid = OccupancyGrid(aabb, config).to(aabb.device)
+    grid.measure(density_fn, points_per_cell, generator)
+    return grid
