@@ -13,6 +13,7 @@ from scene3d.checkpoint import load_checkpoint, save_checkpoint
 from scene3d.distill.volume import EvalViews
 from scene3d.distill.volume_run import DistillVolumeConfig, distill_volume
 from scene3d.distill.volume_to_gaussians import FieldToGaussianDistiller, SplatDistillConfig, SplatOptions
+from scene3d.errors import NonFiniteError
 from scene3d.gaussians.ply import read_ply
 from scene3d.gaussians.strategy import DensifyStrategy
 from scene3d.render import OccupancyGridConfig
@@ -59,6 +60,21 @@ def test_no_ground_truth_is_read():
         runs.append((distiller.scene.means.detach().clone(), distiller.evaluate()[0]))
     assert torch.equal(runs[0][0], runs[1][0])
     assert "test_psnr" not in runs[0][1] and runs[1][1]["test_psnr"] < runs[1][1]["psnr_vs_teacher"]
+
+
+def test_a_nan_loss_stops_or_skips_the_step(monkeypatch):
+    monkeypatch.setenv("SCENE3D_FAULT_NAN_STEP", "3")
+    stopping = FieldToGaussianDistiller(_config(), blob_grid(), SHELL)
+    stopping.train_step(), stopping.train_step()
+    with pytest.raises(NonFiniteError, match="step 3"):
+        stopping.train_step()
+    skipping = FieldToGaussianDistiller(_config(nonfinite="skip"), blob_grid(), SHELL)
+    skipping.train_step(), skipping.train_step()
+    before = {k: v.detach().clone() for k, v in skipping.scene.params.items()}
+    skipping.train_step()
+    assert all(torch.equal(before[k], v) for k, v in skipping.scene.params.items())  # no update at the NaN
+    skipping.train_step()
+    assert skipping.guard.skipped == [3] and not torch.equal(before["means"], skipping.scene.means)
 
 
 def test_resume_is_exact(tmp_path):

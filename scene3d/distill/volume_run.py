@@ -41,7 +41,8 @@ class DistillVolumeConfig(VolumeDistillConfig):
     the teacher run's own fit config; without either a default shell around the box is used.
     Runs go to `<output_root>/distill/<name>/` and resume from their latest checkpoint.
     `student="splats"` trains a Gaussian scene (CPU) with the Gaussian-only options `splats`; steps,
-    n_samples, epoch_views, epoch_steps, use_occupancy, occupancy and seed are shared with field students."""
+    n_samples, epoch_views, epoch_steps, use_occupancy, occupancy, seed and nonfinite are shared with
+    field students."""
 
     teacher: Path = Path("outputs/fields/hashgrid")
     data: Path | None = None
@@ -61,7 +62,7 @@ class DistillVolumeConfig(VolumeDistillConfig):
         options = {f.name: getattr(self.splats, f.name) for f in dataclasses.fields(SplatOptions)}
         return SplatDistillConfig(**options, steps=self.steps, n_samples=self.n_samples, epoch_views=self.epoch_views,
                                   epoch_steps=self.epoch_steps, use_occupancy=self.use_occupancy,
-                                  occupancy=self.occupancy, seed=self.seed)
+                                  occupancy=self.occupancy, seed=self.seed, nonfinite=self.nonfinite)
 
 
 def resolve_checkpoint(path: Path) -> Path:
@@ -198,6 +199,7 @@ def distill_splats(config: DistillVolumeConfig, progress: bool = True
     distiller = FieldToGaussianDistiller(splat_config, teacher, shell, views)
     run = RunDir.create("distill", config.name or f"{teacher.name}_to_{SPLATS}", root=config.output_root)
     run.save_config(config)
+    distiller.guard.checkpoint_dir = run.path / "checkpoints"
     if config.resume and (loaded := run.load_latest()) is not None:
         distiller.load_state_dict(loaded[0], run.latest_checkpoint())
     checkpoint_config = {**extra, "splats": config_to_dict(splat_config), "shell": config_to_dict(shell)}

@@ -29,6 +29,7 @@ from scene3d.gaussians.rasterize import rasterize
 from scene3d.gaussians.scene import GaussianScene
 from scene3d.gaussians.strategy import DensifyStrategy, DensityController
 from scene3d.gaussians.train import _set_means_lr, loss_fn, make_optimizer, scene_extent
+from scene3d.guard import FiniteGuard
 from scene3d.render import OccupancyGrid, OccupancyGridConfig, render_image
 
 
@@ -58,7 +59,8 @@ class SplatOptions:
 class SplatDistillConfig(SplatOptions):
     """steps: optimisation steps; epoch_views / epoch_steps: teacher views rendered per epoch and steps
     per epoch; n_samples: teacher samples per ray; use_occupancy: skip the teacher's empty space with
-    an occupancy grid measured on it."""
+    an occupancy grid measured on it; nonfinite: NaN / inf loss, gradient or Gaussian parameter,
+    "stop" (naming step and tensor) or "skip" the step."""
 
     steps: int = 2000
     epoch_views: int = 32
@@ -67,6 +69,7 @@ class SplatDistillConfig(SplatOptions):
     use_occupancy: bool = True
     occupancy: OccupancyGridConfig = field(default_factory=OccupancyGridConfig)
     seed: int = 0
+    nonfinite: str = "stop"
 
 
 @torch.no_grad()
@@ -106,6 +109,7 @@ class FieldToGaussianDistiller:
         self.config, self.shell, self.views = config, shell, views
         self.teacher = teacher.eval().requires_grad_(False)
         self.generator = torch.Generator().manual_seed(config.seed)
+        self.guard = FiniteGuard(config.nonfinite)
         with torch.random.fork_rng(devices=[]):  # the global RNG that densification's splits draw from, kept apart
             torch.manual_seed(config.seed)
             self.split_rng = torch.get_rng_state()
@@ -147,14 +151,18 @@ class FieldToGaussianDistiller:
         degree = min(self.scene.sh_degree, (self.step - 1) // cfg.sh_increase_every)
         out = rasterize(self.scene, self.epoch_cameras[idx], background=background, sh_degree=degree)
         loss = loss_fn(out.colors, target, cfg.lambda_dssim)
-        self.density.before_backward(out)
-        loss.backward()
-        self.optimizer.step()
-        with torch.random.fork_rng(devices=[]):
-            torch.set_rng_state(self.split_rng)
-            changed = self.density.after_backward(self.step, out)
-            self.split_rng = torch.get_rng_state()
-        self.optimizer.zero_grad(set_to_none=True)
+        changed = {}
+        if self.guard.loss(self.step, loss):  # mode "skip": no update, no densification statistics
+            self.density.before_backward(out)
+            loss.backward()
+            if self.guard.gradients(self.step, self.scene.params.items()):
+                self.optimizer.step()
+                with torch.random.fork_rng(devices=[]):
+                    torch.set_rng_state(self.split_rng)
+                    changed = self.density.after_backward(self.step, out)
+                    self.split_rng = torch.get_rng_state()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.guard.parameters(self.step, self.scene.params.items())
         mse = (out.colors.detach() - target).square().mean().item()
         return {"loss": loss.item(), "psnr_vs_teacher": -10 * math.log10(max(mse, 1e-10)),
                 "num_gaussians": float(len(self.scene)), **{k: float(v) for k, v in changed.items()}}
