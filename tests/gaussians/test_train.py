@@ -73,6 +73,7 @@ def test_fit_splats_preset_is_the_starting_point_and_flags_override_it():
     preset = PRESETS["cpu10min"]()
     cfg = script.parse(["--preset", "cpu10min", "--steps", "7"])
     assert cfg.steps == 7 and cfg.name == preset.name and cfg.densify == preset.densify
+    assert cfg.eps2d == preset.eps2d == 0.1 and script.parse(["--preset", "cpu10min", "--eps2d", "0.3"]).eps2d == 0.3
     assert script.parse([]) == FitConfig()
     with pytest.raises(SystemExit):
         script.parse(["--preset", "nonexistent"])
