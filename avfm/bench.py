@@ -79,6 +79,16 @@ def passive_latency(cfg: ViTConfig, px: int, warmup: int, iters: int) -> float:
     return timed(lambda: vit(img), warmup, iters)
 
 
+def passive_skip_reason(g: int, quick: bool, predicted_s: float | None, max_s: float) -> str | None:
+    """Why the passive ViT at output grid g is not run (None: run it). `predicted_s` extrapolates
+    from the FLOP/s of the previous, smaller forward (None for the first)."""
+    if quick and g > 32:  # a 1024 px ViT-B forward takes tens of seconds on 2 cores
+        return "quick mode"
+    if predicted_s is not None and predicted_s > max_s:
+        return f"predicted {predicted_s:.0f} s > passive_max_s {max_s:.0f} s"
+    return None
+
+
 def training_throughput(name: str, batch: int, steps: int) -> dict:
     """Glimpses per second of `train_step` (forward + backward, both rollouts) on random targets."""
     model = build_model(name)
@@ -132,10 +142,8 @@ def run_bench(cfg: BenchConfig) -> dict:
             "vit_b_gflops": vit_flops(768, 12, 4.0, 16, 16 * g, 5) / 1e9,
         }
         predicted = None if vit_flop_rate is None else row["vit_b_gflops"] / vit_flop_rate
-        if cfg.quick and g > 32:  # a 1024 px ViT-B forward takes tens of seconds on 2 cores
-            row["vit_b_skipped"] = "quick mode"
-        elif predicted is not None and predicted > cfg.passive_max_s:
-            row["vit_b_skipped"] = f"predicted {predicted:.0f} s > passive_max_s {cfg.passive_max_s:.0f} s"
+        if reason := passive_skip_reason(g, cfg.quick, predicted, cfg.passive_max_s):
+            row["vit_b_skipped"] = reason
         else:
             if predicted is not None:
                 print(f"passive ViT-B at {16 * g} px: predicted {predicted:.0f} s", flush=True)
