@@ -24,6 +24,7 @@ class BenchConfig:
     quick: bool = False
     out: str = "outputs/bench/avfm.json"
     threads: int | None = None
+    passive_max_s: float = 900.0  # skip a passive ViT forward predicted (from the last one's FLOP/s) to take longer
 
 
 def timed(fn, warmup: int, iters: int) -> float:
@@ -78,6 +79,16 @@ def passive_latency(cfg: ViTConfig, px: int, warmup: int, iters: int) -> float:
     return timed(lambda: vit(img), warmup, iters)
 
 
+def passive_skip_reason(g: int, quick: bool, predicted_s: float | None, max_s: float) -> str | None:
+    """Why the passive ViT at output grid g is not run (None: run it). `predicted_s` extrapolates
+    from the FLOP/s of the previous, smaller forward (None for the first)."""
+    if quick and g > 32:  # a 1024 px ViT-B forward takes tens of seconds on 2 cores
+        return "quick mode"
+    if predicted_s is not None and predicted_s > max_s:
+        return f"predicted {predicted_s:.0f} s > passive_max_s {max_s:.0f} s"
+    return None
+
+
 def training_throughput(name: str, batch: int, steps: int) -> dict:
     """Glimpses per second of `train_step` (forward + backward, both rollouts) on random targets."""
     model = build_model(name)
@@ -123,20 +134,27 @@ def run_bench(cfg: BenchConfig) -> dict:
 
     grids = (16, 32, 64) if cfg.quick else (16, 32, 64, 128)
     vit_b = ViTConfig(dim=768, depth=12, heads=12, patch_size=16, registers=4)
-    latency = {}
+    latency, vit_flop_rate = {}, None
     for g in grids:
         row = {
             "canvit_b_ms": 1e3 * glimpse_latency(b, g, warmup, iters),
             "canvit_tiny_ms": 1e3 * glimpse_latency(tiny, g, warmup, iters),
             "vit_b_gflops": vit_flops(768, 12, 4.0, 16, 16 * g, 5) / 1e9,
         }
-        if not (cfg.quick and g > 32):  # a 1024 px ViT-B forward takes tens of seconds on 2 cores
+        predicted = None if vit_flop_rate is None else row["vit_b_gflops"] / vit_flop_rate
+        if reason := passive_skip_reason(g, cfg.quick, predicted, cfg.passive_max_s):
+            row["vit_b_skipped"] = reason
+        else:
+            if predicted is not None:
+                print(f"passive ViT-B at {16 * g} px: predicted {predicted:.0f} s", flush=True)
             # at 1024 px and above a single forward, no warm-up: one lasts from seconds to minutes here
             repeats = (min(warmup, 1), max(1, iters // 3)) if g <= 32 else (0, 1)
             row["vit_b_ms"] = 1e3 * passive_latency(vit_b, 16 * g, *repeats)
             row["vit_b_over_canvit_b"] = row["vit_b_ms"] / row["canvit_b_ms"]
+            vit_flop_rate = row["vit_b_gflops"] / (row["vit_b_ms"] / 1e3)
         latency[g] = row
-        print(f"canvas {g}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items()), flush=True)
+        print(f"canvas {g}: " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
+                                         for k, v in row.items()), flush=True)
     result["latency_vs_canvas"] = latency
     result[f"canvit_b_latency_growth_16_to_{grids[-1]}"] = (
         latency[grids[-1]]["canvit_b_ms"] / latency[16]["canvit_b_ms"]

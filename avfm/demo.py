@@ -15,15 +15,16 @@ from scene3d.checkpoint import atomic_write_json
 def demo_configs(out_dir: Path, quick: bool, source: str = "synthetic") -> tuple[TrainConfig, EvalConfig]:
     """Quick: a smoke run (about a minute on 2 cores). Full: about 5 minutes of pretraining.
 
-    Scenes of 64 px, teacher patches of 8 px (an 8 x 8 target grid), CanViT glimpses of 32 px (4 x 4
-    patches) onto an 8 x 8 canvas: a full-scene glimpse sees the scene at half resolution, a
-    quadrant glimpse at full resolution."""
+    Scenes of 64 px, teacher patches of 8 px (an 8 x 8 target grid), CanViT glimpses of 16 px (4 x 4
+    patches, `canvit_tiny_g16`) onto an 8 x 8 canvas: as the paper's 128 px glimpses of 512 px
+    scenes, C2F sees the scene at 1/4, 1/2 and full resolution at quadtree levels 0, 1, 2. Probes are
+    trained on R-IID rollouts of 10 glimpses (as the paper)."""
     data = DataConfig(source=source, n_train=64 if quick else 512, n_val=32 if quick else 128, resolution=64)
     teacher = TeacherConfig(
         name="trained", train=DenseTeacherConfig(steps=60 if quick else 500, batch_size=8 if quick else 16)
     )
     train_cfg = TrainConfig(
-        model="canvit_tiny",
+        model="canvit_tiny_g16",
         canvas_grid=8,
         data=data,
         teacher=teacher,
@@ -39,7 +40,7 @@ def demo_configs(out_dir: Path, quick: bool, source: str = "synthetic") -> tuple
     eval_cfg = EvalConfig(
         run_dir=str(Path(out_dir) / "avfm" / train_cfg.run_name),
         steps=5 if quick else 10,
-        probe_rollout=3 if quick else 6,
+        probe_rollout=3 if quick else 10,
         probe_steps=60 if quick else 300,
         name=train_cfg.run_name,
         out_root=str(out_dir),

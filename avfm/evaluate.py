@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from avfm.data import SceneSet
+from avfm.coords import flat_grid
+from avfm.data import SceneSet, precompute_targets
 from avfm.flops import canvit_flops, vit_flops
-from avfm.glimpse import build_policy, extract_glimpse, sample_viewpoints
-from avfm.model import CanViT
+from avfm.glimpse import Viewpoint, build_policy, extract_glimpse, sample_viewpoints
+from avfm.model import CanViT, State
 from avfm.probes import entropy_map, fit_cls_probe, fit_seg_probe, miou, top1
 from avfm.teachers import Teacher, ViTTeacher
 from avfm.train import DataConfig, OptimConfig, TeacherConfig, TrainConfig, setup
@@ -32,7 +33,7 @@ class EvalConfig:
     run_dir: str = "outputs/avfm/avfm"
     policies: tuple[str, ...] = ("c2f", "eg_c2f", "full_first", "random", "repeated_full", "f2c")
     steps: int = 10
-    probe_rollout: int = 6  # R-IID glimpses per probe-training scene (the paper uses 10)
+    probe_rollout: int = 10  # R-IID glimpses per probe-training scene (as the paper)
     probe_steps: int = 400
     canvas_grid: int | None = None
     seed: int = 0
@@ -87,6 +88,17 @@ def canvas_features(model: CanViT, images: Tensor, steps: int, generator, canvas
 
 
 @torch.no_grad()
+def write_locality(model: CanViT, state: State, images: Tensor, viewpoint: Viewpoint) -> float:
+    """Mean norm of the canvas update in cells outside the glimpse over that inside it (0: writes
+    stay where the glimpse looks; 1: a glimpse rewrites the whole canvas as much as its own area)."""
+    new, _ = model.step(extract_glimpse(images, viewpoint, model.cfg.glimpse_px), viewpoint, state, heads=False)
+    change = (model.canvas_cells(new) - model.canvas_cells(state)).norm(dim=-1)  # [B, G*G]
+    pos = flat_grid(model.canvas_grid_of(state), device=images.device)  # [G*G, 2]
+    inside = ((pos[None] - viewpoint.center[:, None]).abs() <= viewpoint.scale[:, None, None]).all(-1)
+    return float((change * ~inside).sum() / (~inside).sum() / ((change * inside).sum() / inside.sum()))
+
+
+@torch.no_grad()
 def evaluate_policy(
     model,
     images,
@@ -99,21 +111,25 @@ def evaluate_policy(
     canvas_grid: int,
     num_classes: int,
     generator,
+    targets: Tensor | None = None,
 ) -> dict[str, list[float]]:
-    """mIoU (and top-1) after each glimpse of `policy` over the scenes."""
+    """mIoU (and top-1) after each glimpse of `policy` over the scenes; with `targets` (standardised
+    teacher patches [B, G*G, D_t] on the model's grid) also the canvas head's MSE (`patch_mse`)."""
     b = images.shape[0]
     run = build_policy(policy).start(b, steps, generator)
     state = model.init_state(b, canvas_grid)
-    out = {"miou": [], "top1": []}
+    out = {"miou": [], "top1": []} | ({"patch_mse": []} if targets is not None else {})
     uncertainty = None
     for _ in range(steps):
         vp = run.next(uncertainty)
-        state, _ = model.step(extract_glimpse(images, vp, model.cfg.glimpse_px), vp, state, heads=False)
+        state, pred = model.step(extract_glimpse(images, vp, model.cfg.glimpse_px), vp, state, targets is not None)
         cells = model.canvas_cells(state)
-        pred = seg_probe(cells, size=tuple(labels.shape[-2:])).argmax(1)
-        out["miou"].append(miou(pred, labels, num_classes))
+        seg = seg_probe(cells, size=tuple(labels.shape[-2:])).argmax(1)
+        out["miou"].append(miou(seg, labels, num_classes))
         if cls_probe is not None:
             out["top1"].append(top1(cls_probe(state.cls[:, 0]), scene_class))
+        if targets is not None:
+            out["patch_mse"].append(F.mse_loss(pred.scene_patches, targets).item())
         uncertainty = entropy_map(seg_probe, cells)
     return out
 
@@ -184,6 +200,9 @@ def evaluate(
         cls_probe = fit_cls_probe(cls, targets, n_scene, steps=cfg.probe_steps, seed=cfg.seed)
 
     per_glimpse = canvit_flops(model.cfg, grid)["total"] / 1e9
+    targets = None
+    if grid == model.cfg.canvas_grid:  # the head's targets live on the pretraining grid
+        targets = model.standardize(*precompute_targets(teacher, eval_set.images, grid))[0]
     policies = {}
     for name in cfg.policies:
         policies[name] = evaluate_policy(
@@ -198,6 +217,7 @@ def evaluate(
             grid,
             num_classes,
             torch.Generator().manual_seed(cfg.seed + 1),
+            targets,
         )
     full_px = eval_set.images.shape[-1]
     baselines = {
@@ -211,6 +231,14 @@ def evaluate(
         baselines["teacher_flop_matched"] = teacher_baseline(
             teacher, train_set, eval_set, px, cfg.probe_steps, cfg.seed
         )
+    full = Viewpoint.full(len(eval_set))
+    after_full, _ = model.step(extract_glimpse(eval_set.images, full, model.cfg.glimpse_px), full,
+                               model.init_state(len(eval_set), grid), heads=False)
+    locality = {  # canvas update outside / inside a quadtree tile glimpsed after the full view
+        f"level{lv}": write_locality(model, after_full, eval_set.images, Viewpoint.make(-1 + 2**-lv, -1 + 2**-lv,
+                                     2**-lv, len(eval_set)))
+        for lv in (1, 2)
+    }
     return {
         "canvas_grid": grid,
         "glimpse_px": model.cfg.glimpse_px,
@@ -218,6 +246,7 @@ def evaluate(
         "gflops_per_glimpse": per_glimpse,
         "policies": policies,
         "baselines": baselines,
+        "write_outside_over_inside": locality,
         "n_probe_scenes": len(train_set),
         "n_eval_scenes": len(eval_set),
     }

@@ -121,6 +121,9 @@ CONFIGS: dict[str, CanViTConfig] = {
         teacher_dim=192,
     ),
 }
+# canvit_tiny with 16 px glimpses of 4 px patches: on the 64 px demo scenes a glimpse is a quarter of
+# the scene side, as the paper's 128 px glimpses of 512 px scenes (C2F level 2 at native resolution).
+CONFIGS["canvit_tiny_g16"] = dataclasses.replace(CONFIGS["canvit_tiny"], patch_size=4, glimpse_px=16)
 
 
 @dataclass

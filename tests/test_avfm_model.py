@@ -108,3 +108,12 @@ def test_canvas_rope_and_vpe_stay_fp32_under_autocast():
     assert state.canvas.dtype == torch.float32
     ref, _ = model.step(extract_glimpse(scenes, vp, 32), vp, model.init_state(2))
     assert torch.allclose(state.canvas, ref.canvas, atol=0.05, rtol=0.05)
+
+
+def test_bench_skips_a_passive_forward_predicted_too_long():
+    from avfm.bench import passive_skip_reason
+
+    assert passive_skip_reason(16, False, None, 900) is None
+    assert passive_skip_reason(128, False, 500.0, 900) is None
+    assert passive_skip_reason(128, False, 1200.0, 900) == "predicted 1200 s > passive_max_s 900 s"
+    assert passive_skip_reason(64, True, None, 900) == "quick mode"

@@ -5,7 +5,10 @@ import json
 import pytest
 import torch
 
-from avfm.evaluate import EvalConfig, evaluate, load_run, plot
+from avfm.coords import flat_grid
+from avfm.evaluate import EvalConfig, evaluate, load_run, plot, write_locality
+from avfm.glimpse import Viewpoint
+from avfm.model import CONFIGS, CanViT, State
 from avfm.probes import SegProbe, entropy_map, fit_cls_probe, fit_seg_probe, miou, top1
 from avfm.train import DataConfig, OptimConfig, TeacherConfig, TrainConfig, train
 
@@ -68,8 +71,31 @@ def test_evaluation_end_to_end(tmp_path):
     assert all(len(v["miou"]) == 3 and len(v["top1"]) == 3 for v in metrics["policies"].values())
     assert {"teacher_full", "teacher_input_matched", "teacher_flop_matched"} <= set(metrics["baselines"])
     assert metrics["baselines"]["teacher_input_matched"]["px"] == 32
+    assert all(len(v["patch_mse"]) == 3 and min(v["patch_mse"]) > 0 for v in metrics["policies"].values())
+    assert set(metrics["write_outside_over_inside"]) == {"level1", "level2"}
     json.dumps(metrics)
     assert plot(metrics, tmp_path / "m.png").stat().st_size > 0
+
+
+class _PlantedWriter(CanViT):
+    """Writes +1 to the canvas cells inside the glimpse and `leak` to those outside."""
+
+    def __init__(self, leak: float):
+        super().__init__(CONFIGS["canvit_tiny"])
+        self.leak = leak
+
+    def step(self, glimpse, viewpoint, state, heads=True):
+        pos = flat_grid(self.canvas_grid_of(state))
+        inside = ((pos[None] - viewpoint.center[:, None]).abs() <= viewpoint.scale[:, None, None]).all(-1)
+        cells = self.canvas_cells(state) + torch.where(inside, 1.0, self.leak)[..., None]
+        return State(torch.cat([state.canvas[:, : self.cfg.canvas_registers], cells], 1), state.cls), None
+
+
+def test_write_locality_on_planted_writers():
+    images, vp = torch.rand(2, 3, 64, 64), Viewpoint.make(-0.75, -0.75, 0.25, batch_size=2)
+    for leak in (0.0, 0.3, 1.0):
+        model = _PlantedWriter(leak)
+        assert write_locality(model, model.init_state(2), images, vp) == pytest.approx(leak)
 
 
 def test_eval_script_bad_run_dir_is_one_line_exit_2(tmp_path):
