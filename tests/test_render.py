@@ -159,7 +159,7 @@ def test_render_grid_of_a_converged_field_skips_more_at_the_same_image():
     for step in range(4):
         training.update(field.density, step, torch.Generator().manual_seed(step))
     fine = render_occupancy(field.density, field.aabb, render_samples=96, generator=torch.Generator().manual_seed(0))
-    assert fine.config.resolution == 128 and fine.config.dilate
+    assert fine.config.resolution == 64 and not fine.config.dilate
     assert fine.occupied_fraction < 0.6 * training.occupied_fraction
     cams = blob_views(2, size=20).cameras
     ref = render_image(field, cams, 96, background=torch.ones(3))
@@ -168,12 +168,13 @@ def test_render_grid_of_a_converged_field_skips_more_at_the_same_image():
     training_queries, field.queried = field.queried, 0
     fast = render_image(field, cams, 96, background=torch.ones(3), occupancy=fine)
     assert field.queried < 0.75 * training_queries
-    # no dilation margin as wide as the training grid's: grazing rays through these blobs' soft
-    # shells lose a little, still far under the 0.1 dB a converged field's test PSNR may move
+    # no dilation margin: grazing rays through these blobs' soft shells (a sigmoid over 1/60 of the
+    # box) lose a little at a few pixels (measured: 0.7% of them, by up to 0.03-0.04; 51 dB apart)
     for key in ("rgb", "accumulation"):
-        torch.testing.assert_close(fast[key], ref[key], atol=0.02, rtol=0)
+        assert ((fast[key] - ref[key]).abs() > 0.01).float().mean() < 0.02
+        torch.testing.assert_close(fast[key], ref[key], atol=0.06, rtol=0)
     mse = (fast["rgb"] - ref["rgb"]).square().mean()
-    assert -10 * torch.log10(mse) > 50, -10 * torch.log10(mse)
+    assert -10 * torch.log10(mse) > 45, -10 * torch.log10(mse)
 
 
 def test_rendering_is_differentiable_through_the_occupancy_path():
