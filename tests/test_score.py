@@ -259,3 +259,19 @@ def test_registry_and_types(prior):
     assert isinstance(make_guidance("ism", prior), ISM) and isinstance(make_guidance("tsm", prior), TSM)
     with pytest.raises(ValueError, match="choose from"):
         make_guidance("dds", prior)
+
+
+def test_learning_rates_decay_exponentially_to_the_end_factor_and_a_rebuilt_optimizer_keeps_its_own(prior):
+    logits = nn.Parameter(torch.zeros(1, 3, 16, 16))
+    target = Target(render=lambda cams: torch.sigmoid(logits).expand(len(cams), -1, -1, -1),
+                    optimizer=torch.optim.Adam([logits], lr=0.02))
+    seen = []
+    target.after_step = lambda step: seen.append(target.optimizer.param_groups[0]["lr"])
+    config = DistillConfig(prompt="box", steps=5, batch_size=1, render_size=16, lr_end_factor=0.1)
+    distiller = ScoreDistiller(prior, make_guidance("sds", prior, guidance_scale=S), [target], config)
+    distiller.run(progress=False)
+    assert seen == pytest.approx([0.02 * 0.1 ** (k / 4) for k in range(5)])
+    target.optimizer = torch.optim.Adam([logits], lr=0.5)  # e.g. TensoRF's upsampling rebuilds it
+    distiller.decay_learning_rates(2)
+    assert target.optimizer.param_groups[0]["lr"] == pytest.approx(0.5 * 0.1**0.5)
+    assert DistillConfig().lr_end_factor == 0.1

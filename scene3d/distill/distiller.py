@@ -46,6 +46,7 @@ class DistillConfig:
     seed: int = 0
     checkpoint_every: int = 100  # with a run directory: targets, optimizers, estimator, RNG, step
     resume: bool = True  # continue from the run directory's latest checkpoint
+    lr_end_factor: float = 0.1  # every target's learning rates decay exponentially to this fraction by the last step
     nonfinite: str = "stop"  # NaN / inf loss, gradient or parameter: "stop" (naming step and tensor) or "skip"
 
 
@@ -90,8 +91,18 @@ class ScoreDistiller:
         self.generator.set_state(state["rng"]["generator"])
         torch.set_rng_state(state["rng"]["torch"])
 
+    def decay_learning_rates(self, step: int) -> None:
+        """lr = base_lr * lr_end_factor ** (step / (steps - 1)) in every target's optimizer (3DGS and
+        DreamGaussian decay the Gaussians' position lr so; here every parameter group). The base lr is
+        kept in the group as `initial_lr`, so a rebuilt optimizer (TensoRF upsampling) starts from its own."""
+        factor = self.config.lr_end_factor ** (step / max(1, self.config.steps - 1))
+        for target in self.targets:
+            for group in target.optimizer.param_groups:
+                group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
+
     def step(self, step: int) -> dict[str, float]:
         c = self.config
+        self.decay_learning_rates(step)
         renders, cams, names = [], [], []
         for target in self.targets:
             cameras, view = random_cameras(c.batch_size, c.render_size, c.views, self.generator)

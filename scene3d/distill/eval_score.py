@@ -40,6 +40,7 @@ class EvalScoreConfig:
     targets: tuple[str, ...] = ("field", "splats")
     prompts: tuple[str, ...] = ()  # empty: every class of the prior
     seeds: int = 2
+    first_seed: int = 0  # seeds first_seed .. first_seed + seeds - 1 (split a long evaluation across processes)
     steps: int = 150
     batch_size: int = 4
     render_size: int = 32
@@ -123,7 +124,7 @@ def _evaluate(config: EvalScoreConfig) -> dict:
         rec, sats, divs, seconds, per_prompt = [], [], [], [], {}
         for prompt in prompts:
             renders = []
-            for seed in range(config.seeds):
+            for seed in range(config.first_seed, config.first_seed + config.seeds):
                 student = build_target(target_name, seed, config.target_options, guidance=guidance_name)
                 guidance = make_run_guidance(guidance_name, prior, config.schedule, config.steps)
                 dc = DistillConfig(prompt=prompt, steps=config.steps, batch_size=config.batch_size,
