@@ -548,8 +548,11 @@ def test_demo_stage_checks_the_viewer_on_the_demo_outputs(tmp_path):
 
 def test_view_script_prints_the_url_serves_and_stops_on_ctrl_c():
     root = Path(__file__).resolve().parents[1]
+    # a shell without job control starts background jobs with SIGINT ignored, and Python keeps an
+    # ignored SIGINT ignored: give the viewer the default disposition a terminal would
     proc = subprocess.Popen([sys.executable, str(root / "scripts/view.py"), "synthetic:1", "--port", "0"], cwd=root,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         url = None
         for line in proc.stdout:
