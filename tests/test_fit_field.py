@@ -13,6 +13,7 @@ import torch
 
 from scene3d.errors import CheckpointError
 from scene3d.fields import FIELDS, build_field, load_field
+from scene3d.fields.bench import steps_in_budget
 from scene3d.fields.train import FieldTrainer, FitConfig, fit_field
 from scene3d.render import OccupancyGridConfig
 from tests._field_scenes import blob_views, psnr
@@ -49,6 +50,20 @@ def test_each_architecture_fits_a_tiny_scene(name, blob_data):
         trainer.train_step()
     after = psnr(trainer.render(test.cameras)["rgb"], test.images)
     assert after > MIN_PSNR[name] > before + 5, (before, after)
+
+
+def test_bench_learning_rate_decays_over_the_time_budget(blob_data):
+    """bench_fields trains for a time budget: its step-count estimate puts the decay at
+    lr_final_ratio ** (seconds / budget), here half-way after 10 steps of 0.5 s in a 10 s budget."""
+    trainer = FieldTrainer(small_config("grid", steps=10**6), *blob_data, build_field("grid", resolution=16))
+    for _ in range(10):
+        trainer.train_step()
+        trainer.config.steps = steps_in_budget(trainer.step, 0.5 * trainer.step, budget=10.0)
+    trainer.train_step()
+    group = trainer.optimizer.param_groups[0]
+    assert trainer.config.steps == 20
+    assert group["lr"] == pytest.approx(group["base_lr"] * trainer.config.lr_final_ratio**0.5)
+    assert steps_in_budget(5, seconds=20.0, budget=10.0) == 6  # over budget: never behind the step
 
 
 def run_tensorf(tmp_path, data, name: str, steps: int):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from scene3d.cameras import Cameras, look_at
+from scene3d.fields.base import trunc_exp
 from scene3d.rays import Rays
 from scene3d.render import (
     OccupancyGrid,
@@ -33,6 +34,17 @@ def test_weights_of_an_opaque_sample_stop_the_ray():
     sigmas = torch.tensor([[0.0, 0.0, 1e4, 5.0, 5.0]])
     weights, _ = compute_weights(sigmas, torch.full_like(sigmas, 0.1))
     torch.testing.assert_close(weights, torch.tensor([[0.0, 0.0, 1.0, 0.0, 0.0]]))
+
+
+def test_an_overflowing_density_stops_the_ray_without_nans():
+    """exp of a pre-activation above ~88 is inf in fp32; the ray must end there, gradients stay finite."""
+    preact = torch.tensor([[0.5, 100.0, 2.0, 1.0]], requires_grad=True)
+    weights, transmittance = compute_weights(trunc_exp(preact), torch.full((1, 4), 0.1))
+    torch.testing.assert_close(weights.detach(), torch.tensor([[1 - math.exp(-0.1 * math.exp(0.5)),
+                                                                math.exp(-0.1 * math.exp(0.5)), 0.0, 0.0]]))
+    assert transmittance[0, 2:].eq(0).all()
+    (weights * torch.arange(4.0)).sum().backward()
+    assert torch.isfinite(preact.grad).all()
 
 
 class SlabField(BlobField):

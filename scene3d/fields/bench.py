@@ -55,6 +55,13 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def steps_in_budget(steps_done: int, seconds: float, budget: float) -> int:
+    """The run's total step count estimated from its pace so far, handed to the learning-rate decay
+    after every step, so that the decay spans the time budget as it spans `steps` in `fit_field.py`
+    (the decay factor is lr_final_ratio ** (seconds / budget))."""
+    return max(steps_done + 1, round(steps_done * budget / max(seconds, 1e-9)))
+
+
 def bench_field(name: str, fit: FitConfig, train, test, budget: float, eval_every: int) -> dict[str, Any]:
     torch.manual_seed(fit.seed)
     trainer = FieldTrainer(fit, train, test)
@@ -69,6 +76,7 @@ def bench_field(name: str, fit: FitConfig, train, test, budget: float, eval_ever
         trainer.train_step()
         train_seconds += time.process_time() - start_cpu
         wall_seconds += time.perf_counter() - start_wall
+        trainer.config.steps = steps_in_budget(trainer.step, train_seconds, budget)
         if trainer.step % eval_every == 0:
             metrics, _ = trainer.evaluate(4)
             timeline.append({"step": trainer.step, "seconds": round(train_seconds, 2),

@@ -14,9 +14,12 @@ from torch import Tensor
 
 def compute_weights(sigmas: Float[Tensor, "... S"], deltas: Float[Tensor, "... S"]
                     ) -> tuple[Float[Tensor, "... S"], Float[Tensor, "... S"]]:
-    """(weights w_i, transmittance T_i before each sample)."""
+    """(weights w_i, transmittance T_i before each sample). The optical depth before each sample is an
+    exclusive cumulative sum, not `cumsum - tau`: an overflowing density (sigma = inf) then gives
+    T = 0 behind it instead of inf - inf = NaN, and large depths lose no precision to cancellation."""
     tau = sigmas * deltas
-    transmittance = torch.exp(-(torch.cumsum(tau, dim=-1) - tau))
+    depth_before = torch.cat([torch.zeros_like(tau[..., :1]), torch.cumsum(tau[..., :-1], dim=-1)], dim=-1)
+    transmittance = torch.exp(-depth_before)
     return transmittance * (1.0 - torch.exp(-tau)), transmittance
 
 
