@@ -199,9 +199,10 @@ def test_both_fields_render_over_the_views_background_unless_random_backgrounds_
     distiller = VolumeDistiller(config, blob_grid(16), SHELL, student=small_field("mlp"))
     rays, _ = distiller.sample_rays()
     out_t, out_s, _, _ = distiller.render_pair(rays)
-    assert torch.equal(out_t["background"], torch.ones(len(rays), 3)) and torch.equal(out_s["background"],
-                                                                                        out_t["background"])
-    random = VolumeDistiller(tiny_config("mlp", random_background=True), blob_grid(16), SHELL, student=small_field("mlp"))
+    white = torch.ones(len(rays), 3)
+    assert torch.equal(out_t["background"], white) and torch.equal(out_s["background"], white)
+    random = VolumeDistiller(tiny_config("mlp", random_background=True), blob_grid(16), SHELL,
+                             student=small_field("mlp"))
     assert random.render_pair(rays)[0]["background"].std() > 0.1
 
 
