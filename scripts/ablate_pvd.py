@@ -29,6 +29,7 @@ VARIANTS: dict[str, dict] = {
     "pvd_staged": {"active": "", "schedule": "staged"},
     "rgb_only": {"active": "", "weights": LevelWeights(embedding=0.0, density=0.0, color=0.0)},
     "no_embedding": {"active": "", "weights": LevelWeights(embedding=0.0)},
+    "no_decoded": {"active": "", "weights": LevelWeights(density=0.0, color=0.0)},
     "constant_background": {"active": "", "random_background": False},
 }
 
