@@ -194,6 +194,18 @@ def test_distiller_appends_the_ray_pool_and_queries_the_teacher_at_the_student_p
     assert not out_t["rgb"].requires_grad and out_s["rgb"].requires_grad
 
 
+def test_both_fields_render_over_the_views_background_unless_random_backgrounds_are_asked_for():
+    config = tiny_config("mlp")
+    distiller = VolumeDistiller(config, blob_grid(16), SHELL, student=small_field("mlp"))
+    rays, _ = distiller.sample_rays()
+    out_t, out_s, _, _ = distiller.render_pair(rays)
+    white = torch.ones(len(rays), 3)
+    assert torch.equal(out_t["background"], white) and torch.equal(out_s["background"], white)
+    random = VolumeDistiller(tiny_config("mlp", random_background=True), blob_grid(16), SHELL,
+                             student=small_field("mlp"))
+    assert random.render_pair(rays)[0]["background"].std() > 0.1
+
+
 def test_shell_covers_the_training_cameras():
     cams = SHELL.sample(64, torch.Generator().manual_seed(0))
     assert torch.allclose(look_at_target(cams), torch.zeros(3), atol=1e-4)
@@ -303,6 +315,33 @@ def test_bench_summary_times_and_equal_time_psnr():
     totals, psnrs = [], iter(range(100))
     timeline = timed_run(lambda: None, totals.append, lambda: float(next(psnrs)), budget=0.01, eval_every=1e9)
     assert timeline[0]["steps"] == 1 and timeline[-1]["steps"] >= 1 and len(timeline) == 2
+
+
+def test_bench_reuses_runs_of_an_earlier_json_and_skips_the_teacher_for_scratch(tmp_path, monkeypatch):
+    import json
+    from types import SimpleNamespace
+
+    import scene3d.distill.volume_bench as bench
+
+    made = []
+
+    def fake_run(config, method, teacher, student, train, test):
+        made.append((method, teacher))
+        psnr = {"scratch": 20.0, "pvd": 22.0, "pvd_al": 23.0}[method]
+        return {"timeline": [{"seconds": 0.0, "test_psnr": 10.0}, {"seconds": 5.0, "test_psnr": psnr}],
+                "teacher_test_psnr": 25.0}
+
+    monkeypatch.setattr(bench, "load_data", lambda config: (SimpleNamespace(width=8), None))
+    monkeypatch.setattr(bench, "run_method", fake_run)
+    monkeypatch.setattr(bench, "get_teacher", lambda *args: ("teacher", {"source": "fake"}))
+    monkeypatch.setattr(bench, "plot", lambda results, path: path)
+    first = bench.PVDBenchConfig(pairs=("hashgrid:mlp",), methods=("scratch",), out=tmp_path / "a.json")
+    bench.run_bench(first)
+    assert made == [("scratch", None)] and "summary" not in json.loads(first.out.read_text())["pairs"]["hashgrid:mlp"]
+    second = bench.PVDBenchConfig(pairs=("hashgrid:mlp",), reuse=(first.out,), out=tmp_path / "b.json")
+    pair = bench.run_bench(second)["pairs"]["hashgrid:mlp"]
+    assert made[1:] == [("pvd", "teacher"), ("pvd_al", "teacher")] and list(pair["runs"]) == list(bench.METHODS)
+    assert pair["summary"]["pvd_al"]["gain_over_scratch_db"] == 3.0 and pair["teacher"]["test_psnr"] == 25.0
 
 
 @pytest.mark.slow

@@ -3,8 +3,9 @@
 
 Supervision comes only from the teacher. Each epoch draws virtual cameras on a shell band covering
 the training cameras; rays from them are rendered through the teacher and the student at the same
-stratified samples (the teacher under no_grad) over one random background per ray, and the student
-learns three levels at once or in stages:
+stratified samples (the teacher under no_grad) over the same background (the views' own by default,
+one random colour per ray with `random_background`), and the student learns three levels at once
+or in stages:
 
     embedding  ||A(embed_s(x)) - embed_t(x)||^2 / mean(embed_t^2)   A: learned linear adapter (identity
                                                                   for equal architectures and widths)
@@ -65,6 +66,10 @@ class VolumeDistillConfig:
     until stage_fractions[1], then + rendered RGB) or "all_at_once" (PVD-AL).
     active: comma-separated active-learning levels among image (camera pool), ray, point.
     density_clamp: the student's density pre-activation range (PVD's [-2, 7]); None leaves it free.
+    random_background: one random colour per ray behind both renders (the student must then match
+    the teacher's opacity even where the teacher's own white-background training left it undefined);
+    False (default): the evaluation views' background behind both (white without views), i.e. the
+    background the teacher was fitted over.
     use_occupancy: an occupancy grid measured once on the teacher skips empty space for both fields
     (PVD samples the student where the teacher's density grid says there is something).
     epoch_views / epoch_steps: virtual cameras drawn per epoch and steps per epoch.
@@ -86,6 +91,7 @@ class VolumeDistillConfig:
     point_fraction: float = 0.3
     opacity_threshold: float = 0.5
     density_clamp: tuple[float, float] | None = DENSITY_RANGE
+    random_background: bool = False
     use_occupancy: bool = True
     occupancy: OccupancyGridConfig = dataclasses.field(default_factory=OccupancyGridConfig)
     epoch_views: int = 32
@@ -261,6 +267,8 @@ class VolumeDistiller:
         self._set_epoch(torch.empty(0, 4, 4))
         self.optimizer = self._make_optimizer()
         self.views = views
+        self.background = (views.background.float().to(self.device) if views is not None
+                           else torch.ones(teacher.config.color_dim, device=self.device))
         if views is not None and views.teacher_rgb is None:
             views.teacher_rgb = self._render(self.teacher, views)["rgb"].clamp(0, 1).cpu()
 
@@ -324,9 +332,10 @@ class VolumeDistiller:
     # one step ---------------------------------------------------------------------------------------
     def render_pair(self, rays: Rays) -> tuple[dict[str, Tensor], dict[str, Tensor], Recorder, Recorder]:
         """Render rays through the teacher (no_grad) and the student at the same jittered samples over
-        the same random background; returns both outputs and both per-point records."""
-        background = torch.rand(len(rays), self.teacher.config.color_dim, generator=self.generator,
-                                device=self.device)
+        the same background; returns both outputs and both per-point records."""
+        channels = self.teacher.config.color_dim
+        background = (torch.rand(len(rays), channels, generator=self.generator, device=self.device)
+                      if self.config.random_background else self.background.expand(len(rays), channels))
         teacher, student = Recorder(self.teacher), Recorder(self.student)
         kwargs = {"perturb": True, "background": background, "occupancy": self.occupancy}
         state = self.generator.get_state()

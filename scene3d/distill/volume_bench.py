@@ -8,6 +8,7 @@ which start from a trained teacher) or loaded from `teachers_dir/<name>` run dir
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,11 +34,18 @@ class PVDBenchConfig:
     """quick: 32x32 images, batches of 256 rays x 32 samples, 50 s per teacher and 30 s per student
     run (< 10 min in all on 2 cores); otherwise 64x64, 1024 rays x 64 samples, 10 minutes per teacher
     and 5 minutes per student run.
-    pairs: "teacher:student" names. teachers_dir: load `<dir>/<teacher>` (a field run directory fitted
-    to the same world and image size, e.g. outputs/fields) instead of training the teacher here."""
+    pairs: "teacher:student" names. student_preset: the student's size for both the from-scratch and
+    the distilled runs ("paper": e.g. NeRF's 8 x 256 MLP, the papers' setting).
+    methods: the runs made here; reuse: earlier bench JSONs whose runs of the same pairs are taken
+    as they are (e.g. runs made in parallel processes).
+    teachers_dir: load `<dir>/<teacher>` (a field run directory fitted to the same world and image
+    size, e.g. outputs/fields) instead of training the teacher here."""
 
     quick: bool = False
     pairs: tuple[str, ...] = ("hashgrid:mlp", "tensorf:grid", "grid:hashgrid")
+    student_preset: str = "default"
+    methods: tuple[str, ...] = METHODS
+    reuse: tuple[Path, ...] = ()
     teacher_seconds: float | None = None
     student_seconds: float | None = None
     eval_every_seconds: float | None = None
@@ -64,21 +72,28 @@ class PVDBenchConfig:
 
 def timed_run(step: Callable[[], Any], set_total_steps: Callable[[int], None], evaluate: Callable[[], float],
               budget: float, eval_every: float) -> list[dict[str, float]]:
-    """Train for `budget` seconds of step time (evaluations not counted). After 10 steps the total
-    step count that fits the budget is estimated and handed to the schedule (learning-rate decay,
-    stages). Returns the timeline [{seconds, steps, test_psnr}], ending with the final evaluation."""
-    seconds, steps, timeline, next_eval = 0.0, 0, [], 0.0
+    """Train for `budget` CPU seconds of step time (`time.process_time`: a one-thread process on a
+    shared machine; evaluations not counted). After 10 steps the total step count that fits the
+    budget is estimated and handed to the schedule (learning-rate decay, stages). Returns the
+    timeline [{seconds, wall_seconds, steps, test_psnr}], ending with the final evaluation."""
+    seconds, wall, steps, timeline, next_eval = 0.0, 0.0, 0, [], 0.0
+
+    def record() -> None:
+        timeline.append({"seconds": round(seconds, 2), "wall_seconds": round(wall, 2), "steps": steps,
+                         "test_psnr": round(evaluate(), 3)})
+
     while seconds < budget:
-        start = time.perf_counter()
+        start, start_wall = time.process_time(), time.perf_counter()
         step()
-        seconds += time.perf_counter() - start
+        seconds += time.process_time() - start
+        wall += time.perf_counter() - start_wall
         steps += 1
         if steps == 10:
             set_total_steps(max(11, int(budget / (seconds / steps))))
         if seconds >= next_eval:
-            timeline.append({"seconds": round(seconds, 2), "steps": steps, "test_psnr": round(evaluate(), 3)})
+            record()
             next_eval += eval_every
-    timeline.append({"seconds": round(seconds, 2), "steps": steps, "test_psnr": round(evaluate(), 3)})
+    record()
     return timeline
 
 
@@ -93,9 +108,9 @@ def psnr_at(timeline: list[dict[str, float]], seconds: float) -> float:
                default=timeline[0])["test_psnr"]
 
 
-def fit_config(config: PVDBenchConfig, field: str) -> FitConfig:
+def fit_config(config: PVDBenchConfig, field: str, preset: str = "default") -> FitConfig:
     size = 32 if config.quick else 64
-    return FitConfig(field=field, image_size=size, n_train_views=24 if config.quick else 40,
+    return FitConfig(field=field, preset=preset, image_size=size, n_train_views=24 if config.quick else 40,
                      n_test_views=config.eval_views, batch_rays=config.batch[0], n_samples=config.batch[1],
                      steps=10**6, device=config.device, seed=config.seed)
 
@@ -120,11 +135,12 @@ def run_method(config: PVDBenchConfig, method: str, teacher: Field, student: str
     torch.manual_seed(config.seed)
     budget, every = config.budget("student"), config.budget("eval")
     if method == "scratch":
-        trainer = FieldTrainer(fit_config(config, student), train, test)
+        trainer = FieldTrainer(fit_config(config, student, config.student_preset), train, test)
         timeline = timed_run(trainer.train_step, lambda n: setattr(trainer.config, "steps", n),
                              lambda: trainer.evaluate()[0]["test_psnr"], budget, every)
         return {"timeline": timeline, "params": trainer.field.parameter_count()}
-    distill = VolumeDistillConfig(student=student, batch_rays=config.batch[0], n_samples=config.batch[1],
+    distill = VolumeDistillConfig(student=student, preset=config.student_preset, batch_rays=config.batch[0],
+                                  n_samples=config.batch[1],
                                   schedule="staged" if method == "pvd" else "all_at_once",
                                   active="" if method == "pvd" else "image,ray,point", device=config.device,
                                   seed=config.seed, steps=10**6)
@@ -163,11 +179,12 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     pairs = results["pairs"]
     fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 4), squeeze=False)
     for ax, (pair, res) in zip(axes[0], pairs.items(), strict=True):
-        for method in METHODS:
-            tl = res["runs"][method]["timeline"]
+        for method, run in res["runs"].items():
+            tl = run["timeline"]
             ax.plot([p["seconds"] for p in tl], [p["test_psnr"] for p in tl], marker=".", label=method)
-        ax.axhline(res["teacher"]["test_psnr"], color="gray", linestyle="--", label="teacher")
-        ax.set(title=pair.replace(":", " -> "), xlabel="training wall time (s)", ylabel="test PSNR (dB)")
+        if "test_psnr" in res["teacher"]:
+            ax.axhline(res["teacher"]["test_psnr"], color="gray", linestyle="--", label="teacher")
+        ax.set(title=pair.replace(":", " -> "), xlabel="training CPU time (s)", ylabel="test PSNR (dB)")
         ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,25 +197,40 @@ def run_bench(config: PVDBenchConfig) -> dict[str, Any]:
     train, test = load_data(fit_config(config, "mlp"))
     results = {"quick": config.quick, "image_size": train.width, "batch_rays": config.batch[0],
                "n_samples": config.batch[1], "teacher_seconds": config.budget("teacher"),
-               "student_seconds": config.budget("student"), "threads": torch.get_num_threads(),
+               "student_seconds": config.budget("student"), "student_preset": config.student_preset,
+               "clock": "process_time (CPU s of one thread)", "threads": torch.get_num_threads(),
                "device": config.device, "pairs": {}}
+    previous: dict[str, Any] = {}
+    for path in config.reuse:
+        for pair, res in json.loads(Path(path).read_text())["pairs"].items():
+            entry = previous.setdefault(pair, {"teacher": {}, "runs": {}})
+            entry["teacher"] |= res["teacher"]
+            entry["runs"] |= res["runs"]
     for pair in config.pairs:
         teacher_name, student = pair.split(":")
         for name in (teacher_name, student):
             if name not in FIELDS:
                 raise KeyError(f"unknown field '{name}' in pair '{pair}'; registered: {sorted(FIELDS)}")
-        teacher, info = get_teacher(config, teacher_name, train, test)
-        runs = {m: run_method(config, m, teacher, student, train, test) for m in METHODS}
-        info["test_psnr"] = runs["pvd"]["teacher_test_psnr"]
-        results["pairs"][pair] = {"teacher": info, "runs": runs, "summary": summarize(runs)}
+        runs = dict(previous.get(pair, {}).get("runs", {}))
+        todo = [m for m in config.methods if m not in runs]
+        teacher, info = None, dict(previous.get(pair, {}).get("teacher", {}))
+        if any(m != "scratch" for m in todo):
+            teacher, info = get_teacher(config, teacher_name, train, test)
+        runs |= {m: run_method(config, m, teacher, student, train, test) for m in todo}
+        runs = {m: runs[m] for m in METHODS if m in runs}
+        distilled = [r for m, r in runs.items() if m != "scratch"]
+        if distilled:
+            info["test_psnr"] = distilled[0]["teacher_test_psnr"]
+        results["pairs"][pair] = {"teacher": info, "runs": runs}
+        if len(runs) == len(METHODS):
+            results["pairs"][pair]["summary"] = s = summarize(runs)
+            print(f"{teacher_name} -> {student}: teacher {info['test_psnr']:.2f} dB; scratch final "
+                  f"{s['scratch_final_psnr']:.2f} dB", flush=True)
+            for m in METHODS:
+                print(f"   {m:8s} final {s[m]['final_psnr']:6.2f} dB ({s[m]['gain_over_scratch_db']:+.2f}), "
+                      f"reaches scratch final at {s[m]['seconds_to_scratch_final']} s "
+                      f"(x{s[m]['speedup_to_scratch_final']})", flush=True)
         atomic_write_json(config.out, results)
-        s = results["pairs"][pair]["summary"]
-        print(f"{teacher_name} -> {student}: teacher {info['test_psnr']:.2f} dB; scratch final "
-              f"{s['scratch_final_psnr']:.2f} dB", flush=True)
-        for m in METHODS:
-            print(f"   {m:8s} final {s[m]['final_psnr']:6.2f} dB ({s[m]['gain_over_scratch_db']:+.2f}), "
-                  f"reaches scratch final at {s[m]['seconds_to_scratch_final']} s "
-                  f"(x{s[m]['speedup_to_scratch_final']})", flush=True)
     results["plot"] = str(plot(results, config.out.with_suffix(".png")))
     atomic_write_json(config.out, results)
     return results
