@@ -62,8 +62,18 @@ def test_bench_learning_rate_decays_over_the_time_budget(blob_data):
     trainer.train_step()
     group = trainer.optimizer.param_groups[0]
     assert trainer.config.steps == 20
-    assert group["lr"] == pytest.approx(group["base_lr"] * trainer.config.lr_final_ratio**0.5)
+    assert trainer.lr_final_ratio == 0.1  # the grid's own schedule
+    assert group["lr"] == pytest.approx(group["base_lr"] * 0.1**0.5)
     assert steps_in_budget(5, seconds=20.0, budget=10.0) == 6  # over budget: never behind the step
+
+
+def test_each_architecture_brings_its_papers_schedule_and_the_fit_config_overrides_it(blob_data):
+    """Instant-NGP keeps its rate constant (it decays only after 20k steps); the others decay to 0.1."""
+    ratios = {name: FieldTrainer(small_config(name), *blob_data, build_field(name, **SMALL[name])).lr_final_ratio
+              for name in sorted(FIELDS)}
+    assert ratios == {"grid": 0.1, "hashgrid": 1.0, "mlp": 0.1, "tensorf": 0.1}
+    assert FieldTrainer(small_config("hashgrid", lr_final_ratio=0.3), *blob_data,
+                        build_field("hashgrid", **SMALL["hashgrid"])).lr_final_ratio == 0.3
 
 
 def run_tensorf(tmp_path, data, name: str, steps: int):

@@ -56,6 +56,8 @@ class FieldConfig:
     color_dim: colour channels (3 for RGB; N for a feature field), squashed by a sigmoid.
     density_clamp: optional (lo, hi) clamp of the density pre-activation (PVD uses (-2, 7)).
     lr: base Adam learning rate of the architecture (some parameter groups scale it).
+    lr_final_ratio: the architecture's schedule: the rate decays exponentially to lr x this ratio
+        over a fitting run (NeRF and TensoRF decay to 0.1; `FitConfig.lr_final_ratio` overrides it).
     sparsity: weight of Plenoxels' sparsity prior, mean log(1 + 2 sigma^2) over `sparsity_samples`
         uniform points in the box per step (0: off); it removes the faint floaters in free space
         that the photometric loss barely sees and that keep occupancy-grid cells from emptying.
@@ -65,6 +67,7 @@ class FieldConfig:
     color_dim: int = 3
     density_clamp: tuple[float, float] | None = None
     lr: float = 1e-2
+    lr_final_ratio: float = 0.1
     sparsity: float = 0.0
     sparsity_samples: int = 4096
 

@@ -58,7 +58,7 @@ def _peak_rss_mb() -> float:
 def steps_in_budget(steps_done: int, seconds: float, budget: float) -> int:
     """The run's total step count estimated from its pace so far, handed to the learning-rate decay
     after every step, so that the decay spans the time budget as it spans `steps` in `fit_field.py`
-    (the decay factor is lr_final_ratio ** (seconds / budget))."""
+    (the decay factor is the architecture's lr_final_ratio ** (seconds / budget))."""
     return max(steps_done + 1, round(steps_done * budget / max(seconds, 1e-9)))
 
 

@@ -46,7 +46,7 @@ class FitConfig:
     steps: int = 2000
     batch_rays: int = 1024
     n_samples: int = 64
-    lr_final_ratio: float = 0.1
+    lr_final_ratio: float | None = None  # None: the architecture's (FieldConfig.lr_final_ratio)
     use_occupancy: bool = True
     occupancy: OccupancyGridConfig = dataclasses.field(default_factory=OccupancyGridConfig)
     random_background: bool = False
@@ -85,6 +85,8 @@ class FieldTrainer:
         self.train_data, self.test_data = train, test
         aabb = tuple(train.aabb.flatten().tolist())
         self.field = (field or build_field(config.field, config.preset, aabb=aabb)).to(self.device)
+        self.lr_final_ratio = (self.field.config.lr_final_ratio if config.lr_final_ratio is None
+                               else config.lr_final_ratio)
         grid = dataclasses.replace(config.occupancy, render_samples=config.n_samples)
         self.occupancy = (OccupancyGrid(self.field.aabb, grid).to(self.device)
                           if config.use_occupancy else None)
@@ -104,7 +106,7 @@ class FieldTrainer:
         return torch.optim.Adam(groups, betas=(0.9, 0.99))
 
     def _set_learning_rate(self) -> None:
-        decay = self.config.lr_final_ratio ** min(self.step / max(self.config.steps, 1), 1.0)
+        decay = self.lr_final_ratio ** min(self.step / max(self.config.steps, 1), 1.0)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * decay
 
