@@ -31,6 +31,12 @@ VARIANTS: dict[str, dict] = {
     "no_embedding": {"active": "", "weights": LevelWeights(embedding=0.0)},
     "no_decoded": {"active": "", "weights": LevelWeights(density=0.0, color=0.0)},
     "constant_background": {"active": "", "random_background": False},
+    "rgb_only_free_density": {"active": "", "weights": LevelWeights(embedding=0.0, density=0.0, color=0.0),
+                              "density_clamp": None},
+    "point_levels_0.2": {"active": "", "weights": LevelWeights(embedding=0.2, density=0.2, color=0.2)},
+    "point_levels_1": {"active": "", "weights": LevelWeights(embedding=1.0, density=1.0, color=1.0)},
+    "rgb_only_no_occupancy": {"active": "", "weights": LevelWeights(embedding=0.0, density=0.0, color=0.0),
+                              "use_occupancy": False},
 }
 
 

@@ -7,10 +7,13 @@ stratified samples (the teacher under no_grad) over the same background (the vie
 one random colour per ray with `random_background`), and the student learns three levels at once
 or in stages:
 
-    embedding  ||A(embed_s(x)) - embed_t(x)||^2 / mean(embed_t^2)   A: learned linear adapter (identity
-                                                                  for equal architectures and widths)
-    decoded    log-density clipped to [-2, 7] (squared, hinged at the bounds) + per-point colour MSE
-    rendered   MSE of the rendered RGB
+    embedding  ||A(embed_s(x)) - embed_t(x)|| / rms(embed_t)   A: learned linear adapter (identity
+                                                             for equal architectures and widths)
+    decoded    ||log-density residual|| (clipped to [-2, 7], hinged at the bounds) + ||colour residual||
+    rendered   ||rendered RGB residual||
+
+Each level is the L2 norm of its residuals over the batch (the authors' "normL2"), weighted 0.002
+for the point levels and 1 for the rendered one, as in their code.
 
 PVD's staged schedule trains the embedding alone, then adds the decoded level, then the rendered
 one; PVD-AL trains all at once. Both decay the embedding weight by 0.995 per step (the authors'
@@ -50,11 +53,14 @@ DENSITY_RANGE = (-2.0, 7.0)
 
 @dataclass
 class LevelWeights:
-    """Loss weights of the three levels (the decoded level has a density and a colour term)."""
+    """Loss weights of the three levels (the decoded level has a density and a colour term): the PVD
+    authors' rates for their L2-norm losses. Each norm's gradient has unit length whatever the number
+    of points and the size of the error, so under Adam the weights only set the levels' balance: the
+    point levels guide (0.002) while the rendered level is on, and drive alone before it is."""
 
-    embedding: float = 1.0
-    density: float = 0.01
-    color: float = 1.0
+    embedding: float = 0.002
+    density: float = 0.002
+    color: float = 0.002
     rgb: float = 1.0
 
 
@@ -131,24 +137,29 @@ def clipped_log_density(sigma_preact: Tensor, bounds: tuple[float, float] = DENS
     return sigma_preact.clamp(*bounds)
 
 
-def density_loss(student: Float[Tensor, " P"], teacher: Float[Tensor, " P"],
-                 bounds: tuple[float, float] = DENSITY_RANGE) -> Float[Tensor, " P"]:
-    """Per-point squared error of log-densities clipped to `bounds`. The student's value is not
-    clipped (so its gradient never vanishes) but agreeing beyond a bound costs nothing: a teacher at
-    the floor only asks the student to be at or below it."""
+def l2_norm(residual: Tensor) -> Tensor:
+    """A level's loss: the L2 norm of all its residuals (PVD's "normL2"; zero gradient at zero)."""
+    return torch.linalg.vector_norm(residual)
+
+
+def density_residual(student: Float[Tensor, " P"], teacher: Float[Tensor, " P"],
+                     bounds: tuple[float, float] = DENSITY_RANGE) -> Float[Tensor, " P"]:
+    """Per-point residual of log-densities, the teacher's clipped to `bounds`. The student's value is
+    not clipped (so its gradient never vanishes) but agreeing beyond a bound costs nothing: a teacher
+    at the floor only asks the student to be at or below it."""
     target = clipped_log_density(teacher, bounds)
     residual = student - target
     lo, hi = bounds
     free = ((target <= lo) & (student < lo)) | ((target >= hi) & (student > hi))
-    return torch.where(free, torch.zeros_like(residual), residual).square()
+    return torch.where(free, torch.zeros_like(residual), residual)
 
 
 def embedding_loss(student: Float[Tensor, "P Fs"], teacher: Float[Tensor, "P Ft"], adapter: EmbeddingAdapter
                    ) -> Tensor:
-    """MSE of the adapted student embedding relative to the teacher features' mean square (feature
-    scales differ by architecture)."""
-    mean_square = teacher.square().mean().clamp_min(1e-12)
-    return (adapter(student, mean_square.sqrt()) - teacher).square().mean() / mean_square
+    """Norm of the adapted student embedding's residual relative to the teacher features' RMS
+    (feature scales differ by architecture)."""
+    rms = teacher.square().mean().clamp_min(1e-12).sqrt()
+    return l2_norm(adapter(student, rms) - teacher) / rms
 
 
 class Recorder:
@@ -359,14 +370,14 @@ class VolumeDistiller:
         def points(x: Tensor) -> Tensor:
             return x if mask is None else x[mask]
 
-        out = {"rgb": (out_s["rgb"] - out_t["rgb"]).square().mean()}
+        out = {"rgb": l2_norm(out_s["rgb"] - out_t["rgb"])}
         if len(points(t["preact"])) == 0:
             zero = out["rgb"] * 0
             return {**out, "embedding": zero, "density": zero, "color": zero}
         bounds = self.config.density_clamp or DENSITY_RANGE
         out["embedding"] = embedding_loss(points(s["features"]), points(t["features"]), self.adapter)
-        out["density"] = density_loss(points(s["preact"]), points(t["preact"]), bounds).mean()
-        out["color"] = (points(s["rgb"]) - points(t["rgb"])).square().mean()
+        out["density"] = l2_norm(density_residual(points(s["preact"]), points(t["preact"]), bounds))
+        out["color"] = l2_norm(points(s["rgb"]) - points(t["rgb"]))
         return out
 
     def train_step(self) -> dict[str, float]:
@@ -397,7 +408,7 @@ class VolumeDistiller:
             if "ray" in self.active:
                 self.ray_pool.update(rays.origins, rays.dirs, err.abs().mean(-1))
         self.step += 1
-        mse = losses["rgb"].item()
+        mse = err.square().mean().item()
         return {"loss": loss.item(), **{f"loss_{k}": v.item() for k, v in losses.items()},
                 "psnr_vs_teacher": -10 * math.log10(max(mse, 1e-10))}
 

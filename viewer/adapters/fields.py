@@ -18,14 +18,15 @@ from viewer.sources import CheckpointFollower, Frame, depth_range, latest_checkp
 
 
 def load_field_checkpoint(path: Path) -> tuple[Field, OccupancyGrid | None, dict]:
-    """A field (and its occupancy grid, when the run kept one) from a training checkpoint."""
+    """A field (and its occupancy grid, when the run kept one) from a training checkpoint: a fit's own
+    grid, or for a distilled student the teacher's grid it was trained and evaluated with."""
     state, config = load_checkpoint(path)
     with restoring(path, "field"):
         field = field_from_spec(config, path)
         load_field_state(field, state["field"], path)
         field.eval()
         occupancy = None
-        fit = config.get("fit", {})
+        fit = config.get("distill") or config.get("fit") or {}  # a distilled student: the distiller's grid
         if "occupancy" in state and isinstance(fit, dict) and isinstance(fit.get("occupancy"), dict):
             known = {f.name for f in dataclasses.fields(OccupancyGridConfig)}
             grid = OccupancyGridConfig(**{k: v for k, v in fit["occupancy"].items() if k in known})
