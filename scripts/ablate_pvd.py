@@ -35,6 +35,11 @@ VARIANTS: dict[str, dict] = {
                               "density_clamp": None},
     "point_levels_0.2": {"active": "", "weights": LevelWeights(embedding=0.2, density=0.2, color=0.2)},
     "point_levels_1": {"active": "", "weights": LevelWeights(embedding=1.0, density=1.0, color=1.0)},
+    "pvd_staged_point_levels_1": {"active": "", "schedule": "staged",
+                                  "weights": LevelWeights(embedding=1.0, density=1.0, color=1.0)},
+    "pvd_staged_al": {"schedule": "staged"},
+    "pvd_staged_image_ray": {"schedule": "staged", "active": "image,ray"},
+    "pvd_staged_point": {"schedule": "staged", "active": "point"},
     "rgb_only_no_occupancy": {"active": "", "weights": LevelWeights(embedding=0.0, density=0.0, color=0.0),
                               "use_occupancy": False},
 }

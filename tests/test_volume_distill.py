@@ -335,10 +335,18 @@ def test_bench_summary_times_and_equal_time_psnr():
     assert psnr_at(scratch, 15.0) == 18.0
     s = summarize({"scratch": {"timeline": scratch}, "pvd": {"timeline": fast}, "pvd_al": {"timeline": slow}})
     assert s["pvd"]["speedup_to_scratch_final"] == 5.0 and s["pvd"]["gain_over_scratch_db"] == 2.0
-    assert s["pvd_al"]["speedup_to_scratch_final"] is None
+    assert s["pvd_al"]["speedup_to_scratch_final"] is None and s["pvd_al"]["gain_over_pvd_db"] == -3.0
     totals, psnrs = [], iter(range(100))
     timeline = timed_run(lambda: None, totals.append, lambda: float(next(psnrs)), budget=0.01, eval_every=1e9)
     assert timeline[0]["steps"] == 1 and timeline[-1]["steps"] >= 1 and len(timeline) == 2
+
+
+def test_bench_distilled_runs_take_their_own_budget_or_the_students():
+    from scene3d.distill.volume_bench import PVDBenchConfig
+
+    assert PVDBenchConfig(student_seconds=300, distill_seconds=60).budget("distill") == 60
+    assert PVDBenchConfig(student_seconds=200).budget("distill") == 200
+    assert PVDBenchConfig(quick=True).budget("distill") == PVDBenchConfig(quick=True).budget("student")
 
 
 def test_bench_reuses_runs_of_an_earlier_json_and_skips_the_teacher_for_scratch(tmp_path, monkeypatch):
@@ -351,7 +359,7 @@ def test_bench_reuses_runs_of_an_earlier_json_and_skips_the_teacher_for_scratch(
 
     def fake_run(config, method, teacher, student, train, test):
         made.append((method, teacher))
-        psnr = {"scratch": 20.0, "pvd": 22.0, "pvd_al": 23.0}[method]
+        psnr = {"scratch": 20.0, "pvd": 22.0, "pvd_al": 23.0, "pvd_staged_al": 21.5}[method]
         return {"timeline": [{"seconds": 0.0, "test_psnr": 10.0}, {"seconds": 5.0, "test_psnr": psnr}],
                 "teacher_test_psnr": 25.0}
 
@@ -364,8 +372,12 @@ def test_bench_reuses_runs_of_an_earlier_json_and_skips_the_teacher_for_scratch(
     assert made == [("scratch", None)] and "summary" not in json.loads(first.out.read_text())["pairs"]["hashgrid:mlp"]
     second = bench.PVDBenchConfig(pairs=("hashgrid:mlp",), reuse=(first.out,), out=tmp_path / "b.json")
     pair = bench.run_bench(second)["pairs"]["hashgrid:mlp"]
-    assert made[1:] == [("pvd", "teacher"), ("pvd_al", "teacher")] and list(pair["runs"]) == list(bench.METHODS)
-    assert pair["summary"]["pvd_al"]["gain_over_scratch_db"] == 3.0 and pair["teacher"]["test_psnr"] == 25.0
+    assert made[1:] == [(m, "teacher") for m in ("pvd", "pvd_al", "pvd_staged_al")]
+    assert list(pair["runs"]) == list(bench.METHODS) and pair["teacher"]["test_psnr"] == 25.0
+    summary = pair["summary"]
+    assert summary["pvd_al"]["gain_over_scratch_db"] == 3.0 and summary["pvd_staged_al"]["gain_over_pvd_db"] == -0.5
+    with pytest.raises(KeyError, match="methods: unknown"):
+        bench.run_bench(bench.PVDBenchConfig(methods=("scratch", "pvd-al"), out=tmp_path / "c.json"))
 
 
 @pytest.mark.slow

@@ -87,7 +87,7 @@ class VolumeDistillConfig:
     batch_rays: int = 1024
     n_samples: int = 64
     schedule: Literal["staged", "all_at_once"] = "all_at_once"
-    stage_fractions: tuple[float, float] = (0.1, 0.3)
+    stage_fractions: tuple[float, float] = (2000 / 30000, 5000 / 30000)  # the authors' stage_iters of 30k
     weights: LevelWeights = dataclasses.field(default_factory=LevelWeights)
     embedding_decay: float = 0.995
     active: str = "image,ray,point"

@@ -26,18 +26,30 @@ from scene3d.fields.base import FIELDS, Field
 from scene3d.fields.train import FieldTrainer, FitConfig, load_data
 from scene3d.runs import RunDir
 
-METHODS = ("scratch", "pvd", "pvd_al")
+DISTILL_METHODS = {  # method: (schedule, with active learning)
+    "pvd": ("staged", False),
+    "pvd_al": ("all_at_once", True),
+    "pvd_staged_al": ("staged", True),  # isolates active learning: PVD's schedule plus the active levels
+}
+METHODS = ("scratch", *DISTILL_METHODS)
 
 
 @dataclass
 class PVDBenchConfig:
-    """quick: 32x32 images, batches of 256 rays x 32 samples, 50 s per teacher and 30 s per student
+    """quick: 32x32 images, batches of 256 rays x 32 samples, 50 s per teacher and 24 s per student
     run (< 10 min in all on 2 cores); otherwise 64x64, 1024 rays x 64 samples, 10 minutes per teacher
     and 5 minutes per student run.
     pairs: "teacher:student" names. student_preset: the student's size for both the from-scratch and
     the distilled runs ("paper": e.g. NeRF's 8 x 256 MLP, the papers' setting).
-    methods: the runs made here; reuse: earlier bench JSONs whose runs of the same pairs are taken
-    as they are (e.g. runs made in parallel processes).
+    methods: the runs made here among scratch, pvd (staged), pvd_al (all at once with the three
+    active-learning levels) and pvd_staged_al (staged with them: active learning's own gain over pvd).
+    stage_fractions: the staged schedule's boundaries (None: the distiller's default).
+    al_levels: the active-learning levels of the pvd_al and pvd_staged_al runs.
+    distill_seconds: the distilled runs' budget (None: student_seconds). A shorter one asks whether a
+    whole distillation schedule of that length reaches the from-scratch run's final PSNR (the
+    speed-up as the papers measure it: the same quality from a shorter run).
+    reuse: earlier bench JSONs whose runs of the same pairs are taken as they are (e.g. runs made in
+    parallel processes).
     teachers_dir: load `<dir>/<teacher>` (a field run directory fitted to the same world and image
     size, e.g. outputs/fields) instead of training the teacher here."""
 
@@ -45,9 +57,12 @@ class PVDBenchConfig:
     pairs: tuple[str, ...] = ("hashgrid:mlp", "tensorf:grid", "grid:hashgrid")
     student_preset: str = "default"
     methods: tuple[str, ...] = METHODS
+    stage_fractions: tuple[float, float] | None = None
+    al_levels: str = "image,ray,point"
     reuse: tuple[Path, ...] = ()
     teacher_seconds: float | None = None
     student_seconds: float | None = None
+    distill_seconds: float | None = None
     eval_every_seconds: float | None = None
     eval_views: int = 4
     batch_rays: int | None = None
@@ -59,9 +74,9 @@ class PVDBenchConfig:
 
     def budget(self, which: str) -> float:
         given = {"teacher": self.teacher_seconds, "student": self.student_seconds,
-                 "eval": self.eval_every_seconds}[which]
-        quick = {"teacher": 50.0, "student": 30.0, "eval": 5.0}
-        full = {"teacher": 600.0, "student": 300.0, "eval": 30.0}
+                 "distill": self.distill_seconds or self.student_seconds, "eval": self.eval_every_seconds}[which]
+        quick = {"teacher": 50.0, "student": 24.0, "distill": 24.0, "eval": 4.0}
+        full = {"teacher": 600.0, "student": 300.0, "distill": 300.0, "eval": 30.0}
         return given or (quick if self.quick else full)[which]
 
     @property
@@ -133,29 +148,32 @@ def get_teacher(config: PVDBenchConfig, name: str, train: MultiViewDataset, test
 def run_method(config: PVDBenchConfig, method: str, teacher: Field, student: str, train: MultiViewDataset,
                test: MultiViewDataset) -> dict[str, Any]:
     torch.manual_seed(config.seed)
-    budget, every = config.budget("student"), config.budget("eval")
+    budget, every = config.budget("student" if method == "scratch" else "distill"), config.budget("eval")
     if method == "scratch":
         trainer = FieldTrainer(fit_config(config, student, config.student_preset), train, test)
         timeline = timed_run(trainer.train_step, lambda n: setattr(trainer.config, "steps", n),
                              lambda: trainer.evaluate()[0]["test_psnr"], budget, every)
-        return {"timeline": timeline, "params": trainer.field.parameter_count()}
+        return {"timeline": timeline, "budget_seconds": budget, "params": trainer.field.parameter_count()}
+    schedule, with_al = DISTILL_METHODS[method]
+    active = config.al_levels if with_al else ""
+    stages = {} if config.stage_fractions is None else {"stage_fractions": tuple(config.stage_fractions)}
     distill = VolumeDistillConfig(student=student, preset=config.student_preset, batch_rays=config.batch[0],
-                                  n_samples=config.batch[1],
-                                  schedule="staged" if method == "pvd" else "all_at_once",
-                                  active="" if method == "pvd" else "image,ray,point", device=config.device,
-                                  seed=config.seed, steps=10**6)
+                                  n_samples=config.batch[1], schedule=schedule, active=active,
+                                  device=config.device, seed=config.seed, steps=10**6, **stages)
     views = EvalViews(test.cameras, test.background.float(), ground_truth=test.images)
     distiller = VolumeDistiller(distill, teacher, Shell.from_cameras(train.cameras), views)
     timeline = timed_run(distiller.train_step, lambda n: setattr(distiller.config, "steps", n),
                          lambda: distiller.evaluate()[0]["test_psnr"], budget, every)
     final, _ = distiller.evaluate()
-    return {"timeline": timeline, "params": distiller.student.parameter_count(),
+    return {"timeline": timeline, "budget_seconds": budget, "schedule": schedule, "active": active,
+            "params": distiller.student.parameter_count(),
             "psnr_vs_teacher": round(final["psnr_vs_teacher"], 3),
             "teacher_test_psnr": round(final["teacher_test_psnr"], 3)}
 
 
 def summarize(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Time to the from-scratch final PSNR, its speed-up, and PSNR at equal wall time."""
+    """Time to the from-scratch final PSNR, its speed-up, PSNR at equal time, and (given a pvd run)
+    each method's final gain over plain PVD (for the pvd_*al runs: active learning's gain)."""
     target = runs["scratch"]["timeline"][-1]["test_psnr"]
     scratch_time = seconds_to_reach(runs["scratch"]["timeline"], target)
     out = {"scratch_final_psnr": target}
@@ -166,6 +184,9 @@ def summarize(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
                        "speedup_to_scratch_final": round(scratch_time / reach, 2) if reach else None,
                        "psnr_at_half_time": psnr_at(run["timeline"], end / 2),
                        "gain_over_scratch_db": round(run["timeline"][-1]["test_psnr"] - target, 3)}
+        if "pvd" in runs and method != "pvd":
+            out[method]["gain_over_pvd_db"] = round(
+                run["timeline"][-1]["test_psnr"] - runs["pvd"]["timeline"][-1]["test_psnr"], 3)
     return out
 
 
@@ -194,6 +215,9 @@ def plot(results: dict[str, Any], path: Path) -> Path:
 
 
 def run_bench(config: PVDBenchConfig) -> dict[str, Any]:
+    unknown = sorted(set(config.methods) - set(METHODS))
+    if unknown:
+        raise KeyError(f"methods: unknown {unknown}; choose among {list(METHODS)}")
     train, test = load_data(fit_config(config, "mlp"))
     results = {"quick": config.quick, "image_size": train.width, "batch_rays": config.batch[0],
                "n_samples": config.batch[1], "teacher_seconds": config.budget("teacher"),
@@ -222,12 +246,12 @@ def run_bench(config: PVDBenchConfig) -> dict[str, Any]:
         if distilled:
             info["test_psnr"] = distilled[0]["teacher_test_psnr"]
         results["pairs"][pair] = {"teacher": info, "runs": runs}
-        if len(runs) == len(METHODS):
+        if "scratch" in runs and len(runs) > 1:
             results["pairs"][pair]["summary"] = s = summarize(runs)
             print(f"{teacher_name} -> {student}: teacher {info['test_psnr']:.2f} dB; scratch final "
                   f"{s['scratch_final_psnr']:.2f} dB", flush=True)
-            for m in METHODS:
-                print(f"   {m:8s} final {s[m]['final_psnr']:6.2f} dB ({s[m]['gain_over_scratch_db']:+.2f}), "
+            for m in runs:
+                print(f"   {m:13s} final {s[m]['final_psnr']:6.2f} dB ({s[m]['gain_over_scratch_db']:+.2f}), "
                       f"reaches scratch final at {s[m]['seconds_to_scratch_final']} s "
                       f"(x{s[m]['speedup_to_scratch_final']})", flush=True)
         atomic_write_json(config.out, results)
