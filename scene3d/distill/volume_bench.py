@@ -202,7 +202,8 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     for ax, (pair, res) in zip(axes[0], pairs.items(), strict=True):
         for method, run in res["runs"].items():
             tl = run["timeline"]
-            ax.plot([p["seconds"] for p in tl], [p["test_psnr"] for p in tl], marker=".", label=method)
+            label = f"{method} ({run['active']})" if run.get("active") else method
+            ax.plot([p["seconds"] for p in tl], [p["test_psnr"] for p in tl], marker=".", label=label)
         if "test_psnr" in res["teacher"]:
             ax.axhline(res["teacher"]["test_psnr"], color="gray", linestyle="--", label="teacher")
         ax.set(title=pair.replace(":", " -> "), xlabel="training CPU time (s)", ylabel="test PSNR (dB)")
