@@ -222,7 +222,8 @@ def run_bench(config: PVDBenchConfig) -> dict[str, Any]:
     train, test = load_data(fit_config(config, "mlp"))
     results = {"quick": config.quick, "image_size": train.width, "batch_rays": config.batch[0],
                "n_samples": config.batch[1], "teacher_seconds": config.budget("teacher"),
-               "student_seconds": config.budget("student"), "student_preset": config.student_preset,
+               "student_seconds": config.budget("student"), "distill_seconds": config.budget("distill"),
+               "student_preset": config.student_preset,
                "clock": "process_time (CPU s of one thread)", "threads": torch.get_num_threads(),
                "device": config.device, "pairs": {}}
     previous: dict[str, Any] = {}
