@@ -349,6 +349,34 @@ def test_bench_distilled_runs_take_their_own_budget_or_the_students():
     assert PVDBenchConfig(quick=True).budget("distill") == PVDBenchConfig(quick=True).budget("student")
 
 
+def test_bench_methods_set_schedule_active_levels_and_budget(monkeypatch):
+    from types import SimpleNamespace
+
+    import scene3d.distill.volume_bench as bench
+
+    made, budgets = {}, []
+
+    class FakeDistiller:
+        def __init__(self, config, teacher, shell, views):
+            self.config, self.student = config, SimpleNamespace(parameter_count=lambda: 1)
+            self.train_step = lambda: None
+
+        def evaluate(self):
+            return {"psnr_vs_teacher": 1.0, "teacher_test_psnr": 2.0, "test_psnr": 3.0}, {}
+
+    monkeypatch.setattr(bench, "VolumeDistiller", FakeDistiller)
+    monkeypatch.setattr(bench, "Shell", SimpleNamespace(from_cameras=lambda cameras: None))
+    monkeypatch.setattr(bench, "EvalViews", lambda *args, **kwargs: None)
+    monkeypatch.setattr(bench, "timed_run", lambda step, total, evaluate, budget, every: budgets.append(budget) or [])
+    data = SimpleNamespace(cameras=None, background=torch.zeros(3), images=None)
+    config = bench.PVDBenchConfig(student_seconds=300, distill_seconds=60, al_levels="point")
+    for method in ("pvd", "pvd_al", "pvd_staged_al"):
+        made[method] = bench.run_method(config, method, None, "grid", data, data)
+    assert [(made[m]["schedule"], made[m]["active"]) for m in made] == [
+        ("staged", ""), ("all_at_once", "point"), ("staged", "point")]
+    assert budgets == [60, 60, 60]
+
+
 def test_bench_reuses_runs_of_an_earlier_json_and_skips_the_teacher_for_scratch(tmp_path, monkeypatch):
     import json
     from types import SimpleNamespace
