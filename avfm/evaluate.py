@@ -20,11 +20,12 @@ from avfm.data import SceneSet, precompute_targets
 from avfm.flops import canvit_flops, vit_flops
 from avfm.glimpse import Viewpoint, build_policy, extract_glimpse, sample_viewpoints
 from avfm.model import CanViT, State
-from avfm.probes import entropy_map, fit_cls_probe, fit_seg_probe, miou, top1
+from avfm.probes import entropy_map, fit_cls_probe, fit_seg_probe, top1
 from avfm.teachers import Teacher, ViTTeacher
 from avfm.train import DataConfig, OptimConfig, TeacherConfig, TrainConfig, setup
 from scene3d.checkpoint import restoring
 from scene3d.errors import CheckpointError
+from scene3d.metrics import miou
 from scene3d.runs import RunDir
 
 

@@ -83,21 +83,6 @@ def fit_cls_probe(
     return fit_probe(ClsProbe(cls.shape[-1], num_classes, layer_norm), cls, targets, **kwargs)
 
 
-def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
-    """[C, C] counts, rows = target, columns = prediction."""
-    idx = target.flatten().long() * num_classes + pred.flatten().long()
-    return torch.bincount(idx, minlength=num_classes**2).view(num_classes, num_classes)
-
-
-def miou(pred: Tensor, target: Tensor, num_classes: int) -> float:
-    """Mean IoU over the classes present in prediction or target."""
-    cm = confusion_matrix(pred, target, num_classes).double()
-    inter = cm.diag()
-    union = cm.sum(0) + cm.sum(1) - inter
-    present = union > 0
-    return float((inter[present] / union[present]).mean()) if present.any() else float("nan")
-
-
 def top1(logits: Tensor, target: Tensor) -> float:
     return float((logits.argmax(-1) == target).float().mean())
 

@@ -41,6 +41,7 @@ from avfm.teachers import (
     train_dense_teacher,
 )
 from scene3d.checkpoint import restoring
+from scene3d.device import pick_device
 from scene3d.errors import DataError
 from scene3d.guard import FiniteGuard
 from scene3d.runs import RunDir
@@ -192,12 +193,6 @@ def _world() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def set_lr(opt: torch.optim.Optimizer, cfg: OptimConfig, step: int) -> float:
     lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
     for group in opt.param_groups:
@@ -271,7 +266,7 @@ def train(cfg: TrainConfig) -> dict:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
         dist.init_process_group(backend)
-    rank, device = _rank(), _device(cfg.device)
+    rank, device = _rank(), pick_device(cfg.device)
     if device.type == "cuda" and _world() > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     run = RunDir.create("avfm", cfg.run_name, root=cfg.out_root)

@@ -228,3 +228,13 @@ def random_sphere_cameras(n: int, radius: tuple[float, float] = (3.0, 4.0),
     tgt = torch.tensor(target, dtype=torch.float32)
     eyes = spherical_to_cartesian(az, el, r) + tgt
     return Cameras.from_fov(look_at(eyes, tgt), math.radians(fov_x_deg), width, height)
+
+
+def turntable_cameras(cameras: Cameras, center: Float[Tensor, "3"], n: int) -> Cameras:
+    """A turntable: n cameras orbiting `center` at the mean distance and elevation of `cameras` (a
+    capture's training views), with their horizontal field of view and image size."""
+    offsets = cameras.centers - center
+    distance = offsets.norm(dim=-1)
+    elevation = torch.rad2deg(torch.asin((offsets[:, 2] / distance).clamp(-1, 1))).mean().item()
+    return orbit_cameras(n, distance.mean().item(), elevation, math.degrees(cameras.fov_x[0].item()), cameras.width,
+                         cameras.height, target=tuple(center.tolist()))

@@ -1,4 +1,4 @@
-"""Image, depth and normal metrics.
+"""Image, depth, normal and segmentation metrics.
 
 Images are [..., H, W, 3] (channels last, the library's layout) with values in [0, 1].
 SSIM follows Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 = 0.01, K2 = 0.03, data
@@ -86,3 +86,17 @@ def normal_metrics(pred: Float[Tensor, "*B 3"], target: Float[Tensor, "*B 3"],
         **{f"within_{th}": float((angle < th).double().mean()) for th in (11.25, 22.5, 30.0)},
     }
 
+
+def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
+    """[C, C] counts, rows = target, columns = prediction."""
+    idx = target.flatten().long() * num_classes + pred.flatten().long()
+    return torch.bincount(idx, minlength=num_classes**2).view(num_classes, num_classes)
+
+
+def miou(pred: Tensor, target: Tensor, num_classes: int) -> float:
+    """Mean IoU over the classes present in prediction or target."""
+    cm = confusion_matrix(pred, target, num_classes).double()
+    inter = cm.diag()
+    union = cm.sum(0) + cm.sum(1) - inter
+    present = union > 0
+    return float((inter[present] / union[present]).mean()) if present.any() else float("nan")

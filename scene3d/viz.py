@@ -1,4 +1,5 @@
-"""Turn buffers into pictures: depth, normal and label colouring, image grids, contact sheets."""
+"""Turn buffers into pictures: depth, normal, label and feature (PCA) colouring, image grids, contact
+sheets, and videos (turntables)."""
 
 from __future__ import annotations
 
@@ -70,3 +71,51 @@ def contact_sheet(rgb: Float[Tensor, "N H W 3"], depth: Float[Tensor, "N H W"], 
             [colorize_normals(n) for n in normals],
             [colorize_labels(s) for s in semantic]]
     return image_grid(rows)
+
+
+def pca_rgb(features: Float[Tensor, "*B H W C"],
+            mask: Bool[Tensor, "*B H W"] | None = None) -> Float[Tensor, "*B H W 3"]:
+    """Features coloured by their first three principal components, shared by every map of the batch
+    (so colours compare across maps); each component is scaled to [0, 1] between its 1st and 99th
+    percentile over `mask`, pixels outside it are black, and fewer than 3 channels are zero-padded."""
+    *lead, c = features.shape
+    flat = features.float().reshape(-1, c)
+    valid = torch.ones(len(flat), dtype=torch.bool) if mask is None else mask.reshape(-1)
+    if valid.sum() < 2:
+        return torch.zeros(*lead, 3)
+    mean = flat[valid].mean(0)
+    _, _, v = torch.linalg.svd(flat[valid] - mean, full_matrices=False)
+    comps = (flat - mean) @ v[: min(3, c)].T
+    comps = torch.nn.functional.pad(comps, (0, 3 - comps.shape[1]))
+    lo = torch.quantile(comps[valid], 0.01, dim=0)
+    hi = torch.quantile(comps[valid], 0.99, dim=0)
+    rgb = ((comps - lo) / (hi - lo).clamp_min(1e-8)).clamp(0, 1)
+    return torch.where(valid[:, None], rgb, torch.zeros_like(rgb)).reshape(*lead, 3)
+
+
+def to_uint8(image: Float[Tensor, "*B H W C"]) -> np.ndarray:
+    """[0, 1] floats as 8-bit (rounded), on the CPU."""
+    return (image.detach().clamp(0, 1) * 255).round().byte().cpu().numpy()
+
+
+def depth_to_grey(depth: Float[Tensor, "H W"]) -> Float[Tensor, "H W 3"]:
+    """Depth normalised to [0, 1] over its positive range, as grey (invalid black)."""
+    valid = depth > 0
+    lo = depth[valid].min() if valid.any() else depth.new_tensor(0.0)
+    hi = depth.max().clamp_min(lo + 1e-6)
+    return ((depth - lo) / (hi - lo)).clamp(0, 1)[..., None].expand(*depth.shape, 3) * valid[..., None]
+
+
+def write_video(path: str | Path, frames: Float[Tensor, "F H W 3"], fps: int = 12) -> Path:
+    """Frames as a video (a turntable): `.gif` as an animated GIF; otherwise H.264 (`.mp4`), falling
+    back to a GIF beside it when ffmpeg cannot encode. Returns the path written."""
+    path, data = Path(path), to_uint8(frames)
+    if path.suffix.lower() != ".gif":
+        try:
+            iio.imwrite(path, data, fps=fps, codec="libx264", macro_block_size=1)
+            return path
+        except Exception:  # noqa: BLE001 - no usable ffmpeg: fall back to a GIF
+            path = path.with_suffix(".gif")
+    iio.imwrite(path, data, duration=1000 / fps, loop=0)
+    return path
+

@@ -1,102 +1,13 @@
-"""Per-step ablation of volume distillation: one fixed teacher, the same student trained for a few
-hundred steps under each variant (and fitted from scratch to the ground truth at the same batch),
-test PSNR against the ground truth and against the teacher every `eval_every` steps.
+"""Per-step ablation of volume distillation (`lab.ablate.pvd`): one fixed teacher, the same student
+trained for a few hundred steps under each variant and fitted from scratch at the same batch.
 
     python scripts/ablate_pvd.py --teacher outputs/fields/hashgrid --student mlp --steps 300
 """
 
-from __future__ import annotations
-
-import json
-import time
-from dataclasses import dataclass, replace
-from pathlib import Path
-
-import torch
 import tyro
 
+from lab.ablate.pvd import AblateConfig, run_ablation
 from scene3d.cli import run_cli
-from scene3d.distill.volume import EvalViews, LevelWeights, VolumeDistillConfig, VolumeDistiller
-from scene3d.distill.volume_active import Shell
-from scene3d.distill.volume_run import load_teacher
-from scene3d.fields.train import FieldTrainer, FitConfig, load_data
-
-# name -> overrides of the PVD-AL defaults (all at once, camera + ray + point active learning) with
-# the background of `AblateConfig.random_background`
-VARIANTS: dict[str, dict] = {
-    "pvd_al": {},
-    "no_active": {"active": ""},
-    "pvd_staged": {"active": "", "schedule": "staged"},
-    "rgb_only": {"active": "", "weights": LevelWeights(embedding=0.0, density=0.0, color=0.0)},
-    "no_embedding": {"active": "", "weights": LevelWeights(embedding=0.0)},
-    "no_decoded": {"active": "", "weights": LevelWeights(density=0.0, color=0.0)},
-    "constant_background": {"active": "", "random_background": False},
-    "rgb_only_free_density": {"active": "", "weights": LevelWeights(embedding=0.0, density=0.0, color=0.0),
-                              "density_clamp": None},
-    "point_levels_0.2": {"active": "", "weights": LevelWeights(embedding=0.2, density=0.2, color=0.2)},
-    "point_levels_1": {"active": "", "weights": LevelWeights(embedding=1.0, density=1.0, color=1.0)},
-    "pvd_staged_point_levels_1": {"active": "", "schedule": "staged",
-                                  "weights": LevelWeights(embedding=1.0, density=1.0, color=1.0)},
-    "pvd_staged_al": {"schedule": "staged"},
-    "pvd_staged_image_ray": {"schedule": "staged", "active": "image,ray"},
-    "pvd_staged_point": {"schedule": "staged", "active": "point"},
-    "rgb_only_no_occupancy": {"active": "", "weights": LevelWeights(embedding=0.0, density=0.0, color=0.0),
-                              "use_occupancy": False},
-}
-
-
-@dataclass
-class AblateConfig:
-    teacher: Path = Path("outputs/fields/hashgrid")
-    student: str = "mlp"
-    preset: str = "default"
-    variants: tuple[str, ...] = tuple(VARIANTS)
-    scratch: bool = True
-    random_background: bool = False  # the variants' base (the first ablation ran with True, the old default)
-    steps: int = 300
-    eval_every: int = 100
-    batch_rays: int = 512
-    n_samples: int = 64
-    image_size: int = 64
-    out: Path = Path("outputs/bench/pvd_ablation.json")
-    seed: int = 0
-
-
-def main(c: AblateConfig) -> dict:
-    torch.set_num_threads(1)
-    fit = FitConfig(field=c.student, preset=c.preset, image_size=c.image_size, n_test_views=4,
-                    batch_rays=c.batch_rays, n_samples=c.n_samples, steps=c.steps, device="cpu", seed=c.seed)
-    train, test = load_data(fit)
-    teacher, _ = load_teacher(c.teacher)
-    results: dict = {"config": {k: str(v) for k, v in vars(c).items()}, "runs": {}}
-    runs = ([("scratch", None)] if c.scratch else []) + [(v, VARIANTS[v]) for v in c.variants]
-    for name, overrides in runs:
-        torch.manual_seed(c.seed)
-        if overrides is None:
-            trainer = FieldTrainer(fit, train, test)
-            step, evaluate = trainer.train_step, trainer.evaluate
-        else:
-            config = replace(VolumeDistillConfig(student=c.student, preset=c.preset, steps=c.steps,
-                                                 batch_rays=c.batch_rays, n_samples=c.n_samples, device="cpu",
-                                                 random_background=c.random_background, seed=c.seed), **overrides)
-            views = EvalViews(test.cameras, test.background.float(), ground_truth=test.images)
-            distiller = VolumeDistiller(config, teacher, Shell.from_cameras(train.cameras), views)
-            step, evaluate = distiller.train_step, distiller.evaluate
-        cpu, timeline = 0.0, []
-        for i in range(1, c.steps + 1):
-            start = time.process_time()
-            step()
-            cpu += time.process_time() - start
-            if i % c.eval_every == 0:
-                m = evaluate()[0]
-                timeline.append({"step": i, "cpu_seconds": round(cpu, 2), "test_psnr": round(m["test_psnr"], 3),
-                                 "psnr_vs_teacher": round(m.get("psnr_vs_teacher", float("nan")), 3)})
-        results["runs"][name] = timeline
-        print(name, json.dumps(timeline), flush=True)
-        c.out.parent.mkdir(parents=True, exist_ok=True)
-        c.out.write_text(json.dumps(results, indent=1))
-    return results
-
 
 if __name__ == "__main__":
-    run_cli(lambda: main(tyro.cli(AblateConfig)))
+    run_cli(lambda: run_ablation(tyro.cli(AblateConfig)))

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import tyro
 
-from avfm.bench import BenchConfig, run_bench
+from lab.bench.avfm import BenchConfig, run_bench
 from scene3d.checkpoint import atomic_write_json
 from scene3d.cli import run_cli
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import tyro
 
+from lab.bench.fields import BenchConfig, run_bench
 from scene3d.cli import run_cli
-from scene3d.fields.bench import BenchConfig, run_bench
 
 if __name__ == "__main__":
     run_cli(lambda: run_bench(tyro.cli(BenchConfig)))

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import tyro
 
+from lab.bench.pvd import PVDBenchConfig, run_bench
 from scene3d.cli import run_cli
-from scene3d.distill.volume_bench import PVDBenchConfig, run_bench
 
 if __name__ == "__main__":
     run_cli(lambda: run_bench(tyro.cli(PVDBenchConfig)))

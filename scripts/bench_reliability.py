@@ -8,8 +8,8 @@ Writes outputs/bench/reliability.json and prints the table quoted in docs/reliab
 
 import tyro
 
+from lab.reliability.bench import ReliabilityConfig, run_reliability_bench, table
 from scene3d.cli import run_cli
-from viewer.reliability import ReliabilityConfig, run_reliability_bench, table
 
 if __name__ == "__main__":
     run_cli(lambda: print(table(run_reliability_bench(tyro.cli(ReliabilityConfig)))))

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 import tyro
 
+from lab.eval.score import guidance_speed
 from scene3d.checkpoint import atomic_write_json
 from scene3d.cli import run_cli
 from scene3d.diffusion import PixelPrior, PixelPriorConfig, load_prior
-from scene3d.distill.eval_score import guidance_speed
 
 
 @dataclass

@@ -7,10 +7,10 @@ import json
 
 import tyro
 
+from lab.bench.viewer import BenchConfig, run_bench
 from scene3d.checkpoint import atomic_write_json
 from scene3d.cli import run_cli
 from scene3d.runs import OUTPUTS
-from viewer.bench import BenchConfig, run_bench
 
 
 def main(config: BenchConfig) -> None:

@@ -11,7 +11,7 @@ metrics.json with saturation and, with a classifier run, the recognition of 8 vi
 import tyro
 
 from scene3d.cli import run_cli
-from scene3d.distill.run_score import DistillScoreConfig, distill_score
+from scene3d.distill.score.run import DistillScoreConfig, distill_score
 
 if __name__ == "__main__":
     run_cli(lambda: print(distill_score(tyro.cli(DistillScoreConfig))))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import tyro
 
 from scene3d.cli import run_cli
-from scene3d.distill.volume_run import DistillVolumeConfig, distill_volume
+from scene3d.distill.volume.run import DistillVolumeConfig, distill_volume
 
 
 def main(config: DistillVolumeConfig) -> None:

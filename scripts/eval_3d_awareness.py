@@ -13,7 +13,8 @@ from pathlib import Path
 
 import tyro
 
-from avfm.splat_distill import SplatRunConfig, compare_3d_awareness, quick_config
+from avfm.splat_distill import SplatRunConfig
+from lab.eval.awareness import compare_3d_awareness, quick_config
 from scene3d.cli import run_cli
 
 

@@ -9,8 +9,8 @@ guidance steps/s at 64x64); writes outputs/bench/score.json and a PNG of the tur
 
 import tyro
 
+from lab.eval.score import EvalScoreConfig, evaluate_score
 from scene3d.cli import run_cli
-from scene3d.distill.eval_score import EvalScoreConfig, evaluate_score
 
 if __name__ == "__main__":
     run_cli(lambda: evaluate_score(tyro.cli(EvalScoreConfig)))

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 
 from scene3d.cameras import orbit_cameras
-from scene3d.distill.volume import EvalViews
-from scene3d.distill.volume_active import Shell
-from scene3d.distill.volume_edit import voxel_positions
+from scene3d.distill.volume.active import Shell
+from scene3d.distill.volume.distiller import EvalViews
+from scene3d.distill.volume.edit import voxel_positions
 from scene3d.fields import build_field
 from scene3d.fields.encoding import _C0
 from scene3d.fields.grid import GridField

@@ -2,12 +2,12 @@
 
 import pytest
 
-from avfm.demo import run_demo_stage
+from lab.demo.avfm import run_stage
 
 
 @pytest.mark.slow
 def test_demo_stage_quick(tmp_path):
-    metrics = run_demo_stage(tmp_path, quick=True)
+    metrics = run_stage(tmp_path, quick=True)
     assert metrics["train_steps"] == 30
     assert 0.0 <= metrics["c2f/miou_last"] <= 1.0
     assert (tmp_path / "avfm_eval" / "demo_quick" / "metrics.json").is_file()

@@ -111,7 +111,7 @@ def test_canvas_rope_and_vpe_stay_fp32_under_autocast():
 
 
 def test_bench_skips_a_passive_forward_predicted_too_long():
-    from avfm.bench import passive_skip_reason
+    from lab.bench.avfm import passive_skip_reason
 
     assert passive_skip_reason(16, False, None, 900) is None
     assert passive_skip_reason(128, False, 500.0, 900) is None

@@ -9,8 +9,9 @@ from avfm.coords import flat_grid
 from avfm.evaluate import EvalConfig, evaluate, load_run, plot, write_locality
 from avfm.glimpse import Viewpoint
 from avfm.model import CONFIGS, CanViT, State
-from avfm.probes import SegProbe, entropy_map, fit_cls_probe, fit_seg_probe, miou, top1
+from avfm.probes import SegProbe, entropy_map, fit_cls_probe, fit_seg_probe, top1
 from avfm.train import DataConfig, OptimConfig, TeacherConfig, TrainConfig, train
+from scene3d.metrics import miou
 
 
 def test_miou_known_values():

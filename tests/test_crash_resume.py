@@ -1,4 +1,4 @@
-"""Crashes and resumes (`scene3d.reliability.crash`): every training script SIGKILLed at random
+"""Crashes and resumes (`lab.reliability.crash`): every training script SIGKILLed at random
 moments (one inside a checkpoint write) and resumed ends bitwise equal to an uninterrupted run;
 every checkpoint on disk loads; a full disk or an unwritable output folder is one line on stderr
 with earlier checkpoints intact. The subprocess tests are slow; the default suite checks the
@@ -17,10 +17,7 @@ import pytest
 import torch
 import tyro
 
-from scene3d.checkpoint import atomic_write, load_checkpoint, save_checkpoint
-from scene3d.cli import run_cli
-from scene3d.errors import OutputError
-from scene3d.reliability.crash import (
+from lab.reliability.crash import (
     SCRIPTS,
     _env,
     command,
@@ -29,6 +26,9 @@ from scene3d.reliability.crash import (
     prepare,
     run_script,
 )
+from scene3d.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from scene3d.cli import run_cli
+from scene3d.errors import OutputError
 from scene3d.runs import RunDir
 
 KILLS = int(os.environ.get("SCENE3D_KILLS", "5"))

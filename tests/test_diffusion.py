@@ -195,9 +195,9 @@ def test_clutter_images_and_augmentation_stay_in_range():
 
 @pytest.mark.slow
 def test_demo_stage_quick(tmp_path):
-    from scene3d.diffusion.demo import run_demo_stage
+    from lab.demo.prior import run_stage
 
-    metrics = run_demo_stage(tmp_path, quick=True)
+    metrics = run_stage(tmp_path, quick=True)
     assert Path(metrics["samples"]).is_file() and Path(metrics["image_check_png"]).is_file()
     assert metrics["classifier_val_accuracy"] > 0.5
     assert set(metrics["image_check"]) == {"sds", "vsd"}
@@ -206,8 +206,8 @@ def test_demo_stage_quick(tmp_path):
 
 @pytest.mark.parametrize("name", ["sds", "vsd", "ism"])
 def test_guidances_on_the_latent_prior(tmp_path, name):
-    from scene3d.distill.score import make_guidance
-    from scene3d.distill.views import random_cameras
+    from scene3d.distill.score.guidance import make_guidance
+    from scene3d.distill.score.views import random_cameras
 
     prior = StableDiffusionPrior.from_pretrained(tiny_sd_folder(tmp_path / "sd"))
     guidance = make_guidance(name, prior, guidance_scale=7.5)

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from lab.bench.fields import steps_in_budget
 from scene3d.errors import CheckpointError
 from scene3d.fields import FIELDS, build_field, load_field
-from scene3d.fields.bench import steps_in_budget
 from scene3d.fields.train import FieldTrainer, FitConfig, fit_field
 from scene3d.render import OccupancyGridConfig
+from scene3d.train import RunConfig, Stepper
 from tests._field_scenes import blob_views, psnr
 
 # Sizes for a 16x16, 12-view scene on a CPU, and the test PSNR each reaches in STEPS steps.
@@ -36,8 +37,10 @@ def blob_data():
 
 
 def small_config(field: str, **overrides) -> FitConfig:
+    """FitConfig of a small run; RunConfig's options (name, output_root, eval_every, ...) go to `run`."""
+    loop = {k: overrides.pop(k) for k in list(overrides) if k in RunConfig.__dataclass_fields__}
     return FitConfig(**{"field": field, "steps": STEPS[field], "batch_rays": 256, "n_samples": 32, "device": "cpu",
-                        "occupancy": FAST_OCCUPANCY, **overrides})
+                        "occupancy": FAST_OCCUPANCY, "run": RunConfig(**loop), **overrides})
 
 
 @pytest.mark.parametrize("name", sorted(FIELDS))
@@ -46,8 +49,9 @@ def test_each_architecture_fits_a_tiny_scene(name, blob_data):
     torch.manual_seed(0)
     trainer = FieldTrainer(small_config(name), train, test, build_field(name, **SMALL[name]))
     before = psnr(trainer.render(test.cameras)["rgb"], test.images)
-    while trainer.step < trainer.config.steps:
-        trainer.train_step()
+    step = Stepper(trainer)
+    while step.step < trainer.config.steps:
+        step()
     after = psnr(trainer.render(test.cameras)["rgb"], test.images)
     assert after > MIN_PSNR[name] > before + 5, (before, after)
 
@@ -56,10 +60,11 @@ def test_bench_learning_rate_decays_over_the_time_budget(blob_data):
     """bench_fields trains for a time budget: its step-count estimate puts the decay at
     lr_final_ratio ** (seconds / budget), here half-way after 10 steps of 0.5 s in a 10 s budget."""
     trainer = FieldTrainer(small_config("grid", steps=10**6), *blob_data, build_field("grid", resolution=16))
+    step = Stepper(trainer)
     for _ in range(10):
-        trainer.train_step()
-        trainer.config.steps = steps_in_budget(trainer.step, 0.5 * trainer.step, budget=10.0)
-    trainer.train_step()
+        step()
+        trainer.config.steps = steps_in_budget(step.step, 0.5 * step.step, budget=10.0)
+    step()
     group = trainer.optimizer.param_groups[0]
     assert trainer.config.steps == 20
     assert trainer.lr_final_ratio == 0.1  # the grid's own schedule
@@ -78,10 +83,10 @@ def test_each_architecture_brings_its_papers_schedule_and_the_fit_config_overrid
 
 def run_tensorf(tmp_path, data, name: str, steps: int):
     config = small_config("tensorf", steps=steps, name=name, output_root=tmp_path, eval_every=3,
-                          checkpoint_every=3, turntable_frames=4)
+                          checkpoint_every=3, turntable_frames=4, progress=False)
     torch.manual_seed(123)  # a different init each call would not matter: resume loads the state
     field = build_field("tensorf", resolution_init=12, resolution_final=20, upsample_steps=(2, 4))
-    return fit_field(config, *data, field=field, progress=False)
+    return fit_field(config, *data, field=field)
 
 
 def test_fit_field_writes_outputs_and_resumes_exactly(tmp_path, blob_data):
@@ -145,8 +150,8 @@ def test_fit_field_script_on_a_blender_dataset(tmp_path):
 
 @pytest.mark.slow
 def test_demo_stage_quick(tmp_path):
-    from scene3d.fields.demo import DEMO_FIELD, run_demo_stage
+    from lab.demo.fields import DEMO_FIELD, run_stage
 
-    result = run_demo_stage(tmp_path, quick=True)
+    result = run_stage(tmp_path, quick=True)
     assert result["field"] == DEMO_FIELD and result["test_psnr"] > 18
     assert (tmp_path / "fields" / DEMO_FIELD / "turntable.mp4").is_file()

@@ -1,4 +1,4 @@
-"""Every reader under property-based fuzzing (`scene3d.reliability.fuzz`): each damaged input
+"""Every reader under property-based fuzzing (`lab.reliability.fuzz`): each damaged input
 loads or raises one project error naming the file and the field; no other exception, no hang,
 no allocation sized by a declared count. 200 cases per reader here (SCENE3D_FUZZ_EXAMPLES
 overrides), 2,000 in the slow suite."""
@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from lab.reliability.fuzz import READERS, check_case, fuzz_reader, png_with_size, summarize, tiny_splits
 from scene3d.checkpoint import load_checkpoint, save_checkpoint
 from scene3d.data.formats import load_dataset, read_npy, save_blender
 from scene3d.errors import CheckpointError, DataError
 from scene3d.gaussians.ply import read_ply, write_ply
 from scene3d.gaussians.scene import GaussianScene
-from scene3d.reliability.fuzz import READERS, check_case, fuzz_reader, png_with_size, summarize, tiny_splits
 
 EXAMPLES = int(os.environ.get("SCENE3D_FUZZ_EXAMPLES", "200"))
 

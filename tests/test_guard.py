@@ -8,6 +8,7 @@ import torch
 from scene3d.checkpoint import load_checkpoint
 from scene3d.errors import NonFiniteError
 from scene3d.guard import FiniteGuard, first_nonfinite
+from scene3d.train import RunConfig, Stepper
 from scene3d.runs import RunDir
 
 
@@ -58,9 +59,10 @@ def _field_config(tmp_path, **kw):
     from scene3d.fields.train import FitConfig
 
     kw = {"steps": 6, **kw}
-    return FitConfig(field="mlp", output_root=tmp_path, name="r", checkpoint_every=2, eval_every=1000,
-                     eval_views=1, batch_rays=32, n_samples=8, n_train_views=2, n_test_views=1, image_size=12,
-                     turntable_frames=0, **kw)
+    run = RunConfig(output_root=tmp_path, name="r", checkpoint_every=2, eval_every=1000, progress=False,
+                    nonfinite=kw.pop("nonfinite", "stop"))
+    return FitConfig(field="mlp", eval_views=1, batch_rays=32, n_samples=8, n_train_views=2, n_test_views=1,
+                     image_size=12, turntable_frames=0, run=run, **kw)
 
 
 def test_field_fitting_stops_on_a_real_nan_keeping_the_last_good_checkpoint(tmp_path):
@@ -68,12 +70,12 @@ def test_field_fitting_stops_on_a_real_nan_keeping_the_last_good_checkpoint(tmp_
 
     config = _field_config(tmp_path, steps=4)
     train, test = load_data(config)
-    trainer, _ = fit_field(config, train, test, progress=False)
+    trainer, _ = fit_field(config, train, test)
     with torch.no_grad():
         next(trainer.field.parameters()).fill_(float("nan"))  # a diverged weight
     good = load_checkpoint(RunDir(tmp_path / "fields" / "r").latest_checkpoint())[0]
     with pytest.raises(NonFiniteError, match="step 5: loss 'loss'"):
-        trainer.train_step()
+        Stepper(trainer, step=4)()
     assert torch.isfinite(good["field"][next(iter(good["field"]))]).all()
     assert isinstance(trainer, FieldTrainer)
 
@@ -88,12 +90,12 @@ def test_field_fitting_nan_step(tmp_path, monkeypatch, mode):
     run = RunDir(tmp_path / "fields" / "r")
     if mode == "stop":
         with pytest.raises(NonFiniteError, match="step 3") as info:
-            fit_field(config, train, test, run=run, progress=False)
+            fit_field(config, train, test, run=run)
         assert [s for s, _ in run.checkpoints()] == [2] and "step_0000002" in str(info.value)
         load_checkpoint(run.latest_checkpoint())
     else:
-        trainer, metrics = fit_field(config, train, test, run=run, progress=False)
-        assert trainer.guard.skipped == [3] and metrics["steps"] == 6
+        _, metrics = fit_field(config, train, test, run=run)
+        assert metrics["nonfinite_skipped_steps"] == 1 and metrics["steps"] == 6
 
 
 def _nan_run(monkeypatch, mode, fn, checkpoints_dir):
@@ -144,8 +146,8 @@ def test_prior_training_nan_step(tmp_path, monkeypatch, mode):
 @pytest.mark.parametrize("mode", ["stop", "skip"])
 def test_score_distillation_nan_step(tmp_path, monkeypatch, mode):
     from scene3d.diffusion.pixel import PixelPrior, PixelPriorConfig
-    from scene3d.distill.distiller import DistillConfig, ScoreDistiller, image_target
-    from scene3d.distill.score import make_guidance
+    from scene3d.distill.score.distiller import DistillConfig, ScoreDistiller, image_target
+    from scene3d.distill.score.guidance import make_guidance
 
     torch.manual_seed(0)
     prior = PixelPrior(PixelPriorConfig(resolution=16, block_out_channels=(8, 16), norm_num_groups=4,

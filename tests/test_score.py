@@ -9,9 +9,18 @@ import torch
 from torch import nn
 
 from scene3d.diffusion import PixelPrior, PixelPriorConfig
-from scene3d.distill.distiller import DistillConfig, ScoreDistiller, Target
-from scene3d.distill.score import GUIDANCES, ISM, SDS, TSM, VSD, camera_features, clip_pixel_gradients, make_guidance
-from scene3d.distill.views import camera_angles, random_cameras, turntable_cameras, view_names
+from scene3d.distill.score.distiller import DistillConfig, ScoreDistiller, Target
+from scene3d.distill.score.guidance import (
+    GUIDANCES,
+    ISM,
+    SDS,
+    TSM,
+    VSD,
+    camera_features,
+    clip_pixel_gradients,
+    make_guidance,
+)
+from scene3d.distill.score.views import camera_angles, random_cameras, turntable_cameras, view_names
 from tests._score_priors import GaussianPrior
 
 TINY = PixelPriorConfig(resolution=16, block_out_channels=(8, 16), norm_num_groups=4, attention=False)
@@ -96,7 +105,7 @@ def test_vsd_gradient_is_its_formula_and_trains_only_the_estimator(prior):
 
 @pytest.mark.parametrize("rank", [0, 2])
 def test_vsd_estimator_lora_or_copy_starts_at_the_prior_and_shares_frozen_weights(prior, rank):
-    from scene3d.diffusion.base import LoRAConv2d, LoRALinear
+    from scene3d.lora import LoRAConv2d, LoRALinear
 
     guidance = make_guidance("vsd", prior, lora_rank=rank, estimator_lr=1e-2)
     est = guidance.estimator

@@ -8,9 +8,9 @@ import pytest
 
 @pytest.mark.slow
 def test_score_demo_stage_quick(tmp_path):
-    from scene3d.distill.score_demo import run_demo_stage
+    from lab.demo.score import run_stage
 
-    metrics = run_demo_stage(tmp_path, quick=True)
+    metrics = run_stage(tmp_path, quick=True)
     assert metrics["standin_prior"] is True
     run = metrics["runs"]["sds/splats"]
     for key in ("views_png", "turntable", "ply"):

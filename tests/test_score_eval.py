@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from scene3d.distill.evaluate import diversity, foreground, recognition, saturation
+from scene3d.distill.score.evaluate import diversity, foreground, recognition, saturation
 
 
 def test_saturation_of_grey_and_pure_colours():
@@ -32,8 +32,8 @@ def test_recognition_fraction():
 
 
 def test_voxel_target_renders_a_blob_and_is_differentiable():
-    from scene3d.distill.targets import voxel_target
-    from scene3d.distill.views import turntable_cameras
+    from scene3d.distill.score.targets import voxel_target
+    from scene3d.distill.score.views import turntable_cameras
 
     target, scene = voxel_target()
     scene.eval()
@@ -46,9 +46,9 @@ def test_voxel_target_renders_a_blob_and_is_differentiable():
 
 
 def test_eval_score_writes_its_report(tmp_path):
+    from lab.eval.score import EvalScoreConfig, evaluate_score
     from scene3d.diffusion import PixelPrior, PixelPriorConfig
     from scene3d.diffusion.classifier import ClassifierConfig, train_classifier
-    from scene3d.distill.eval_score import EvalScoreConfig, evaluate_score
 
     torch.manual_seed(0)
     PixelPrior(PixelPriorConfig(resolution=16, block_out_channels=(8, 16), norm_num_groups=4,
@@ -75,9 +75,9 @@ def test_eval_score_writes_its_report(tmp_path):
 @pytest.mark.parametrize(("target", "export"), [("splats", "splats.ply"), ("field", "mesh.ply")])
 def test_distill_score_run_writes_views_turntable_and_export(tmp_path, target, export):
     from scene3d.diffusion import PixelPrior, PixelPriorConfig
-    from scene3d.distill.distiller import DistillConfig
-    from scene3d.distill.run_score import DistillScoreConfig, distill_score
-    from scene3d.distill.targets import FieldTargetConfig, SplatTargetConfig, TargetOptions
+    from scene3d.distill.score.distiller import DistillConfig
+    from scene3d.distill.score.run import DistillScoreConfig, distill_score
+    from scene3d.distill.score.targets import FieldTargetConfig, SplatTargetConfig, TargetOptions
     from scene3d.errors import DataError
 
     torch.manual_seed(0)
@@ -106,7 +106,7 @@ def test_distill_score_run_writes_views_turntable_and_export(tmp_path, target, e
 def test_distill_score_cli_takes_prompt_without_prefix():
     import tyro
 
-    from scene3d.distill.run_score import DistillScoreConfig
+    from scene3d.distill.score.run import DistillScoreConfig
 
     config = tyro.cli(DistillScoreConfig, args=["--guidance", "vsd", "--target", "splats", "--prompt", "box",
                                                 "--steps", "7", "--targets.splats.n-gaussians", "50"])
@@ -116,7 +116,7 @@ def test_distill_score_cli_takes_prompt_without_prefix():
 
 def test_run_guidance_takes_the_schedule_and_vsd_estimator_lr():
     from scene3d.diffusion import PixelPrior, PixelPriorConfig
-    from scene3d.distill.run_score import ScheduleConfig, make_run_guidance
+    from scene3d.distill.score.run import ScheduleConfig, make_run_guidance
 
     prior = PixelPrior(PixelPriorConfig(resolution=16, block_out_channels=(8, 16), norm_num_groups=4, attention=False))
     schedule = ScheduleConfig(guidance_scale=3.0, t_max_end=0.4, estimator_lr=2e-3)

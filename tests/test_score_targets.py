@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from scene3d.diffusion import PixelPrior, PixelPriorConfig
-from scene3d.distill.distiller import DistillConfig, ScoreDistiller
-from scene3d.distill.score import GUIDANCES, make_guidance
-from scene3d.distill.targets import (
+from scene3d.distill.score.distiller import DistillConfig, ScoreDistiller
+from scene3d.distill.score.guidance import GUIDANCES, make_guidance
+from scene3d.distill.score.targets import (
     TARGETS,
     FieldTargetConfig,
     SplatTargetConfig,
@@ -19,7 +19,7 @@ from scene3d.distill.targets import (
     field_student,
     splat_student,
 )
-from scene3d.distill.views import random_cameras, turntable_cameras
+from scene3d.distill.score.views import random_cameras, turntable_cameras
 from scene3d.fields import FIELDS
 from tests._score_priors import GaussianPrior
 

@@ -15,24 +15,24 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from scene3d.distill.lora import add_lora
-from scene3d.distill.probe3d import (
+from scene3d.distill.splat.data import make_world_views, sample_tuple, view_angles
+from scene3d.distill.splat.depth import DepthNetConfig, depth_fn, train_depth_net
+from scene3d.distill.splat.distiller import SplatDistillConfig, SplatDistiller, distill, ema_update, feature_loss
+from scene3d.distill.splat.fit3d import Fit3DConfig, fit_feature_gaussians
+from scene3d.distill.splat.lift import LiftConfig, lift_views, rotmat_to_quat, splat_features, upsample_features
+from scene3d.distill.splat.probes import (
     ProbeConfig,
     camera_normals,
     correspondence_recall,
     dense_probes,
     ground_truth_matches,
     match_features,
-    miou,
 )
-from scene3d.distill.splat import SplatDistillConfig, SplatDistiller, distill, ema_update, feature_loss
-from scene3d.distill.splat_data import make_world_views, sample_tuple, view_angles
-from scene3d.distill.splat_depth import DepthNetConfig, depth_fn, train_depth_net
-from scene3d.distill.splat_fit3d import Fit3DConfig, fit_feature_gaussians
-from scene3d.distill.splat_lift import LiftConfig, lift_views, rotmat_to_quat, splat_features, upsample_features
-from scene3d.distill.splat_targets import pool_to_grid, segment_blend
+from scene3d.distill.splat.supervision import pool_to_grid, segment_blend
 from scene3d.gaussians.projection import quat_to_rotmat
 from scene3d.gaussians.rasterize import rasterize_gaussians
+from scene3d.lora import add_lora
+from scene3d.metrics import miou
 from scene3d.runs import RunDir
 
 
@@ -314,9 +314,9 @@ def test_script_reports_a_bad_teacher_path_in_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_demo_stage_quick(tmp_path):
-    from avfm.splat_distill import run_demo_stage
+    from lab.demo.splat_distill import run_stage
 
-    out = run_demo_stage(tmp_path, quick=True)
+    out = run_stage(tmp_path, quick=True)
     assert set(out["table"]) == {"teacher", "fit3d_student", "splat_student"}
     assert (tmp_path / "splat_distill" / "demo_quick_features.png").is_file()
 
@@ -336,10 +336,12 @@ def test_lora_student_starts_identical_and_trains_only_adapters(worlds, tmp_path
     base = Linears()
     before = base(images).detach()
     frozen = {k: v.clone() for k, v in base.state_dict().items()}
-    lora = add_lora(copy.deepcopy(base), rank=2)
+    lora = copy.deepcopy(base)
+    adapters = add_lora(lora, rank=2)
     assert torch.allclose(lora(images), before, atol=1e-6)
     assert {n for n, p in lora.named_parameters() if p.requires_grad} == {
-        "head.0.lora_a", "head.0.lora_b", "head.2.lora_a", "head.2.lora_b"}
+        "head.0.down.weight", "head.0.up.weight", "head.2.down.weight", "head.2.up.weight"}
+    assert len(adapters) == 4 and all(p.requires_grad for p in adapters)
     cfg = SplatDistillConfig(steps=4, batch_size=2, lr=1e-2, warmup=1, lora_rank=2)
     d = SplatDistiller(copy.deepcopy(base), copy.deepcopy(base), worlds, cfg)
     distill(d, RunDir(tmp_path / "lora"), checkpoint_every=2, progress=False)
@@ -348,4 +350,4 @@ def test_lora_student_starts_identical_and_trains_only_adapters(worlds, tmp_path
                for k, v in frozen.items())
     assert not torch.allclose(d.student(images), before, atol=1e-5)
     teacher_state = d.teacher.state_dict()
-    assert all(torch.equal(teacher_state[k], v) for k, v in state.items() if "lora_" not in k)
+    assert all(torch.equal(teacher_state[k], v) for k, v in state.items() if ".down." not in k and ".up." not in k)

@@ -23,6 +23,7 @@ import viser.transforms as vtf
 import websockets
 import zstandard
 
+from lab.demo.viewer import run_stage
 from scene3d.cameras import Cameras, look_at, orbit_cameras
 from scene3d.data.dataset import make_multiview_dataset
 from scene3d.data.formats import save_blender
@@ -30,14 +31,13 @@ from scene3d.data.generate import WorldDatasetConfig, write_world_dataset
 from scene3d.data.synthetic import make_world, render_world
 from scene3d.errors import DataError
 from scene3d.runs import RunDir
-from scene3d.viz import colorize_labels, colorize_normals
+from scene3d.viz import colorize_labels, colorize_normals, pca_rgb
 from viewer.camera import ViewState, cameras_to_view, matrix_to_quat, quat_to_matrix, view_to_cameras
-from viewer.demo import run_demo_stage
 from viewer.panels.frustums import CameraFrustums, evenly_spaced, thumbnail
 from viewer.panels.scene import ProgressiveRenderer
 from viewer.panels.training import ScalarLog
 from viewer.server import ViewerConfig, ViewerServer
-from viewer.sources import BUFFERS, Frame, SyntheticSource, pca_rgb, render_view
+from viewer.sources import BUFFERS, Frame, SyntheticSource, render_view
 from viewer.targets import ViewerContent, open_target, open_targets
 
 
@@ -428,7 +428,7 @@ SHOTS = Path(__file__).resolve().parents[1] / "outputs" / "viewer"
 
 
 def _browser():
-    from viewer.browser import HeadlessBrowser, find_chromium
+    from lab.browser import HeadlessBrowser, find_chromium
 
     if find_chromium() is None:
         message = "chromium is not installed (Debian: apt-get install chromium; `make test` installs it)"
@@ -540,10 +540,10 @@ def test_open_targets_combines_a_dataset_and_a_run(tmp_path):
 def test_demo_stage_checks_the_viewer_on_the_demo_outputs(tmp_path):
     write_world_dataset(WorldDatasetConfig(out=tmp_path / "world", seed=0, n_train=4, n_val=1, n_test=1, width=24,
                                            height=24), progress=False)
-    metrics = run_demo_stage(tmp_path, quick=True)
+    metrics = run_stage(tmp_path, quick=True)
     assert metrics["page_bytes"] > 1000 and metrics["render_psnr_vs_train_image"] > 40  # exact render vs PNG
     with pytest.raises(DataError, match="no world dataset"):
-        run_demo_stage(tmp_path / "nothing", quick=True)
+        run_stage(tmp_path / "nothing", quick=True)
 
 
 def test_view_script_prints_the_url_serves_and_stops_on_ctrl_c():
@@ -578,7 +578,7 @@ def test_view_script_bad_path_is_one_line_and_exit_code_2(tmp_path):
 
 
 def test_bench_reports_preview_and_full_frames():
-    from viewer.bench import BenchConfig, run_bench
+    from lab.bench.viewer import BenchConfig, run_bench
 
     config = BenchConfig(repeats=1)
     config.settings.max_side = 64
@@ -636,8 +636,8 @@ def test_click_rays_map_to_scene_coordinates():
 def test_avfm_run_opens_with_a_glimpse_panel(tmp_path):
     import dataclasses
 
-    from avfm.demo import demo_configs
     from avfm.train import TeacherConfig, train
+    from lab.demo.avfm import demo_configs
 
     config, _ = demo_configs(tmp_path, True, "toy")
     config = dataclasses.replace(config, steps=2, ckpt_every=2, standardizer_scenes=8,
@@ -683,8 +683,8 @@ def test_avfm_run_opens_with_a_glimpse_panel(tmp_path):
 def test_browser_shows_the_glimpse_panel(tmp_path):
     import dataclasses
 
-    from avfm.demo import demo_configs
     from avfm.train import TeacherConfig, train
+    from lab.demo.avfm import demo_configs
 
     config, _ = demo_configs(tmp_path, True, "toy")
     config = dataclasses.replace(config, steps=2, ckpt_every=2, standardizer_scenes=8,

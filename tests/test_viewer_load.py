@@ -1,4 +1,4 @@
-"""The viewer under load (`viewer.load`): 50 real websocket clients per wave connecting and
+"""The viewer under load (`lab.reliability.viewer_load`): 50 real websocket clients per wave connecting and
 leaving while two clients stay and keep rendering; the HTTP side refuses paths outside its assets."""
 
 import importlib.util
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from viewer.load import load_test, traversal_statuses
+from lab.reliability.viewer_load import load_test, traversal_statuses
 from viewer.server import ViewerConfig, ViewerServer
 from viewer.targets import open_target
 

@@ -12,16 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from lab.bench.pvd import psnr_at, seconds_to_reach, summarize, timed_run
+from lab.demo.volume import run_stage
 from scene3d.checkpoint import save_checkpoint
-from scene3d.distill.volume import (
-    DENSITY_RANGE,
-    VolumeDistillConfig,
-    VolumeDistiller,
-    density_residual,
-    l2_norm,
-    student_for,
-)
-from scene3d.distill.volume_active import (
+from scene3d.distill.volume.active import (
     CameraPool,
     RayPool,
     Shell,
@@ -30,15 +24,22 @@ from scene3d.distill.volume_active import (
     parse_active,
     point_mask,
 )
-from scene3d.distill.volume_bench import psnr_at, seconds_to_reach, summarize, timed_run
-from scene3d.distill.volume_demo import run_demo_stage
-from scene3d.distill.volume_edit import erase_box
-from scene3d.distill.volume_gaussian import GaussianToFieldDistiller, gaussian_views
-from scene3d.distill.volume_run import DistillVolumeConfig, distill_volume
+from scene3d.distill.volume.distiller import (
+    DENSITY_RANGE,
+    VolumeDistillConfig,
+    VolumeDistiller,
+    density_residual,
+    l2_norm,
+    student_for,
+)
+from scene3d.distill.volume.edit import erase_box
+from scene3d.distill.volume.gaussian_teacher import GaussianToFieldDistiller, gaussian_views
+from scene3d.distill.volume.run import DistillVolumeConfig, distill_volume
 from scene3d.fields import FIELDS, build_field, load_field
 from scene3d.fields.base import field_spec
 from scene3d.gaussians import GaussianScene
 from scene3d.render import OccupancyGridConfig, render_image
+from scene3d.train import RunConfig, Stepper, fit
 from tests._field_scenes import CENTERS, RADII
 from tests._volume_scenes import SHELL, blob_grid, eval_views, psnr
 from viewer.adapters.fields import load_field_checkpoint
@@ -79,8 +80,9 @@ def teachers():
     out = {"grid": blob_grid(16)}
     for name in ("mlp", "tensorf", "hashgrid"):
         distiller = VolumeDistiller(tiny_config(name, steps=40), out["grid"], SHELL, student=small_field(name))
-        while distiller.step < 40:
-            distiller.train_step()
+        step = Stepper(distiller)
+        while step.step < 40:
+            step()
         out[name] = distiller.student
     return out
 
@@ -91,7 +93,8 @@ def test_every_pair_distils_and_its_loss_falls(teachers, teacher_name, student_n
     student = student_for(teacher, student_name, **SMALL[student_name])
     config = tiny_config(student_name, embedding_decay=1.0)  # constant weights: a falling loss means learning
     distiller = VolumeDistiller(config, teacher, SHELL, student=student)
-    logs = [distiller.train_step() for _ in range(48)]
+    step = Stepper(distiller)
+    logs = [step() for _ in range(48)]
     losses = [log["loss"] for log in logs]
     first, last = sum(losses[:8]) / 8, sum(losses[-8:]) / 8
     assert all(math.isfinite(v) for v in losses)
@@ -166,10 +169,11 @@ def test_camera_pool_keeps_the_planted_worst_poses_with_their_own_psnr():
 def test_distiller_pools_the_worst_views_of_an_epoch_and_revisits_them():
     config = tiny_config("mlp", active="image", epoch_views=10, epoch_steps=3, camera_fraction=0.2)
     distiller = VolumeDistiller(config, blob_grid(16), SHELL, student=small_field("mlp"))
+    step = Stepper(distiller)
     for _ in range(3):
-        distiller.train_step()
+        step()
     epoch_c2w, epoch_psnr = distiller.epoch_c2w.clone(), distiller.view_errors.psnr().cpu()
-    distiller.train_step()  # ends the epoch
+    step()  # ends the epoch
     worst = torch.argsort(epoch_psnr)[:2]
     assert torch.equal(distiller.camera_pool.c2w, epoch_c2w[worst])
     assert torch.equal(distiller.camera_pool.psnr, epoch_psnr[worst])
@@ -202,7 +206,7 @@ def test_ray_pool_and_point_mask_pick_what_they_claim():
 def test_distiller_appends_the_ray_pool_and_queries_the_teacher_at_the_student_points():
     config = tiny_config("hashgrid", active="ray,point")
     distiller = VolumeDistiller(config, blob_grid(16), SHELL, student=small_field("hashgrid"))
-    distiller.train_step()
+    Stepper(distiller)()
     assert len(distiller.ray_pool) == math.ceil(0.1 * config.batch_rays)
     rays, view = distiller.sample_rays()
     assert len(rays) == config.batch_rays + len(distiller.ray_pool) and (view[-len(distiller.ray_pool):] == -1).all()
@@ -239,8 +243,7 @@ def test_distilled_student_matches_its_teacher():
     config = tiny_config("hashgrid", steps=150, batch_rays=256, n_samples=32, schedule="all_at_once")
     distiller = VolumeDistiller(config, teacher, SHELL, eval_views(), student=small_field("hashgrid"))
     before, _ = distiller.evaluate()
-    while distiller.step < config.steps:
-        distiller.train_step()
+    fit(distiller, None, RunConfig(eval_every=0, progress=False), config.steps)
     after, _ = distiller.evaluate()
     assert after["psnr_vs_teacher"] > 26.0 > before["psnr_vs_teacher"] + 8, (before, after)
     assert after["ssim_vs_teacher"] > 0.9
@@ -253,8 +256,7 @@ def test_property_fusion_carries_an_erased_region_into_the_student():
     torch.manual_seed(0)
     config = tiny_config("hashgrid", steps=120, batch_rays=256, n_samples=32)
     distiller = VolumeDistiller(config, edited, SHELL, eval_views(), student=small_field("hashgrid"))
-    while distiller.step < config.steps:
-        distiller.train_step()
+    fit(distiller, None, RunConfig(eval_every=0, progress=False), config.steps)
     student = distiller.student.eval()
     with torch.no_grad():
         kept = student.density(CENTERS[0] + 0.1 * torch.randn(64, 3) * RADII[0]).mean()
@@ -275,29 +277,30 @@ def write_teacher(path: Path) -> Path:
 
 
 def run_config(tmp_path: Path, teacher: Path, name: str, steps: int) -> DistillVolumeConfig:
-    return DistillVolumeConfig(teacher=teacher, student="mlp", name=name, output_root=tmp_path, steps=steps,
-                               batch_rays=64, n_samples=16, device="cpu", occupancy=FAST_OCCUPANCY, epoch_views=4,
-                               epoch_steps=3, eval_every=4, eval_views=1, checkpoint_every=4)
+    return DistillVolumeConfig(teacher=teacher, student="mlp", steps=steps, batch_rays=64, n_samples=16, device="cpu",
+                               occupancy=FAST_OCCUPANCY, epoch_views=4, epoch_steps=3, eval_views=1,
+                               run=RunConfig(name=name, output_root=tmp_path, eval_every=4, checkpoint_every=4,
+                                             progress=False))
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     teacher = write_teacher(tmp_path / "teacher.safetensors")
     torch.manual_seed(0)
-    _, full = distill_volume(run_config(tmp_path, teacher, "full", 10), progress=False)
-    train_step = VolumeDistiller.train_step
+    _, full = distill_volume(run_config(tmp_path, teacher, "full", 10))
+    loss = VolumeDistiller.loss
 
-    def interrupted(self):
-        if self.step == 6:  # after the checkpoint of step 4 and two more steps
+    def interrupted(self, step):
+        if step == 7:  # after the checkpoint of step 4 and two more steps
             raise KeyboardInterrupt
-        return train_step(self)
+        return loss(self, step)
 
-    monkeypatch.setattr(VolumeDistiller, "train_step", interrupted)
+    monkeypatch.setattr(VolumeDistiller, "loss", interrupted)
     torch.manual_seed(0)
     with pytest.raises(KeyboardInterrupt):
-        distill_volume(run_config(tmp_path, teacher, "split", 10), progress=False)
-    monkeypatch.setattr(VolumeDistiller, "train_step", train_step)
+        distill_volume(run_config(tmp_path, teacher, "split", 10))
+    monkeypatch.setattr(VolumeDistiller, "loss", loss)
     torch.manual_seed(99)  # resuming restores every RNG, whatever the state before
-    _, resumed = distill_volume(run_config(tmp_path, teacher, "split", 10), progress=False)
+    _, resumed = distill_volume(run_config(tmp_path, teacher, "split", 10))
     a = load_field(tmp_path / "distill" / "full" / "student.safetensors").state_dict()
     b = load_field(tmp_path / "distill" / "split" / "student.safetensors").state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -342,7 +345,7 @@ def test_bench_summary_times_and_equal_time_psnr():
 
 
 def test_bench_distilled_runs_take_their_own_budget_or_the_students():
-    from scene3d.distill.volume_bench import PVDBenchConfig
+    from lab.bench.pvd import PVDBenchConfig
 
     assert PVDBenchConfig(student_seconds=300, distill_seconds=60).budget("distill") == 60
     assert PVDBenchConfig(student_seconds=200).budget("distill") == 200
@@ -352,14 +355,14 @@ def test_bench_distilled_runs_take_their_own_budget_or_the_students():
 def test_bench_methods_set_schedule_active_levels_and_budget(monkeypatch):
     from types import SimpleNamespace
 
-    import scene3d.distill.volume_bench as bench
+    import lab.bench.pvd as bench
 
     made, budgets = {}, []
 
     class FakeDistiller:
         def __init__(self, config, teacher, shell, views):
             self.config, self.student = config, SimpleNamespace(parameter_count=lambda: 1)
-            self.train_step = lambda: None
+            self.loss = lambda step: (torch.zeros(()), {})
 
         def evaluate(self):
             return {"psnr_vs_teacher": 1.0, "teacher_test_psnr": 2.0, "test_psnr": 3.0}, {}
@@ -381,7 +384,7 @@ def test_bench_reuses_runs_of_an_earlier_json_and_skips_the_teacher_for_scratch(
     import json
     from types import SimpleNamespace
 
-    import scene3d.distill.volume_bench as bench
+    import lab.bench.pvd as bench
 
     made = []
 
@@ -410,7 +413,7 @@ def test_bench_reuses_runs_of_an_earlier_json_and_skips_the_teacher_for_scratch(
 
 @pytest.mark.slow
 def test_demo_stage_converts_a_fitted_field(tmp_path):
-    metrics = run_demo_stage(tmp_path, quick=True)
+    metrics = run_stage(tmp_path, quick=True)
     assert metrics["psnr_vs_teacher"] > 15.0 and metrics["steps"] == 100
     assert Path(metrics["student_checkpoint"]).is_file() and list(Path(metrics["renders"]).glob("*.png"))
     assert load_field(metrics["student_checkpoint"]).name == metrics["student"]
@@ -432,7 +435,6 @@ def test_a_gaussian_scene_teaches_a_field_through_its_renders():
         return psnr(render_image(student.eval(), views.cameras, 32, background=torch.ones(3))["rgb"], teacher_rgb)
 
     before = score()
-    while distiller.step < 120:
-        distiller.train_step()
+    fit(distiller, None, RunConfig(eval_every=0, progress=False), 120)
     after = score()
     assert after > before + 5 and after > 16.0, (before, after)

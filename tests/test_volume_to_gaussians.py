@@ -10,20 +10,25 @@ import pytest
 import torch
 
 from scene3d.checkpoint import load_checkpoint, save_checkpoint
-from scene3d.distill.volume import EvalViews
-from scene3d.distill.volume_run import DistillVolumeConfig, distill_volume
-from scene3d.distill.volume_to_gaussians import FieldToGaussianDistiller, SplatDistillConfig, SplatOptions
+from scene3d.distill.volume.distiller import EvalViews
+from scene3d.distill.volume.gaussian_student import (
+    FieldToGaussianDistiller,
+    GaussianStudentConfig,
+    GaussianStudentOptions,
+)
+from scene3d.distill.volume.run import DistillVolumeConfig, distill_volume
 from scene3d.errors import NonFiniteError
 from scene3d.gaussians.ply import read_ply
 from scene3d.gaussians.strategy import DensifyStrategy
 from scene3d.render import OccupancyGridConfig
+from scene3d.train import RunConfig, Stepper
 from tests._volume_scenes import SHELL, blob_grid, eval_views
 from tests.test_volume_distill import write_teacher
 
 
-def _config(**kw) -> SplatDistillConfig:
+def _config(**kw) -> GaussianStudentConfig:
     densify = DensifyStrategy(refine_start=10**9, refine_stop=10**9, reset_every=10**9)  # off unless given
-    return SplatDistillConfig(**{"steps": 40, "epoch_views": 6, "epoch_steps": 20, "n_samples": 32, "n_init": 300,
+    return GaussianStudentConfig(**{"steps": 40, "epoch_views": 6, "epoch_steps": 20, "n_samples": 32, "n_init": 300,
                                  "sh_degree": 0, "use_occupancy": False, "densify": densify, **kw})
 
 
@@ -31,8 +36,9 @@ def test_student_approaches_teacher_renders():
     teacher = blob_grid()
     distiller = FieldToGaussianDistiller(_config(n_init=1000), teacher, SHELL, eval_views())
     before = distiller.evaluate()[0]["psnr_vs_teacher"]
+    step = Stepper(distiller)
     for _ in range(40):
-        distiller.train_step()
+        step()
     after = distiller.evaluate()[0]["psnr_vs_teacher"]
     assert after > before + 4.0, (before, after)  # measured: 18.8 -> 24.8 dB
 
@@ -55,8 +61,9 @@ def test_no_ground_truth_is_read():
         views = eval_views()
         views = EvalViews(views.cameras, views.background, ground_truth=gt)
         distiller = FieldToGaussianDistiller(_config(), blob_grid(), SHELL, views)
+        step = Stepper(distiller)
         for _ in range(5):
-            distiller.train_step()
+            step()
         runs.append((distiller.scene.means.detach().clone(), distiller.evaluate()[0]))
     assert torch.equal(runs[0][0], runs[1][0])
     assert "test_psnr" not in runs[0][1] and runs[1][1]["test_psnr"] < runs[1][1]["psnr_vs_teacher"]
@@ -64,17 +71,18 @@ def test_no_ground_truth_is_read():
 
 def test_a_nan_loss_stops_or_skips_the_step(monkeypatch):
     monkeypatch.setenv("SCENE3D_FAULT_NAN_STEP", "3")
-    stopping = FieldToGaussianDistiller(_config(), blob_grid(), SHELL)
-    stopping.train_step(), stopping.train_step()
+    stopping = Stepper(FieldToGaussianDistiller(_config(), blob_grid(), SHELL))
+    stopping(), stopping()
     with pytest.raises(NonFiniteError, match="step 3"):
-        stopping.train_step()
-    skipping = FieldToGaussianDistiller(_config(nonfinite="skip"), blob_grid(), SHELL)
-    skipping.train_step(), skipping.train_step()
-    before = {k: v.detach().clone() for k, v in skipping.scene.params.items()}
-    skipping.train_step()
-    assert all(torch.equal(before[k], v) for k, v in skipping.scene.params.items())  # no update at the NaN
-    skipping.train_step()
-    assert skipping.guard.skipped == [3] and not torch.equal(before["means"], skipping.scene.means)
+        stopping()
+    distiller = FieldToGaussianDistiller(_config(), blob_grid(), SHELL)
+    skipping = Stepper(distiller, nonfinite="skip")
+    skipping(), skipping()
+    before = {k: v.detach().clone() for k, v in distiller.scene.params.items()}
+    skipping()
+    assert all(torch.equal(before[k], v) for k, v in distiller.scene.params.items())  # no update at the NaN
+    skipping()
+    assert skipping.guard.skipped == [3] and not torch.equal(before["means"], distiller.scene.means)
 
 
 def test_resume_is_exact(tmp_path):
@@ -84,57 +92,62 @@ def test_resume_is_exact(tmp_path):
                   epoch_steps=10)
     teacher = blob_grid()
     full = FieldToGaussianDistiller(cfg, teacher, SHELL)
+    step = Stepper(full)
     for _ in range(25):
-        full.train_step()
+        step()
     part = FieldToGaussianDistiller(cfg, teacher, SHELL)
+    step = Stepper(part)
     for _ in range(15):
-        part.train_step()
+        step()
     path = save_checkpoint(tmp_path / "ckpt.safetensors", part.state_dict())
     for _ in range(3):  # run on, then restore: the restored state must not depend on what came after
-        part.train_step()
+        step()
     resumed = FieldToGaussianDistiller(cfg, teacher, SHELL)
     resumed.load_state_dict(load_checkpoint(path)[0], path)
+    step = Stepper(resumed, step=15)
     for _ in range(10):
-        resumed.train_step()
+        step()
     assert len(resumed.scene) == len(full.scene) > cfg.n_init
     for name, p in full.scene.params.items():
         assert torch.equal(p, resumed.scene.params[name]), name
 
 
 def _run_config(tmp_path, teacher, name: str) -> DistillVolumeConfig:
-    splats = SplatOptions(n_init=200, sh_degree=0,
+    splats = GaussianStudentOptions(n_init=200, sh_degree=0,
                                 densify=DensifyStrategy(refine_start=3, refine_stop=9, refine_every=3,
                                                         reset_every=10**9))
-    return DistillVolumeConfig(teacher=teacher, student="splats", name=name, output_root=tmp_path, steps=10,
-                               n_samples=16, occupancy=OccupancyGridConfig(resolution=16), epoch_views=4,
-                               epoch_steps=3, eval_every=4, eval_views=1, checkpoint_every=4, splats=splats)
+    return DistillVolumeConfig(teacher=teacher, student="splats", steps=10, n_samples=16,
+                               occupancy=OccupancyGridConfig(resolution=16), epoch_views=4, epoch_steps=3,
+                               eval_views=1, splats=splats,
+                               run=RunConfig(name=name, output_root=tmp_path, eval_every=4, checkpoint_every=4,
+                                             progress=False))
 
 
 def test_script_run_resumes_exactly_and_writes_its_outputs(tmp_path, monkeypatch):
     """`--student splats`: interrupted after the step-4 checkpoint and two more steps, then resumed,
     the run ends with the same scene as an uninterrupted one; metrics, grid and PLY are written."""
     teacher = write_teacher(tmp_path / "teacher.safetensors")
-    _, full = distill_volume(_run_config(tmp_path, teacher, "full"), progress=False)
-    train_step = FieldToGaussianDistiller.train_step
+    _, full = distill_volume(_run_config(tmp_path, teacher, "full"))
+    loss = FieldToGaussianDistiller.loss
 
-    def interrupted(self):
-        if self.step == 6:
+    def interrupted(self, step):
+        if step == 7:
             raise KeyboardInterrupt
-        return train_step(self)
+        return loss(self, step)
 
-    monkeypatch.setattr(FieldToGaussianDistiller, "train_step", interrupted)
+    monkeypatch.setattr(FieldToGaussianDistiller, "loss", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        distill_volume(_run_config(tmp_path, teacher, "split"), progress=False)
+        distill_volume(_run_config(tmp_path, teacher, "split"))
     calls = []
 
-    def counted(self):
-        calls.append(self.step)
-        return train_step(self)
+    def counted(self, step):
+        calls.append(step)
+        return loss(self, step)
 
-    monkeypatch.setattr(FieldToGaussianDistiller, "train_step", counted)
+    monkeypatch.setattr(FieldToGaussianDistiller, "loss", counted)
     torch.manual_seed(99)  # the run's RNGs are its own
-    _, resumed = distill_volume(_run_config(tmp_path, teacher, "split"), progress=False)
-    assert calls == list(range(4, 10))  # it went on from the step-4 checkpoint
+    _, resumed = distill_volume(_run_config(tmp_path, teacher, "split"))
+    assert calls == list(range(5, 11))  # it went on from the step-4 checkpoint
     a, b = (read_ply(tmp_path / "distill" / name / "scene.ply") for name in ("full", "split"))
     assert len(a) == len(b) == full["num_gaussians"] > 200 and torch.equal(a.means, b.means)  # densified
     assert resumed["steps"] == full["steps"] == 10

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from avfm.glimpse import Viewpoint, build_policy, extract_glimpse
 from avfm.model import CanViT, State
-from viewer.sources import pca_rgb
+from scene3d.viz import pca_rgb
 
 # Policies that need no probe feedback (EG-C2F without a probe would pick at random).
 VIEWER_POLICIES = ("c2f", "f2c", "random", "full_first", "repeated_full")

@@ -23,7 +23,6 @@ from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import torch
-from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor
 
@@ -105,25 +104,6 @@ class CheckpointFollower(Generic[Loaded]):
 
 
 # colouring -------------------------------------------------------------------------------------
-def pca_rgb(features: Float[Tensor, "H W C"], mask: Tensor | None = None) -> Float[Tensor, "H W 3"]:
-    """First three principal components of per-pixel features as colours (each component scaled
-    to [0,1] between its 1st and 99th percentile over `mask`); fewer than 3 channels are padded."""
-    h, w, c = features.shape
-    flat = rearrange(features.float(), "h w c -> (h w) c")
-    valid = torch.ones(h * w, dtype=torch.bool) if mask is None else mask.reshape(-1)
-    if valid.sum() < 2:
-        return torch.zeros(h, w, 3)
-    mean = flat[valid].mean(0)
-    _, _, v = torch.linalg.svd(flat[valid] - mean, full_matrices=False)
-    comps = (flat - mean) @ v[: min(3, c)].T
-    comps = torch.nn.functional.pad(comps, (0, 3 - comps.shape[1]))
-    lo = torch.quantile(comps[valid], 0.01, dim=0)
-    hi = torch.quantile(comps[valid], 0.99, dim=0)
-    rgb = ((comps - lo) / (hi - lo).clamp_min(1e-8)).clamp(0, 1)
-    rgb = torch.where(valid[:, None], rgb, torch.zeros_like(rgb))
-    return rearrange(rgb, "(h w) c -> h w c", h=h)
-
-
 def depth_range(cameras: Cameras, aabb: Float[Tensor, "2 3"]) -> tuple[float, float]:
     """Camera-z range of the scene box's corners (near clamped at 1e-3): a colour scale for depth
     that stays fixed while the camera moves, instead of flickering with each frame's min / max."""

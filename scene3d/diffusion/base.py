@@ -15,6 +15,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from scene3d.lora import add_lora
+
 
 class DiffusionPrior(nn.Module, ABC):
     """An epsilon-prediction diffusion model with a discrete DDPM schedule of `num_timesteps` steps.
@@ -137,58 +139,12 @@ class _CameraClassEmbedding(nn.Module):
         return emb
 
 
-class LoRALinear(nn.Module):
-    """base(x) + (alpha / r) up(down(x)): a frozen linear layer plus a trainable rank-r update
-    (Hu et al. 2021); `up` starts at zero, so the wrapped layer starts equal to the base."""
-
-    def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None):
-        super().__init__()
-        self.base, self.scale = base, (alpha or rank) / rank
-        self.down = nn.Linear(base.in_features, rank, bias=False)
-        self.up = nn.Linear(rank, base.out_features, bias=False)
-        nn.init.kaiming_uniform_(self.down.weight, a=5**0.5)
-        nn.init.zeros_(self.up.weight)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.base(x) + self.scale * self.up(self.down(x))
-
-
-class LoRAConv2d(nn.Module):
-    """The convolution analogue (LoCon): down is a k x k conv to r channels with the base's stride
-    and padding, up a zero-initialised 1 x 1 conv back to the base's channels."""
-
-    def __init__(self, base: nn.Conv2d, rank: int, alpha: float | None = None):
-        super().__init__()
-        self.base, self.scale = base, (alpha or rank) / rank
-        self.down = nn.Conv2d(base.in_channels, rank, base.kernel_size, base.stride, base.padding,
-                              base.dilation, bias=False)
-        self.up = nn.Conv2d(rank, base.out_channels, 1, bias=False)
-        nn.init.kaiming_uniform_(self.down.weight, a=5**0.5)
-        nn.init.zeros_(self.up.weight)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.base(x) + self.scale * self.up(self.down(x))
-
-
 def frozen_shared_copy(module: nn.Module) -> nn.Module:
     """A structural copy of `module` whose parameters share memory with the original's but are
     separate frozen leaves (unfreezing the original does not unfreeze the copy); buffers are shared."""
     memo = {id(p): nn.Parameter(p.detach(), requires_grad=False) for p in module.parameters()}
     memo.update({id(b): b for b in module.buffers()})
     return copy.deepcopy(module, memo)
-
-
-def add_lora(module: nn.Module, rank: int, alpha: float | None = None) -> list[nn.Parameter]:
-    """Wrap every nn.Linear and (ungrouped) nn.Conv2d of `module` in place; returns the LoRA parameters."""
-    found = [(parent, name, child) for parent in module.modules() for name, child in parent.named_children()
-             if isinstance(child, nn.Linear) or (isinstance(child, nn.Conv2d) and child.groups == 1)]
-    params = []
-    for parent, name, child in found:
-        wrapped = (LoRALinear if isinstance(child, nn.Linear) else LoRAConv2d)(child, rank, alpha)
-        wrapped.to(device=child.weight.device, dtype=child.weight.dtype)
-        setattr(parent, name, wrapped)
-        params += [wrapped.down.weight, wrapped.up.weight]
-    return params
 
 
 class NoiseEstimator(nn.Module):
@@ -205,7 +161,7 @@ class NoiseEstimator(nn.Module):
         dim = prior.denoiser.time_embedding.linear_2.out_features
         if lora_rank > 0:
             self.denoiser = frozen_shared_copy(prior.denoiser)
-            add_lora(self.denoiser, lora_rank)
+            add_lora(self.denoiser, lora_rank, conv=True)
         else:
             self.denoiser = copy.deepcopy(prior.denoiser).requires_grad_(True)
         self.denoiser.train()

@@ -20,6 +20,7 @@ from einops import rearrange
 from tqdm import tqdm
 
 from scene3d.checkpoint import restoring
+from scene3d.device import pick_device
 from scene3d.diffusion.data import ObjectViews, render_objects
 from scene3d.diffusion.pixel import PixelPrior, PixelPriorConfig
 from scene3d.guard import FiniteGuard
@@ -56,10 +57,6 @@ class TrainPriorConfig:
     nonfinite: str = "stop"  # NaN / inf loss, gradient or parameter: "stop" (naming step and tensor) or "skip"
 
 
-def resolve_device(name: str) -> torch.device:
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
-
-
 def _lr_factor(step: int, config: TrainPriorConfig) -> float:
     """Linear warm-up then cosine decay to 10%."""
     if step < config.warmup_steps:
@@ -82,7 +79,7 @@ def sample_grid(prior: PixelPrior, per_class: int, steps: int, guidance: float, 
 def train_prior(config: TrainPriorConfig, run: RunDir | None = None) -> RunDir:
     run = run or RunDir.create("prior", config.name, root=config.root)
     run.save_config(config)
-    device = resolve_device(config.device)
+    device = pick_device(config.device)
     data = render_objects(config.n_objects_per_class, config.views_per_object, config.prior.resolution,
                           seed=config.seed, classes=config.prior.classes, views=config.views)
     images, labels = data.images.to(device), data.labels.to(device)

@@ -118,7 +118,7 @@ def make_optimizer(scene: GaussianScene, extent: float) -> torch.optim.Adam:
     return torch.optim.Adam(scene.param_groups(scene_extent=extent), eps=1e-15)
 
 
-def _set_means_lr(opt: torch.optim.Optimizer, step: int, total: int, lr0: float, final_factor: float) -> None:
+def set_means_lr(opt: torch.optim.Optimizer, step: int, total: int, lr0: float, final_factor: float) -> None:
     t = min(step / max(total, 1), 1.0)
     for group in opt.param_groups:
         if group["name"] == "means":
@@ -198,7 +198,7 @@ def fit(cfg: FitConfig) -> dict:
     bar = tqdm(range(start + 1, cfg.steps + 1), disable=not cfg.progress, desc="fit splats", initial=start,
                total=cfg.steps)
     for step in bar:
-        _set_means_lr(opt, step, cfg.steps, lr0, cfg.means_lr_final_factor)
+        set_means_lr(opt, step, cfg.steps, lr0, cfg.means_lr_final_factor)
         idx = torch.randint(len(train), (cfg.batch_cameras,), generator=g)
         bg = torch.rand(3, generator=g) if cfg.random_background else train.background
         degree = min(scene.sh_degree, (step - 1) // cfg.sh_increase_every)
@@ -290,19 +290,3 @@ def cpu_10min_preset() -> FitConfig:
 
 
 PRESETS = {"default": FitConfig, "cpu10min": cpu_10min_preset}
-
-
-def run_demo_stage(out_dir: Path, quick: bool) -> dict:
-    """`make demo` stage: fit splats to the demo world (out_dir/world when the world stage wrote it).
-    Short runs densify over their first three quarters and never reset opacities: a reset needs
-    ~1000 steps to recover (11.5 dB when it fell on the last of 1000 steps, 27.0 dB without)."""
-    data = out_dir / "world"
-    has_world = (data / "transforms_train.json").exists() or (data / "transforms.json").exists()
-    steps = 300 if quick else 1000
-    densify = DensifyStrategy(refine_start=100, refine_stop=steps * 3 // 4, refine_every=50 if quick else 100,
-                              reset_every=10**9)
-    cfg = FitConfig(data=data if has_world else None, name="demo", output_root=out_dir, steps=steps,
-                    n_init=2000 if quick else 5000, eval_every=10**9, checkpoint_every=500, densify=densify,
-                    turntable_frames=12 if quick else 36, resume=False, world_views=(24, 2, 6) if quick else (60, 4, 8),
-                    world_size=32 if quick else 64, progress=not quick)
-    return fit(cfg)

@@ -13,8 +13,8 @@ from scene3d.cameras import Cameras
 from scene3d.checkpoint import load_checkpoint, restoring
 from scene3d.fields.base import Field, field_from_spec, load_field_state
 from scene3d.render import OccupancyGrid, OccupancyGridConfig, render_image
-from scene3d.viz import colorize_depth
-from viewer.sources import CheckpointFollower, Frame, depth_range, latest_checkpoint, pca_rgb
+from scene3d.viz import colorize_depth, pca_rgb
+from viewer.sources import CheckpointFollower, Frame, depth_range, latest_checkpoint
 
 
 def load_field_checkpoint(path: Path) -> tuple[Field, OccupancyGrid | None, dict]:

@@ -14,8 +14,8 @@ from scene3d.errors import CheckpointError
 from scene3d.gaussians import GaussianScene, rasterize
 from scene3d.gaussians.ply import read_ply
 from scene3d.gaussians.sh import sh_to_rgb
-from scene3d.viz import colorize_depth
-from viewer.sources import CheckpointFollower, Frame, depth_range, latest_checkpoint, pca_rgb
+from scene3d.viz import colorize_depth, pca_rgb
+from viewer.sources import CheckpointFollower, Frame, depth_range, latest_checkpoint
 from viewer.targets import ViewerContent
 
 

@@ -1,0 +1,263 @@
+"""Splat and Distill: 3D-aware distillation of a 2D dense model through feed-forward Gaussian lifting.
+
+Per (context views, target view) tuple of a multi-view world: the teacher's patch features of the
+context views are upsampled to pixels (bilinear or label-edge-aware), optionally PCA-compressed,
+lifted to one Gaussian per pixel (`splat_lift.py`) and splatted to the target camera; the rendered
+map, blended with its per-segment means, pooled to the student's patch grid and masked where
+uncovered, is the target of the student on the target image (cosine or MSE). The teacher is an EMA
+of the student (`lora_rank > 0`: only LoRA adapters train). The FiT3D-style baseline
+(`target_source="fit3d"`) instead renders per-world feature Gaussians fitted once to every view's
+teacher features (`splat_fit3d.py`), teacher frozen.
+
+`teacher` and `student` are any modules mapping images [B, 3, H, W] in [0, 1] to dense features
+[B, D, h, w]; `scene3d` never builds them (scripts/splat_distill.py does, from avfm.teachers).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from jaxtyping import Bool, Float
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from scene3d.data.dataset import MultiViewDataset
+from scene3d.distill.splat.data import sample_tuple
+from scene3d.distill.splat.lift import (
+    LiftConfig,
+    LiftedGaussians,
+    fit_pca,
+    lift_views,
+    splat_features,
+    upsample_features,
+)
+from scene3d.distill.splat.supervision import pool_to_grid, segment_blend
+from scene3d.guard import FiniteGuard
+from scene3d.lora import add_lora
+from scene3d.runs import RunDir
+
+DepthFn = Callable[[Float[Tensor, "V H W 3"]], Float[Tensor, "V H W"]]
+
+
+@dataclass
+class SplatDistillConfig:
+    """Small CPU defaults (stated); see docs/splat_distill.md for the paper's setting."""
+
+    steps: int = 300
+    batch_size: int = 4  # tuples per step
+    n_context: int = 2
+    baseline_deg: tuple[float, float] = (10.0, 45.0)  # angle between context and target optical axes
+    feature_mode: Literal["full", "pca"] = "full"
+    pca_dim: int = 32
+    edge_aware: bool = True  # upsample teacher features with the context views' instance labels
+    segment_blend: float = 0.0  # weight of the per-segment (instance) mean; the paper's 0.5 hurt depth here
+    alpha_min: float = 0.5  # rendered opacity below which a target pixel counts as uncovered
+    min_coverage: float = 0.5  # fraction of covered pixels a student patch needs to enter the loss
+    loss: Literal["cosine", "mse"] = "cosine"
+    ema_momentum: float = 0.99  # teacher <- m teacher + (1 - m) student after every step; 1 = frozen
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    warmup: int = 20
+    lora_rank: int = 0  # > 0: train LoRA adapters on the student's linear layers only (teacher EMA over them)
+    lora_alpha: float | None = None  # LoRA scale alpha / rank; None: alpha = rank
+    target_source: Literal["splat", "fit3d"] = "splat"
+    depth_source: Literal["dataset", "learned"] = "dataset"
+    lift: LiftConfig = field(default_factory=LiftConfig)
+    seed: int = 0
+    nonfinite: Literal["stop", "skip"] = "stop"  # NaN / inf loss, gradient or parameter: stop naming it, or skip
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The sampler's randomness of one step (exact resume needs no RNG state)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """teacher <- momentum * teacher + (1 - momentum) * student, parameter by parameter; the student's
+    frozen parameters and buffers are copied (exact, no rounding drift)."""
+    for pt, ps in zip(teacher.parameters(), student.parameters(), strict=True):
+        if ps.requires_grad:
+            pt.mul_(momentum).add_(ps.detach(), alpha=1 - momentum)
+        else:
+            pt.copy_(ps)
+    for bt, bs in zip(teacher.buffers(), student.buffers(), strict=True):
+        bt.copy_(bs)
+
+
+def feature_loss(pred: Float[Tensor, "B D h w"], target: Float[Tensor, "B D h w"], mask: Bool[Tensor, "B h w"],
+                 kind: str) -> Tensor:
+    """Masked cosine distance (1 - cos) or MSE (mean over channels), averaged over kept patches."""
+    keep = mask.to(pred)
+    if kind == "cosine":
+        per = 1 - F.cosine_similarity(pred, target, dim=1)
+    elif kind == "mse":
+        per = (pred - target).pow(2).mean(1)
+    else:
+        raise ValueError(f"unknown loss {kind!r}; choose cosine or mse")
+    return (per * keep).sum() / keep.sum().clamp_min(1)
+
+
+def to_images(ds: MultiViewDataset, idx: Tensor) -> Float[Tensor, "B 3 H W"]:
+    return rearrange(ds.images[idx], "b h w c -> b c h w")
+
+
+@torch.no_grad()
+def pixel_features(model: nn.Module, ds: MultiViewDataset, idx: Tensor, edge_aware: bool) -> Float[Tensor, "V H W D"]:
+    """The model's patch features of views `idx`, upsampled to pixels (edge-aware with instance labels)."""
+    feats = model(to_images(ds, idx))
+    labels = ds.instance[idx] if edge_aware and ds.instance is not None else None
+    up = upsample_features(feats, (ds.height, ds.width), labels)
+    return rearrange(up, "v d h w -> v h w d")
+
+
+@torch.no_grad()
+def splat_target(teacher: nn.Module, ds: MultiViewDataset, context: Tensor, target: int, grid: tuple[int, int],
+                 cfg: SplatDistillConfig, depth_fn: DepthFn | None = None) -> tuple[Tensor, Tensor]:
+    """Target features [D,h,w] and mask [h,w] for view `target`, splatted from the context views."""
+    feats = pixel_features(teacher, ds, context, cfg.edge_aware)
+    if cfg.depth_source == "learned":
+        if depth_fn is None:
+            raise ValueError("depth_source='learned' needs a depth_fn")
+        depth, valid = depth_fn(ds.images[context]), None
+    else:
+        if ds.depths is None:
+            raise ValueError("depth_source='dataset' needs a dataset with depth maps")
+        depth, valid = ds.depths[context], ds.masks[context] if ds.masks is not None else None
+    basis = None
+    if cfg.feature_mode == "pca":
+        keep = depth > 0 if valid is None else valid & (depth > 0)
+        mean, basis = fit_pca(feats[keep], cfg.pca_dim)
+        feats = (feats - mean) @ basis
+    gaussians = lift_views(ds.cameras[context], depth, feats, valid, cfg.lift)
+    rendered, alpha = splat_features(gaussians, ds.cameras[[target]], eps2d=cfg.lift.eps2d)
+    rendered, alpha = rendered[0], alpha[0]
+    if basis is not None:
+        rendered = rendered @ basis.T + mean
+    return finish_target(rendered, alpha, ds, target, grid, cfg)
+
+
+def finish_target(rendered: Float[Tensor, "H W D"], alpha: Float[Tensor, "H W"], ds: MultiViewDataset, target: int,
+                  grid: tuple[int, int], cfg: SplatDistillConfig) -> tuple[Tensor, Tensor]:
+    """Segment blending (target view's instance labels), pooling to the patch grid, coverage mask."""
+    covered = alpha > cfg.alpha_min
+    if cfg.segment_blend > 0 and ds.instance is not None:
+        rendered = segment_blend(rendered, ds.instance[target], covered, cfg.segment_blend)
+    return pool_to_grid(rendered, covered, grid, cfg.min_coverage)
+
+
+class SplatDistiller:
+    """Student, EMA teacher and optimizer; `train_step` runs one step on a batch of sampled tuples.
+
+    `fit3d_scenes` (one `LiftedGaussians` per world) switch the targets to the FiT3D-style baseline."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, worlds: list[MultiViewDataset],
+                 cfg: SplatDistillConfig, fit3d_scenes: list[LiftedGaussians] | None = None,
+                 depth_fn: DepthFn | None = None):
+        if cfg.target_source == "fit3d" and fit3d_scenes is None:
+            raise ValueError("target_source='fit3d' needs the fitted per-world feature Gaussians")
+        self.student, self.teacher, self.worlds, self.cfg = student, teacher.eval(), worlds, cfg
+        self.fit3d_scenes, self.depth_fn = fit3d_scenes, depth_fn
+        self.guard = FiniteGuard(cfg.nonfinite)
+        if cfg.lora_rank > 0:  # the same adapters on both (B = 0: nothing changes yet), student's copied over
+            add_lora(student, cfg.lora_rank, cfg.lora_alpha)  # freezes all but the adapters
+            add_lora(teacher, cfg.lora_rank, cfg.lora_alpha)
+            teacher.load_state_dict(student.state_dict())
+        else:
+            self.student.requires_grad_(True)
+        self.student.train()
+        self.teacher.requires_grad_(False)
+        self.opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=cfg.lr,
+                                     weight_decay=cfg.weight_decay)
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up then cosine decay to 0 at `cfg.steps`."""
+        warm = min(1.0, step / max(1, self.cfg.warmup))
+        return self.cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * min(step, self.cfg.steps) / self.cfg.steps))
+
+    def sample_batch(self, step: int) -> list[tuple[int, Tensor, int]]:
+        g = step_generator(self.cfg.seed, step)
+        batch = []
+        for _ in range(self.cfg.batch_size):
+            w = int(torch.randint(len(self.worlds), (), generator=g))
+            context, target = sample_tuple(self.worlds[w].cameras, self.cfg.n_context, self.cfg.baseline_deg, g)
+            batch.append((w, context, target))
+        return batch
+
+    @torch.no_grad()
+    def targets(self, batch: list[tuple[int, Tensor, int]], grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        outs = []
+        for w, context, target in batch:
+            ds = self.worlds[w]
+            if self.cfg.target_source == "fit3d":
+                rendered, alpha = splat_features(self.fit3d_scenes[w], ds.cameras[[target]], eps2d=self.cfg.lift.eps2d)
+                outs.append(finish_target(rendered[0], alpha[0], ds, target, grid, self.cfg))
+            else:
+                outs.append(splat_target(self.teacher, ds, context, target, grid, self.cfg, self.depth_fn))
+        return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
+
+    def batch_loss(self, batch: list[tuple[int, Tensor, int]]) -> tuple[Tensor, Tensor]:
+        """The student's loss on a batch of tuples, and the kept-patch mask [B, h, w]."""
+        images = torch.stack([to_images(self.worlds[w], torch.tensor([t]))[0] for w, _, t in batch])
+        pred = self.student(images)
+        target, mask = self.targets(batch, tuple(pred.shape[-2:]))
+        return feature_loss(pred, target, mask, self.cfg.loss), mask
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """Step `step` (1-based): sample, build targets with the current teacher, update student, EMA."""
+        loss, mask = self.batch_loss(self.sample_batch(step))
+        lr = self.lr_at(step)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.zero_grad(set_to_none=True)
+        if not self.guard.loss(step, loss):  # mode "skip": no update
+            return {"loss": float("nan"), "coverage": float(mask.float().mean()), "lr": lr}
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.student.parameters(), 1.0)
+        if self.guard.gradients(step, self.student.named_parameters()):
+            self.opt.step()
+        self.guard.parameters(step, self.student.named_parameters())
+        if self.cfg.target_source == "splat" and self.cfg.ema_momentum < 1:
+            ema_update(self.teacher, self.student, self.cfg.ema_momentum)
+        return {"loss": loss.item(), "coverage": float(mask.float().mean()), "lr": lr}
+
+    def state_dict(self) -> dict:
+        return {"student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
+                "optimizer": self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.student.load_state_dict(state["student"])
+        self.teacher.load_state_dict(state["teacher"])
+        self.opt.load_state_dict(state["optimizer"])
+
+
+def distill(distiller: SplatDistiller, run: RunDir | None = None, checkpoint_every: int = 100, log_every: int = 10,
+            progress: bool = True, config: object = None, stop_at: int | None = None) -> list[dict[str, float]]:
+    """Train for `distiller.cfg.steps` steps, resuming from the run's newest checkpoint; `stop_at`
+    ends early (to test resume). Returns the per-step scalars of the steps run here."""
+    start = 0
+    if run is not None:
+        distiller.guard.checkpoint_dir = run.path / "checkpoints"
+    if run is not None and (ckpt := run.load_latest()) is not None:
+        state, _ = ckpt
+        distiller.load_state_dict(state)
+        start = int(state["step"])
+    end = distiller.cfg.steps if stop_at is None else min(stop_at, distiller.cfg.steps)
+    history = []
+    bar = tqdm(range(start + 1, end + 1), desc=f"splat-distill ({distiller.cfg.target_source})", initial=start,
+               total=distiller.cfg.steps, disable=not progress)
+    for step in bar:
+        scalars = distiller.train_step(step)
+        history.append({"step": step, **scalars})
+        if run is not None and (step % log_every == 0 or step == end):
+            run.log_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
+        if run is not None and (step % checkpoint_every == 0 or step == end):
+            run.save_checkpoint(step, distiller.state_dict(), config)
+        bar.set_postfix(loss=f"{scalars['loss']:.4f}")
+    return history

@@ -1,0 +1,502 @@
+"""Progressive volume distillation (PVD, Fang et al. AAAI 2023) and its active-learning successor
+(PVD-AL, Fang et al. 2023): convert any trained radiance field into any other architecture.
+
+Supervision comes only from the teacher. Each epoch draws virtual cameras on a shell band covering
+the training cameras; rays from them are rendered through the teacher and the student at the same
+stratified samples (the teacher under no_grad) over the same background (the views' own by default,
+one random colour per ray with `random_background`), and the student learns three levels at once
+or in stages:
+
+    embedding  ||A(embed_s(x)) - embed_t(x)|| / rms(embed_t)   A: learned linear adapter (identity
+                                                             for equal architectures and widths)
+    decoded    ||log-density residual|| (clipped to [-2, 7], hinged at the bounds) + ||colour residual||
+    rendered   ||rendered RGB residual||
+
+Each level is the L2 norm of its residuals over the batch (the authors' "normL2"), weighted 0.002
+for the point levels and 1 for the rendered one, as in their code.
+
+PVD's staged schedule trains the embedding alone, then adds the decoded level, then the rendered
+one; PVD-AL trains all at once. Both decay the embedding weight by 0.995 per step (the authors'
+code). Active learning (`volume_active`) picks cameras, rays and points.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import imageio.v3 as iio
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor, nn
+
+from scene3d.cameras import Cameras
+from scene3d.device import pick_device
+from scene3d.distill.volume.active import (
+    CameraPool,
+    RayPool,
+    Shell,
+    ViewErrors,
+    parse_active,
+    point_mask,
+)
+from scene3d.errors import CheckpointError, Scene3DError
+from scene3d.fields.base import FIELDS, Field, build_field, field_spec, load_field_state, save_field
+from scene3d.metrics import psnr, ssim
+from scene3d.rays import Rays
+from scene3d.render import OccupancyGrid, OccupancyGridConfig, render_image, render_rays
+from scene3d.runs import RunDir, config_to_dict
+from scene3d.viz import depth_to_grey, to_uint8
+
+DENSITY_RANGE = (-2.0, 7.0)
+
+
+@dataclass
+class LevelWeights:
+    """Loss weights of the three levels (the decoded level has a density and a colour term): the PVD
+    authors' rates for their L2-norm losses. Each norm's gradient has unit length whatever the number
+    of points and the size of the error, so under Adam the weights only set the levels' balance: the
+    point levels guide (0.002) while the rendered level is on, and drive alone before it is."""
+
+    embedding: float = 0.002
+    density: float = 0.002
+    color: float = 0.002
+    rgb: float = 1.0
+
+
+@dataclass
+class VolumeDistillConfig:
+    """One teacher -> student conversion.
+
+    schedule: "staged" (PVD: embedding only until stage_fractions[0] of the steps, then + decoded level
+    until stage_fractions[1], then + rendered RGB) or "all_at_once" (PVD-AL).
+    active: comma-separated active-learning levels among image (camera pool), ray, point.
+    density_clamp: the student's density pre-activation range (PVD's [-2, 7]); None leaves it free.
+    random_background: one random colour per ray behind both renders (the student must then match
+    the teacher's opacity even where the teacher's own white-background training left it undefined);
+    False (default): the evaluation views' background behind both (white without views), i.e. the
+    background the teacher was fitted over.
+    use_occupancy: an occupancy grid measured once on the teacher skips empty space for both fields
+    (PVD samples the student where the teacher's density grid says there is something).
+    epoch_views / epoch_steps: virtual cameras drawn per epoch and steps per epoch.
+    """
+
+    student: str = "tensorf"
+    preset: str = "default"
+    steps: int = 2000
+    batch_rays: int = 1024
+    n_samples: int = 64
+    schedule: Literal["staged", "all_at_once"] = "all_at_once"
+    stage_fractions: tuple[float, float] = (2000 / 30000, 5000 / 30000)  # the authors' stage_iters of 30k
+    weights: LevelWeights = dataclasses.field(default_factory=LevelWeights)
+    embedding_decay: float = 0.995
+    active: str = "image,ray,point"
+    camera_fraction: float = 0.1
+    revisit_deg: float = 5.0
+    ray_fraction: float = 0.1
+    point_fraction: float = 0.3
+    opacity_threshold: float = 0.5
+    density_clamp: tuple[float, float] | None = DENSITY_RANGE
+    random_background: bool = False
+    use_occupancy: bool = True
+    occupancy: OccupancyGridConfig = dataclasses.field(default_factory=OccupancyGridConfig)
+    epoch_views: int = 32
+    epoch_steps: int = 50
+    lr_final_ratio: float = 0.1
+    adapter_lr: float = 1e-2
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.student not in FIELDS:
+            raise ConfigError(f"student: unknown field '{self.student}'; registered: {sorted(FIELDS)}")
+        if self.schedule not in ("staged", "all_at_once"):
+            raise ConfigError(f"schedule: must be 'staged' or 'all_at_once', got '{self.schedule}'")
+        try:
+            parse_active(self.active)
+        except ValueError as err:
+            raise ConfigError(f"active: {err}") from None
+
+
+class ConfigError(Scene3DError, ValueError):
+    """A bad distillation setting (one line from the scripts)."""
+
+
+# losses -----------------------------------------------------------------------------------------
+def clipped_log_density(sigma_preact: Tensor, bounds: tuple[float, float] = DENSITY_RANGE) -> Tensor:
+    """The density pre-activation (the log-density of the truncated exp) clipped to PVD's range."""
+    return sigma_preact.clamp(*bounds)
+
+
+def l2_norm(residual: Tensor) -> Tensor:
+    """A level's loss: the L2 norm of all its residuals (PVD's "normL2"; zero gradient at zero)."""
+    return torch.linalg.vector_norm(residual)
+
+
+def density_residual(student: Float[Tensor, " P"], teacher: Float[Tensor, " P"],
+                     bounds: tuple[float, float] = DENSITY_RANGE) -> Float[Tensor, " P"]:
+    """Per-point residual of log-densities, the teacher's clipped to `bounds`. The student's value is
+    not clipped (so its gradient never vanishes) but agreeing beyond a bound costs nothing: a teacher
+    at the floor only asks the student to be at or below it."""
+    target = clipped_log_density(teacher, bounds)
+    residual = student - target
+    lo, hi = bounds
+    free = ((target <= lo) & (student < lo)) | ((target >= hi) & (student > hi))
+    return torch.where(free, torch.zeros_like(residual), residual)
+
+
+def embedding_loss(student: Float[Tensor, "P Fs"], teacher: Float[Tensor, "P Ft"], adapter: EmbeddingAdapter
+                   ) -> Tensor:
+    """Norm of the adapted student embedding's residual relative to the teacher features' RMS
+    (feature scales differ by architecture)."""
+    rms = teacher.square().mean().clamp_min(1e-12).sqrt()
+    return l2_norm(adapter(student, rms) - teacher) / rms
+
+
+class Recorder:
+    """Stands in for a field inside `render_rays`: `query` goes through embed / decode / activate and
+    keeps the points and their embedding, density pre-activation and colour of the last call."""
+
+    def __init__(self, field: Field):
+        self.field, self.aabb, self.config = field, field.aabb, field.config
+        self.record: dict[str, Tensor] = {}
+
+    def query(self, x: Tensor, dirs: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.field.embed(x)
+        preact, rgb = self.field.decode(features, dirs)
+        self.record = {"points": x.reshape(-1, 3), "features": features.reshape(-1, features.shape[-1]),
+                       "preact": preact.reshape(-1), "rgb": rgb.reshape(-1, rgb.shape[-1])}
+        return self.field.activate(preact) * self.field.inside(x), rgb
+
+
+def kept_samples(rays: Rays, t: Float[Tensor, "R S"], aabb: Tensor, occupancy: OccupancyGrid | None) -> Tensor | None:
+    """Flat indices into [R*S] of the samples `render_rays` sent to the field (None: all of them)."""
+    if occupancy is None:
+        return None
+    _, hit = rays.clip_to_aabb(aabb)
+    return (hit[:, None] & occupancy.occupied(rays.at(t))).flatten().nonzero()[:, 0]
+
+
+def teacher_occupancy(teacher: Field, config: OccupancyGridConfig, generator: torch.Generator | None = None,
+                      passes: int = 4) -> OccupancyGrid:
+    """An occupancy grid measured on the teacher (max density at `passes` random points per cell)."""
+    grid = OccupancyGrid(teacher.aabb, config).to(teacher.aabb.device)
+    with torch.no_grad():
+        for _ in range(passes - 1):
+            grid.update(teacher.density, 0, generator)
+        grid.update(teacher.density, config.warmup_steps, generator)
+    return grid
+
+
+class EmbeddingAdapter(nn.Module):
+    """Maps the student's embedding [P, F_s] into the teacher's [P, F_t]: the identity for the same
+    architecture at the same width, else a learned linear map (zero at the start). The linear map
+    predicts the teacher's features divided by their RMS, then rescaled, so its Adam steps do not
+    depend on the teacher's feature scale (hash-grid features start near 1e-4)."""
+
+    def __init__(self, width_s: int, width_t: int, identity: bool):
+        super().__init__()
+        self.linear = None if identity else nn.Linear(width_s, width_t)
+        if self.linear is not None:
+            nn.init.zeros_(self.linear.weight)
+            nn.init.zeros_(self.linear.bias)
+
+    def forward(self, features: Float[Tensor, "P Fs"], teacher_rms: Tensor) -> Float[Tensor, "P Ft"]:
+        return features if self.linear is None else self.linear(features) * teacher_rms
+
+
+def make_adapter(student: Field, teacher: Field) -> EmbeddingAdapter:
+    """The adapter between two fields' embeddings (identity for equal architectures and widths)."""
+    probe = teacher.aabb.mean(0, keepdim=True)
+    with torch.no_grad():
+        width_s, width_t = student.embed(probe).shape[-1], teacher.embed(probe).shape[-1]
+    return EmbeddingAdapter(width_s, width_t, student.name == teacher.name and width_s == width_t).to(probe.device)
+
+
+def student_for(teacher: Field, name: str, preset: str = "default",
+                density_clamp: tuple[float, float] | None = DENSITY_RANGE, **overrides: Any) -> Field:
+    """A fresh `name` field in the teacher's box with the teacher's colour channels."""
+    overrides = {"aabb": tuple(teacher.config.aabb), "color_dim": teacher.config.color_dim,
+                 "density_clamp": density_clamp, **overrides}
+    return build_field(name, preset, **overrides).to(teacher.aabb.device)
+
+
+# the distiller ------------------------------------------------------------------------------------
+@dataclass
+class EvalViews:
+    """Test cameras, the teacher's renders of them and (when known) ground-truth images."""
+
+    cameras: Cameras
+    background: Float[Tensor, " C"]
+    teacher_rgb: Float[Tensor, "N H W C"] | None = None
+    ground_truth: Float[Tensor, "N H W 3"] | None = None
+
+    def compare(self, pred: Float[Tensor, "n H W C"]) -> dict[str, float]:
+        """PSNR / SSIM of renders of the first n views against the teacher's and, when known,
+        the ground truth (with the teacher's own test PSNR)."""
+        n = len(pred)
+        metrics = {"psnr_vs_teacher": mean_psnr(pred, self.teacher_rgb[:n]),
+                   "ssim_vs_teacher": mean_ssim(pred, self.teacher_rgb[:n])}
+        if self.ground_truth is not None:
+            gt = self.ground_truth[:n].float()
+            metrics |= {"test_psnr": mean_psnr(pred, gt), "test_ssim": mean_ssim(pred, gt),
+                        "teacher_test_psnr": mean_psnr(self.teacher_rgb[:n], gt)}
+        return metrics
+
+
+def save_renders(run: RunDir, out: dict[str, Tensor], views: EvalViews) -> list[Path]:
+    """PNG per test view: ground truth (when known) | teacher | student | student depth."""
+    paths = []
+    for i in range(len(out["rgb"])):
+        parts = [] if views.ground_truth is None else [views.ground_truth[i].float()]
+        parts += [views.teacher_rgb[i], out["rgb"][i].cpu(), depth_to_grey(out["depth"][i].cpu())]
+        path = run.file("renders", f"test_{i:03d}.png")
+        iio.imwrite(path, to_uint8(torch.cat(parts, dim=1)))
+        paths.append(path)
+    return paths
+
+
+class VolumeDistiller:
+    """Owns the student, the adapter, the optimizer, the pools and the RNGs; a `scene3d.train.Trainable`."""
+
+    def __init__(self, config: VolumeDistillConfig, teacher: Field, shell: Shell, views: EvalViews | None = None,
+                 student: Field | None = None):
+        self.config = config
+        self.device = pick_device(config.device)
+        self.teacher = teacher.to(self.device).eval().requires_grad_(False)
+        with torch.random.fork_rng(devices=[]):  # the same seed gives the same student in any process
+            torch.manual_seed(config.seed)
+            self.student = (student or student_for(teacher, config.student, config.preset,
+                                                   config.density_clamp)).to(self.device)
+            self.adapter = make_adapter(self.student, self.teacher)
+        self.name = f"distil {teacher.name} -> {config.student}"
+        self.shell, self.active = shell, parse_active(config.active)
+        self.generator = torch.Generator(self.device).manual_seed(config.seed)
+        self.cpu_generator = torch.Generator().manual_seed(config.seed + 1)
+        self.occupancy = (teacher_occupancy(self.teacher, config.occupancy, self.generator)
+                          if config.use_occupancy else None)
+        self.camera_pool = CameraPool(config.camera_fraction)
+        self.ray_pool = RayPool(math.ceil(config.ray_fraction * config.batch_rays))
+        self._set_epoch(torch.empty(0, 4, 4))
+        self.optimizer = self._make_optimizer()
+        self.views = views
+        self.eval_views: int | None = None  # views of the periodic validation (None: all)
+        self.checkpoint_extra: dict[str, Any] = {}
+        self.background = (views.background.float().to(self.device) if views is not None
+                           else torch.ones(teacher.config.color_dim, device=self.device))
+        if views is not None and views.teacher_rgb is None:
+            views.teacher_rgb = self._render(self.teacher, views)["rgb"].clamp(0, 1).cpu()
+
+    # optimisation -------------------------------------------------------------------------------
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        groups = self.student.param_groups()
+        adapter = list(self.adapter.parameters())
+        if adapter:
+            groups.append({"params": adapter, "lr": self.config.adapter_lr})
+        return torch.optim.Adam([{**g, "base_lr": g["lr"]} for g in groups], betas=(0.9, 0.99))
+
+    def _set_learning_rate(self, done: int) -> None:
+        decay = self.config.lr_final_ratio ** min(done / max(self.config.steps, 1), 1.0)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * decay
+
+    def level_weights(self, step: int) -> dict[str, float]:
+        """The weight of each loss at `step` under the configured schedule (0 = level off)."""
+        c, w = self.config, self.config.weights
+        stage = 2
+        if c.schedule == "staged":
+            stage = sum(step >= f * c.steps for f in c.stage_fractions)
+        return {"embedding": w.embedding * c.embedding_decay**step,
+                "density": w.density if stage >= 1 else 0.0, "color": w.color if stage >= 1 else 0.0,
+                "rgb": w.rgb if stage >= 2 else 0.0}
+
+    # cameras and rays ------------------------------------------------------------------------------
+    def _set_epoch(self, c2w: Float[Tensor, "N 4 4"]) -> None:
+        """Make c2w the epoch's cameras (or draw them when empty) and precompute their rays."""
+        c = self.config
+        if len(c2w) == 0:
+            revisit = (self.camera_pool.revisit(torch.tensor(self.shell.target), c.revisit_deg, self.cpu_generator)
+                       if "image" in self.active and len(self.camera_pool) else torch.empty(0, 4, 4))
+            fresh = self.shell.sample(c.epoch_views - len(revisit), self.cpu_generator).c2w
+            c2w = torch.cat([fresh, revisit])
+        self.epoch_c2w = c2w.cpu()
+        rays = self.shell.cameras(self.epoch_c2w).rays()
+        self.epoch_origins = rays.origins.reshape(-1, 3).to(self.device)
+        self.epoch_dirs = rays.dirs.reshape(-1, 3).to(self.device)
+        self.pixels_per_view = self.shell.width * self.shell.height
+        self.view_errors = ViewErrors(len(c2w), self.device)
+
+    def _end_epoch(self) -> None:
+        if "image" in self.active:
+            self.camera_pool.update(self.epoch_c2w, self.view_errors.psnr().cpu())
+        self._set_epoch(torch.empty(0, 4, 4))
+
+    def sample_rays(self) -> tuple[Rays, Tensor]:
+        """batch_rays random pixels of the epoch's cameras, plus the ray pool; and each ray's view
+        index (-1 for pooled rays)."""
+        idx = torch.randint(0, len(self.epoch_origins), (self.config.batch_rays,), generator=self.generator,
+                            device=self.device)
+        origins, dirs, view = self.epoch_origins[idx], self.epoch_dirs[idx], idx // self.pixels_per_view
+        if "ray" in self.active and len(self.ray_pool):
+            origins = torch.cat([origins, self.ray_pool.origins])
+            dirs = torch.cat([dirs, self.ray_pool.dirs])
+            view = torch.cat([view, torch.full((len(self.ray_pool),), -1, device=self.device)])
+        n = len(origins)
+        return Rays(origins, dirs, torch.zeros(n, device=self.device), torch.full((n,), 1e10, device=self.device)), view
+
+    # one step ---------------------------------------------------------------------------------------
+    def render_pair(self, rays: Rays) -> tuple[dict[str, Tensor], dict[str, Tensor], Recorder, Recorder]:
+        """Render rays through the teacher (no_grad) and the student at the same jittered samples over
+        the same background; returns both outputs and both per-point records."""
+        channels = self.teacher.config.color_dim
+        background = (torch.rand(len(rays), channels, generator=self.generator, device=self.device)
+                      if self.config.random_background else self.background.expand(len(rays), channels))
+        teacher, student = Recorder(self.teacher), Recorder(self.student)
+        kwargs = {"perturb": True, "background": background, "occupancy": self.occupancy}
+        state = self.generator.get_state()
+        with torch.no_grad():
+            out_t = render_rays(teacher, rays, self.config.n_samples, generator=self.generator, **kwargs)
+        self.generator.set_state(state)
+        out_s = render_rays(student, rays, self.config.n_samples, generator=self.generator, **kwargs)
+        return out_t, out_s, teacher, student
+
+    def losses(self, rays: Rays, out_t: dict[str, Tensor], out_s: dict[str, Tensor], teacher: Recorder,
+               student: Recorder) -> dict[str, Tensor]:
+        """The unweighted loss of every level (point levels restricted by the point mask when active)."""
+        mask: Bool[Tensor, " P"] | None = None
+        if "point" in self.active:
+            mask = point_mask(out_t["weights"], out_t["accumulation"], self.config.point_fraction,
+                              self.config.opacity_threshold).flatten()
+            keep = kept_samples(rays, out_t["t"], self.teacher.aabb, self.occupancy)
+            mask = mask if keep is None else mask[keep]
+        t, s = teacher.record, student.record
+
+        def points(x: Tensor) -> Tensor:
+            return x if mask is None else x[mask]
+
+        out = {"rgb": l2_norm(out_s["rgb"] - out_t["rgb"])}
+        if len(points(t["preact"])) == 0:
+            zero = out["rgb"] * 0
+            return {**out, "embedding": zero, "density": zero, "color": zero}
+        bounds = self.config.density_clamp or DENSITY_RANGE
+        out["embedding"] = embedding_loss(points(s["features"]), points(t["features"]), self.adapter)
+        out["density"] = l2_norm(density_residual(points(s["preact"]), points(t["preact"]), bounds))
+        out["color"] = l2_norm(points(s["rgb"]) - points(t["rgb"]))
+        return out
+
+    # the Trainable protocol -----------------------------------------------------------------------
+    def loss(self, step: int) -> tuple[Tensor, dict[str, float]]:
+        """Step `step`: a batch of rays rendered by both fields, the weighted level losses."""
+        c, done = self.config, step - 1
+        self.student.train()
+        if done > 0 and done % c.epoch_steps == 0:
+            self._end_epoch()
+        if self.student.on_train_step(done):
+            self.optimizer = self._make_optimizer()
+        self._set_learning_rate(done)
+        rays, view = self.sample_rays()
+        out_t, out_s, teacher, student = self.render_pair(rays)
+        losses = self.losses(rays, out_t, out_s, teacher, student)
+        weights = self.level_weights(done)
+        loss = sum(weights[k] * losses[k] for k in weights) + self.student.regularization()
+        self.optimizer.zero_grad(set_to_none=True)
+        err = out_s["rgb"].detach() - out_t["rgb"]
+        self._batch = (rays, view, err)  # what enters the pools once the step is applied
+        mse = err.square().mean().item()
+        return loss, {"loss": loss.item(), **{f"loss_{k}": v.item() for k, v in losses.items()},
+                      "psnr_vs_teacher": -10 * math.log10(max(mse, 1e-10)),
+                      **{f"weights/{k}": v for k, v in weights.items()}}
+
+    def guarded_parameters(self) -> list[tuple[str, Tensor]]:
+        return [*self.student.named_parameters(), *self.adapter.named_parameters("adapter")]
+
+    def apply(self, step: int) -> dict[str, float]:
+        """The optimizer step; the batch's errors enter the camera and ray pools."""
+        self.optimizer.step()
+        rays, view, err = self._batch
+        with torch.no_grad():
+            self.view_errors.add(view, err.square().mean(-1))
+            if "ray" in self.active:
+                self.ray_pool.update(rays.origins, rays.dirs, err.abs().mean(-1))
+        return {}
+
+    def validate(self) -> dict[str, float]:
+        return self.evaluate(self.eval_views)[0] if self.views is not None else {}
+
+    def finish(self, run: RunDir | None) -> dict[str, Any]:
+        """Metrics on every evaluation view; with a run folder, renders and `student.safetensors`."""
+        metrics, out = self.evaluate() if self.views is not None else ({}, None)
+        if run is not None:
+            if out is not None:
+                save_renders(run, out, self.views)
+            save_field(self.student, run.file("student.safetensors"))
+        c = self.config
+        return {"teacher": self.teacher.name, "student": c.student, "active": c.active, "schedule": c.schedule,
+                "params": self.student.parameter_count(), **metrics}
+
+    # evaluation -----------------------------------------------------------------------------------
+    def _render(self, field: Field, views: EvalViews) -> dict[str, Tensor]:
+        field.eval()
+        return render_image(field, views.cameras.to(self.device), self.config.n_samples,
+                            background=views.background.to(self.device), occupancy=self.occupancy)
+
+    def evaluate(self, n_views: int | None = None) -> tuple[dict[str, float], dict[str, Tensor]]:
+        """Test PSNR / SSIM of the student against the teacher's renders and the ground truth."""
+        views = self.views
+        if views is None:
+            raise ValueError("the distiller was built without evaluation views")
+        n = len(views.cameras) if n_views is None else min(n_views, len(views.cameras))
+        sub = EvalViews(views.cameras[:n], views.background)
+        out = self._render(self.student, sub)
+        pred = out["rgb"].clamp(0, 1).cpu()
+        return views.compare(pred), out
+
+    # state ------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state = {"field": self.student.state_dict(), "adapter": self.adapter.state_dict(),
+                 "optimizer": self.optimizer.state_dict(),
+                 "pools": {"camera": self.camera_pool.state_dict(), "ray": self.ray_pool.state_dict()},
+                 "epoch": {"c2w": self.epoch_c2w, "error_sum": self.view_errors.sum,
+                           "error_count": self.view_errors.count},
+                 "rng": {"generator": self.generator.get_state(), "cpu_generator": self.cpu_generator.get_state(),
+                         "torch": torch.get_rng_state()}}
+        if self.occupancy is not None:
+            state["occupancy"] = self.occupancy.state_dict()
+        return state
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        """The student's field spec (so `load_field` reads the checkpoint), the distillation config and
+        `checkpoint_extra` (a run's teacher path and its fit)."""
+        return {**field_spec(self.student), "distill": config_to_dict(self.config),
+                "shell": config_to_dict(self.shell), **self.checkpoint_extra}
+
+    def load_state_dict(self, state: dict[str, Any], path=None) -> None:
+        """Restore `state_dict()` exactly (student, adapter, optimizer, pools, epoch, RNG)."""
+        try:
+            load_field_state(self.student, state["field"], path)
+            self.adapter.load_state_dict(state["adapter"])
+            self.optimizer = self._make_optimizer()
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.camera_pool.load_state_dict(state["pools"]["camera"])
+            self.ray_pool.load_state_dict({k: v.to(self.device) for k, v in state["pools"]["ray"].items()})
+            if self.occupancy is not None:
+                self.occupancy.load_state_dict(state["occupancy"])
+            self._set_epoch(state["epoch"]["c2w"])
+            self.view_errors.sum.copy_(state["epoch"]["error_sum"])
+            self.view_errors.count.copy_(state["epoch"]["error_count"])
+            self.generator.set_state(state["rng"]["generator"])
+            self.cpu_generator.set_state(state["rng"]["cpu_generator"])
+            torch.set_rng_state(state["rng"]["torch"])
+        except (KeyError, ValueError, RuntimeError) as err:
+            raise CheckpointError(path, "distiller state", f"cannot resume ({err})") from None
+
+
+def mean_psnr(pred: Float[Tensor, "N H W C"], target: Float[Tensor, "N H W C"]) -> float:
+    return float(torch.stack([psnr(p, t) for p, t in zip(pred, target, strict=True)]).mean())
+
+
+def mean_ssim(pred: Float[Tensor, "N H W C"], target: Float[Tensor, "N H W C"]) -> float:
+    return float(torch.stack([ssim(p, t) for p, t in zip(pred, target, strict=True)]).mean())
