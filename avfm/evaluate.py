@@ -26,7 +26,8 @@ from avfm.train import DataConfig, OptimConfig, TeacherConfig, TrainConfig, setu
 from scene3d.checkpoint import restoring
 from scene3d.errors import CheckpointError
 from scene3d.metrics import miou
-from scene3d.runs import RunDir
+from scene3d.runs import OUTPUTS, RunDir
+from scene3d.train import RunConfig
 
 
 @dataclass
@@ -38,22 +39,26 @@ class EvalConfig:
     probe_steps: int = 400
     canvas_grid: int | None = None
     seed: int = 0
-    name: str = "eval"
-    out_root: str = "outputs"
+    name: str = "eval"  # results go to <output_root>/avfm_eval/<name>/
+    output_root: Path = OUTPUTS
 
 
 def train_config_from_dict(d: dict) -> TrainConfig:
-    """Rebuild the nested `TrainConfig` saved beside a run."""
+    """Rebuild the nested `TrainConfig` saved beside a run (its config.json)."""
     from avfm.teachers import DenseTeacherConfig
 
     d = dict(d)
+    if "run" not in d:
+        raise ValueError("written by an older version, with the run options (run_name, out_root, ...) at its top "
+                         "level: move them into a 'run' section with this version's names (name, output_root, ...)")
     teacher = dict(d.pop("teacher"))
     teacher["train"] = DenseTeacherConfig(**teacher["train"])
     optim = dict(d.pop("optim"))
     optim["betas"] = tuple(optim["betas"])
-    return TrainConfig(
-        data=DataConfig(**d.pop("data")), teacher=TeacherConfig(**teacher), optim=OptimConfig(**optim), **d
-    )
+    run = dict(d.pop("run"))
+    run["output_root"] = Path(run["output_root"])
+    return TrainConfig(data=DataConfig(**d.pop("data")), teacher=TeacherConfig(**teacher), optim=OptimConfig(**optim),
+                       run=RunConfig(**run), **d)
 
 
 def load_run(run_dir: str | Path) -> tuple[CanViT, TrainConfig, Teacher, SceneSet, SceneSet]:
@@ -63,7 +68,7 @@ def load_run(run_dir: str | Path) -> tuple[CanViT, TrainConfig, Teacher, SceneSe
     run = RunDir(run_dir)
     with restoring(run.path / "config.json", "config"):  # malformed JSON or fields not of a TrainConfig
         cfg = train_config_from_dict(json.loads((run.path / "config.json").read_text()))
-        cfg = dataclasses.replace(cfg, progress=False)
+        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, progress=False))
     loaded = run.load_latest()
     if loaded is None:
         raise CheckpointError(run.path, "checkpoints", "no checkpoint in this run")
@@ -281,10 +286,10 @@ def plot(metrics: dict, path: Path) -> Path:
 
 
 def run_evaluation(cfg: EvalConfig) -> dict:
-    """Load a run, evaluate, write `metrics.json` and `miou.png` in `<out_root>/avfm_eval/<name>/`."""
+    """Load a run, evaluate, write `metrics.json` and `miou.png` in `<output_root>/avfm_eval/<name>/`."""
     model, _, teacher, train_set, val_set = load_run(cfg.run_dir)
     metrics = evaluate(model, teacher, train_set, val_set, cfg)
-    out = RunDir.create("avfm_eval", cfg.name, root=cfg.out_root)
+    out = RunDir.create("avfm_eval", cfg.name, root=cfg.output_root)
     out.save_config(cfg)
     out.save_metrics(metrics)
     plot(metrics, out.file("miou.png"))

@@ -1,19 +1,23 @@
 """Splat-and-distill with avfm's dense teachers (`scene3d.distill.splat` does the work): builds the
 teacher and the student and hands them over, as DESIGN's layering asks.
 
-`run_splat_distill(cfg)`: one student (`distill.target_source` "splat" or "fit3d") in
-`outputs/splat_distill/<name>/` with TensorBoard, checkpoints and exact resume. The comparison of
-teacher and students through the 3D-awareness probes is `lab.eval.awareness.compare_3d_awareness`.
+`run_splat_distill(cfg)`: one student (`distill.target_source` "splat" or "fit3d") trained by
+`scene3d.train.fit` in `<output_root>/splat_distill/<name>/` (TensorBoard, checkpoints, exact resume;
+the learned depth net, when used, in its `depth_net/` sub-folder). The comparison of teacher and
+students through the 3D-awareness probes is `lab.eval.awareness.compare_3d_awareness`.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any
 
 import torch
+import tyro
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -29,11 +33,12 @@ from avfm.teachers import (
 from scene3d.data.dataset import MultiViewDataset
 from scene3d.distill.splat.data import make_world_views
 from scene3d.distill.splat.depth import DepthNetConfig, depth_fn, train_depth_net
-from scene3d.distill.splat.distiller import SplatDistillConfig, SplatDistiller, distill, pixel_features
+from scene3d.distill.splat.distiller import SplatDistillConfig, SplatDistiller, pixel_features
 from scene3d.distill.splat.fit3d import Fit3DConfig, fit_feature_gaussians
 from scene3d.distill.splat.probes import ProbeConfig, probe_3d_awareness
-from scene3d.distill.splat.viz import plot_losses, save_feature_panel
-from scene3d.runs import RunDir
+from scene3d.distill.splat.viz import save_feature_panel
+from scene3d.runs import RunDir, config_to_dict
+from scene3d.train import RunConfig, fit
 
 NUM_CLASSES = 6  # scene3d.data.synthetic.CLASS_NAMES
 
@@ -72,10 +77,13 @@ class TeacherSpec:
     train: DenseTeacherConfig = field(default_factory=lambda: DenseTeacherConfig(steps=300))
 
 
+def run_defaults(**overrides: Any) -> RunConfig:
+    """A splat-distill run's loop: scalars every 10 steps, a checkpoint every 50, no periodic validation."""
+    return RunConfig(**{"log_every": 10, "eval_every": 0, "checkpoint_every": 50, **overrides})
+
+
 @dataclass
 class SplatRunConfig:
-    name: str = "default"
-    output_root: Path = Path("outputs")
     worlds: WorldsConfig = field(default_factory=WorldsConfig)
     teacher: TeacherSpec = field(default_factory=TeacherSpec)
     distill: SplatDistillConfig = field(default_factory=SplatDistillConfig)
@@ -83,8 +91,12 @@ class SplatRunConfig:
     depth_net: DepthNetConfig = field(default_factory=DepthNetConfig)  # for distill.depth_source="learned"
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     run_probes: bool = True  # probe the teacher and the student on held-out worlds at the end
-    checkpoint_every: int = 50
-    progress: bool = True
+    # --name, --output-root, --checkpoint-every, --resume, ... (scene3d.train.RunConfig)
+    run: Annotated[RunConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=run_defaults)
+
+    @property
+    def run_name(self) -> str:
+        return self.run.name or "default"
 
 
 def distill_worlds(cfg: WorldsConfig) -> list[MultiViewDataset]:
@@ -128,45 +140,56 @@ def fit3d_scenes(teacher: nn.Module, worlds: list[MultiViewDataset], cfg: Fit3DC
     return scenes, losses
 
 
+class SplatDistillRun(SplatDistiller):
+    """The distiller of one `run_splat_distill` run: its checkpoints carry the run's config, and its final
+    metrics add the FiT3D fits' error, `student.safetensors` (ViT students) and, with `run_probes`, the
+    probes of teacher and student on held-out worlds and `features.png`."""
+
+    def __init__(self, cfg: SplatRunConfig, teacher: DenseFeatures, worlds: list[MultiViewDataset],
+                 fit3d_losses: list[float], started: float, **kwargs: Any):
+        super().__init__(copy.deepcopy(teacher), copy.deepcopy(teacher), worlds, cfg.distill, **kwargs)
+        self.job, self.frozen_teacher, self.fit3d_losses, self.started = cfg, teacher, fit3d_losses, started
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        return config_to_dict(self.job)
+
+    def finish(self, run: RunDir | None) -> dict[str, Any]:
+        metrics = super().finish(run)
+        if self.fit3d_losses:
+            metrics["fit3d_final_mse"] = sum(self.fit3d_losses) / len(self.fit3d_losses)
+        if run is not None and isinstance(self.student.teacher, ViTTeacher):
+            save_vit_teacher(run.file("student.safetensors"), self.student.teacher)
+        if self.job.run_probes:
+            probe_train, probe_test = probe_worlds(self.job.worlds)
+            encoders = {"teacher": self.frozen_teacher, "student": self.student}
+            if run is not None:
+                save_feature_panel(run.file("features.png"), probe_test[0].images[:6], encoders)
+            metrics["probes"] = {name: probe_3d_awareness(encoder, probe_train, probe_test, self.job.probe)
+                                 for name, encoder in encoders.items()}
+        metrics["seconds"] = round(time.time() - self.started, 1)
+        return metrics
+
+
 def run_splat_distill(cfg: SplatRunConfig, teacher: DenseFeatures | None = None,
-                      worlds: list[MultiViewDataset] | None = None, stop_at: int | None = None) -> dict:
-    """Train one student from the teacher (resuming from the run's newest checkpoint), save it as
-    `student.safetensors`, optionally probe teacher and student; returns the metrics."""
+                      worlds: list[MultiViewDataset] | None = None) -> dict:
+    """Train one student from the teacher to `cfg.distill.steps` through `scene3d.train.fit` (resuming the
+    run's newest checkpoint when `cfg.run.resume`); returns the final metrics (those of metrics.json)
+    and the student ("student"), only the student when a limit (`stop_after`, `max_minutes`) ended
+    the invocation early."""
     t0 = time.time()
     worlds = worlds if worlds is not None else distill_worlds(cfg.worlds)
     if teacher is None:  # bad teacher paths fail here, before the run folder is touched
-        saved = Path(cfg.output_root) / "splat_distill" / cfg.name / "teacher.safetensors"
-        teacher = make_teacher(cfg.teacher, worlds, saved, cfg.progress)
-    run = RunDir.create("splat_distill", cfg.name, root=cfg.output_root)
-    run.save_config(cfg)
+        saved = Path(cfg.run.output_root) / "splat_distill" / cfg.run_name / "teacher.safetensors"
+        teacher = make_teacher(cfg.teacher, worlds, saved, cfg.run.progress)
+    run = cfg.run.open("splat_distill", cfg.run_name)
     scenes, fit_losses = None, []
     if cfg.distill.target_source == "fit3d":  # deterministic from its seed, so a resumed run refits the same
-        scenes, fit_losses = fit3d_scenes(teacher, worlds, cfg.fit3d, cfg.progress)
+        scenes, fit_losses = fit3d_scenes(teacher, worlds, cfg.fit3d, cfg.run.progress)
     predict_depth = None
-    if cfg.distill.depth_source == "learned":  # deterministic from its seed, so a resumed run rebuilds it
-        net, _ = train_depth_net(worlds, cfg.depth_net, cfg.progress)
+    if cfg.distill.depth_source == "learned":  # resumed from its own checkpoints (the limits are the student's)
+        loop = dataclasses.replace(cfg.run, stop_after=None, max_minutes=None)
+        net, _ = train_depth_net(worlds, cfg.depth_net, RunDir(run.path / "depth_net"), loop)
         predict_depth = depth_fn(net)
-    student, ema = copy.deepcopy(teacher), copy.deepcopy(teacher)
-    distiller = SplatDistiller(student, ema, worlds, cfg.distill, fit3d_scenes=scenes, depth_fn=predict_depth)
-    history = distill(distiller, run, cfg.checkpoint_every, progress=cfg.progress, config=cfg, stop_at=stop_at)
-    metrics: dict = {"steps": distiller.cfg.steps if stop_at is None else stop_at,
-                     "target_source": cfg.distill.target_source}
-    if fit_losses:
-        metrics["fit3d_final_mse"] = sum(fit_losses) / len(fit_losses)
-    if history:
-        k = max(1, len(history) // 10)
-        metrics["loss_first"] = sum(h["loss"] for h in history[:k]) / k
-        metrics["loss_last"] = sum(h["loss"] for h in history[-k:]) / k
-        plot_losses(run.file("loss.png"), {cfg.distill.target_source: [h["loss"] for h in history]})
-    if isinstance(student.teacher, ViTTeacher):
-        save_vit_teacher(run.file("student.safetensors"), student.teacher)
-    if cfg.run_probes and stop_at is None:
-        probe_train, probe_test = probe_worlds(cfg.worlds)
-        save_feature_panel(run.file("features.png"), probe_test[0].images[:6], {"teacher": teacher, "student": student})
-        metrics["probes"] = {"teacher": probe_3d_awareness(teacher, probe_train, probe_test, cfg.probe),
-                             "student": probe_3d_awareness(student, probe_train, probe_test, cfg.probe)}
-    metrics["seconds"] = round(time.time() - t0, 1)
-    run.save_metrics(metrics)
-    run.close()
-    metrics["student"] = student
-    return metrics
+    distiller = SplatDistillRun(cfg, teacher, worlds, fit_losses, t0, fit3d_scenes=scenes, depth_fn=predict_depth)
+    result = fit(distiller, run, cfg.run, cfg.distill.steps, job_config=cfg)
+    return {**result.metrics, "student": distiller.student}

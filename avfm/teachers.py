@@ -3,23 +3,28 @@ with patch embeddings [B, h*w, D], a CLS embedding [B, D] and the patch grid (h,
 
 Members (`TEACHERS`): HF transformers DINOv2 / DINOv2-with-registers / DINOv3 ViT loaded from a
 local directory (`hf`, `dinov2`, `dinov3`), a seeded random ViT (`random_vit`), and a small ViT
-trained here on the synthetic scenes' dense labels (`trained`, see `train_dense_teacher`).
+trained here on the synthetic scenes' dense labels (`trained`, see `DenseTeacherTrainer`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
+import tyro
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from avfm.data import load_scenes
 from avfm.vit import ViT, ViTConfig, interpolate_tokens
 from scene3d.checkpoint import load_checkpoint, save_checkpoint
 from scene3d.errors import CheckpointError, DataError
+from scene3d.runs import RunDir
+from scene3d.train import FitResult, RunConfig, fit
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -129,7 +134,7 @@ class DenseTeacherConfig:
     seed: int = 0
 
 
-class DenseTeacherTrainer(nn.Module):
+class DenseTeacherNet(nn.Module):
     """ViT + a linear head per patch predicting the label of each of its p x p pixels, and a linear
     head on the CLS predicting the scene class."""
 
@@ -152,6 +157,70 @@ class DenseTeacherTrainer(nn.Module):
         return loss
 
 
+class DenseTeacherTrainer:
+    """Training of the small dense teacher as a `scene3d.train.Trainable`: per step a batch of images
+    [B, 3, H, W] drawn with its own generator, per-pixel (and scene-class) cross-entropy, AdamW with a
+    linear warm-up over the first tenth of the steps, gradients clipped to norm 1. A checkpoint's
+    "model" is the teacher's own state, so `load_vit_teacher` reads a run's checkpoints too."""
+
+    name = "teacher"
+
+    def __init__(self, images: Tensor, labels: Tensor, num_classes: int, scene_class: Tensor | None = None,
+                 cfg: DenseTeacherConfig | None = None):
+        self.cfg = cfg = cfg or DenseTeacherConfig()
+        self.images, self.labels, self.scene_class = images, labels, scene_class
+        torch.manual_seed(cfg.seed)  # the initialisation
+        n_scene = int(scene_class.max()) + 1 if scene_class is not None else 1
+        self.net = DenseTeacherNet(cfg, num_classes, n_scene)
+        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.losses: list[float] = []  # per step, since the first (restored on resume)
+
+    @property
+    def teacher(self) -> ViTTeacher:
+        return self.net.teacher
+
+    def loss(self, step: int) -> tuple[Tensor, dict[str, float]]:
+        c = self.cfg
+        idx = torch.randint(len(self.images), (c.batch_size,), generator=self.generator)
+        lr = c.lr * min(1.0, step / max(1, c.steps // 10))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        scene_class = None if self.scene_class is None else self.scene_class[idx]
+        loss = self.net.loss(self.images[idx], self.labels[idx], scene_class)
+        self.losses.append(loss.item())
+        return loss, {"loss": self.losses[-1], "lr": lr}
+
+    def guarded_parameters(self):
+        return self.net.named_parameters()
+
+    def apply(self, step: int) -> dict[str, float]:
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
+        self.optimizer.step()
+        return {}
+
+    def validate(self) -> dict[str, float]:
+        return {}
+
+    def finish(self, run: RunDir | None) -> dict[str, Any]:
+        return {"first_losses": self.losses[:5], "last_losses": self.losses[-5:]}
+
+    def state_dict(self) -> dict[str, Any]:
+        heads = {k: v for k, v in self.net.state_dict().items() if not k.startswith("teacher.")}
+        return {"model": self.teacher.state_dict(), "heads": heads, "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state(), "losses": torch.tensor(self.losses, dtype=torch.float64)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict({**{f"teacher.{k}": v for k, v in state["model"].items()}, **state["heads"]})
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.losses = state["losses"].tolist()
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        return {"vit": asdict(self.teacher.vit.cfg), "teacher": asdict(self.cfg)}
+
+
 def train_dense_teacher(
     images: Tensor,
     labels: Tensor,
@@ -159,30 +228,44 @@ def train_dense_teacher(
     scene_class: Tensor | None = None,
     cfg: DenseTeacherConfig | None = None,
     progress: bool = False,
+    run: RunDir | None = None,
+    main_process: bool = True,
 ) -> tuple[ViTTeacher, list[float]]:
     """Train the small dense teacher on images [N, 3, H, W] and labels [N, H, W]; returns it frozen
-    and the loss per step."""
-    from tqdm import tqdm
+    and the loss per step. With a `run` folder it checkpoints there and resumes its newest checkpoint
+    (`main_process` False, as on DDP ranks > 0: nothing is written)."""
+    trainer = DenseTeacherTrainer(images, labels, num_classes, scene_class, cfg)
+    config = RunConfig(log_every=10, eval_every=0, checkpoint_every=100, progress=progress)
+    fit(trainer, run, config, trainer.cfg.steps, job_config=trainer.cfg, main_process=main_process)
+    return trainer.teacher.eval().requires_grad_(False), trainer.losses
 
-    cfg = cfg or DenseTeacherConfig()
-    torch.manual_seed(cfg.seed)
-    n_scene = int(scene_class.max()) + 1 if scene_class is not None else 1
-    trainer = DenseTeacherTrainer(cfg, num_classes, n_scene)
-    opt = torch.optim.AdamW(trainer.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    g = torch.Generator().manual_seed(cfg.seed)
-    losses = []
-    for step in tqdm(range(cfg.steps), desc="teacher", disable=not progress):
-        idx = torch.randint(len(images), (cfg.batch_size,), generator=g)
-        lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.steps // 10))
-        for group in opt.param_groups:
-            group["lr"] = lr
-        loss = trainer.loss(images[idx], labels[idx], None if scene_class is None else scene_class[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainer.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-    return trainer.teacher.eval().requires_grad_(False), losses
+
+@dataclass
+class TeacherRunConfig:
+    """A teacher trained on its own (`scripts/train_teacher.py`): `n` scenes of `source` at `resolution`
+    px (scene seed `seed`), in `<output_root>/teachers/<name>/` (name: "dense")."""
+
+    source: str = "synthetic"
+    n: int = 256
+    resolution: int = 64
+    seed: int = 0
+    teacher: DenseTeacherConfig = field(default_factory=DenseTeacherConfig)
+    # --name, --output-root, --checkpoint-every, --log-every, --stop-after, ... (scene3d.train.RunConfig)
+    run: Annotated[RunConfig, tyro.conf.OmitArgPrefixes] = field(
+        default_factory=lambda: RunConfig(log_every=10, eval_every=0, checkpoint_every=100))
+
+
+def train_teacher_run(config: TeacherRunConfig) -> tuple[DenseTeacherTrainer, FitResult, Path | None]:
+    """Train (or resume) the teacher run; once complete, save the frozen teacher as `teacher.safetensors`
+    in its folder. Returns the trainer, what `fit` did and that file (None when a limit ended the run)."""
+    scenes = load_scenes(config.source, config.n, config.resolution, config.seed)
+    trainer = DenseTeacherTrainer(scenes.images, scenes.labels, scenes.num_classes, scenes.scene_class, config.teacher)
+    run = config.run.open("teachers", "dense")
+    result = fit(trainer, run, config.run, config.teacher.steps, job_config=config)
+    if not result.complete:
+        return trainer, result, None
+    frozen = trainer.teacher.eval().requires_grad_(False)
+    return trainer, result, save_vit_teacher(run.path / "teacher.safetensors", frozen)
 
 
 def save_vit_teacher(path: str | Path, teacher: ViTTeacher) -> Path:

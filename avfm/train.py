@@ -6,20 +6,23 @@ At every step the canvas predicts the teacher's standardised patch embeddings of
 and the CLS predicts its standardised CLS (MSE, averaged over steps and over the two rollouts).
 Truncated BPTT in chunks of 2 glimpses, AdamW with linear warm-up then constant, gradient clipping.
 
+`Pretrainer` is a `scene3d.train.Trainable`; `train(cfg)` drives it with `scene3d.train.fit` in
+`<output_root>/avfm/<name>/` (checkpoints, resume, NaN guard, limits; under DDP rank 0 writes).
 Randomness: every step draws from a generator seeded by (seed, step, rank), so an exact resume
-needs only the model, the optimizer and the step; checkpoints are atomic (`RunDir`).
+needs only the model, the optimizer, the step (and the loss history, for the reported losses).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import time
 from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+import tyro
 from torch import Tensor
 
 from avfm.data import (
@@ -40,11 +43,10 @@ from avfm.teachers import (
     save_vit_teacher,
     train_dense_teacher,
 )
-from scene3d.checkpoint import restoring
 from scene3d.device import pick_device
 from scene3d.errors import DataError
-from scene3d.guard import FiniteGuard
-from scene3d.runs import RunDir
+from scene3d.runs import RunDir, config_to_dict
+from scene3d.train import RunConfig, fit
 
 
 @dataclass
@@ -88,15 +90,12 @@ class TrainConfig:
     canvas_grid: int | None = None  # default: the model config's
     standardizer_scenes: int = 256
     seed: int = 0
-    log_every: int = 10
-    ckpt_every: int = 100
-    max_minutes: float | None = None
-    run_name: str = "avfm"
-    out_root: str = "outputs"
     device: str = "auto"
     amp: bool = False  # bf16 autocast for the forward (canvas, RoPE and VPE stay fp32); backward outside
-    progress: bool = True
-    nonfinite: str = "stop"  # NaN / inf loss, gradient or parameter: "stop" (naming step and tensor) or "skip"
+    # --name (default "avfm"), --output-root, --checkpoint-every, --log-every, --max-minutes, ... (scene3d.train);
+    # --eval-every N adds the validation loss every N steps (0: only at the end)
+    run: Annotated[RunConfig, tyro.conf.OmitArgPrefixes] = field(
+        default_factory=lambda: RunConfig(log_every=10, eval_every=0, checkpoint_every=100))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -162,7 +161,8 @@ def make_teacher(
     cfg: TeacherConfig, train_set: SceneSet, run: RunDir | None, progress: bool = False
 ) -> Teacher:
     """The configured teacher; `trained` without a path trains one on the training scenes (once:
-    it is saved in the run folder and reloaded on resume)."""
+    it is saved as `teacher.safetensors` in the run folder and reloaded on resume; its training
+    checkpoints in `teacher/` of the run folder, so a killed teacher training resumes too)."""
     if cfg.name == "trained" and cfg.path is None:
         saved = None if run is None else run.path / "teacher.safetensors"
         if saved is not None and saved.is_file():
@@ -176,6 +176,8 @@ def make_teacher(
             train_set.scene_class,
             cfg.train,
             progress,
+            run=None if run is None else RunDir(run.path / "teacher"),
+            main_process=_rank() == 0,
         )
         if saved is not None and _rank() == 0:
             save_vit_teacher(saved, teacher)
@@ -247,7 +249,7 @@ def setup(cfg: TrainConfig, run: RunDir | None):
         cfg.data.source, cfg.data.n_train + cfg.data.n_val, cfg.data.resolution, cfg.data.seed, cfg.data.path
     )
     train_set, val_set = scenes.split(cfg.data.n_train)
-    teacher = make_teacher(cfg.teacher, train_set, run, cfg.progress and _rank() == 0)
+    teacher = make_teacher(cfg.teacher, train_set, run, cfg.run.progress and _rank() == 0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         overrides = {"teacher_dim": teacher.dim}
@@ -259,83 +261,93 @@ def setup(cfg: TrainConfig, run: RunDir | None):
     return model, teacher, train_set, val_set, targets
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Run (or resume) a pretraining run in `<out_root>/avfm/<run_name>/`; returns its metrics."""
-    from tqdm import tqdm
+class Pretrainer:
+    """CanViT pretraining as a `scene3d.train.Trainable`. Step `step` (from 1) draws its batch and
+    rollouts from `step_generator(seed, step - 1, rank)` and runs TBPTT's backward passes itself
+    (`loss` returns the loss without grad), then averages gradients across DDP ranks, clips them and
+    sets the learning rate, all before the guard checks them; `apply` is the optimizer step."""
 
+    name = "avfm"
+
+    def __init__(self, cfg: TrainConfig, model: CanViT, teacher: Teacher, train_set: SceneSet, val_set: SceneSet,
+                 targets: TargetShards | TensorTargets, device: torch.device):
+        self.cfg, self.model, self.teacher, self.device = cfg, model, teacher, device
+        self.train_set, self.val_set, self.targets = train_set, val_set, targets
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
+        )
+        self.losses: list[float] = []  # per step, since the first (restored on resume)
+
+    def loss(self, step: int) -> tuple[Tensor, dict[str, float]]:
+        cfg, model = self.cfg, self.model
+        g = step_generator(cfg.seed, step - 1, _rank())
+        idx = torch.randint(len(self.train_set), (cfg.batch_size,), generator=g)
+        scenes = self.train_set.images[idx].to(self.device)
+        std_patches, std_cls = model.standardize(*(t.to(self.device) for t in self.targets[idx]))
+        self.optimizer.zero_grad(set_to_none=True)
+        info = train_step(model, scenes, std_patches, std_cls, g, cfg)
+        average_gradients(model)
+        info["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip).item()
+        info["lr"] = set_lr(self.optimizer, cfg.optim, step - 1)
+        self.losses.append(info["loss"])
+        # Under DDP every rank sees the same averaged gradients, so all ranks skip (or stop) together.
+        return torch.tensor(info["loss"]), {(f"train/{k}" if "/" in k else k): v for k, v in info.items()}
+
+    def guarded_parameters(self):
+        return self.model.named_parameters()
+
+    def apply(self, step: int) -> dict[str, float]:
+        self.optimizer.step()
+        return {}
+
+    def validate(self) -> dict[str, float]:
+        if not len(self.val_set):
+            return {}
+        val = validation_loss(self.model, self.val_set, self.teacher, self.cfg, self.device)
+        return {f"val/{k}": v for k, v in val.items()}
+
+    def finish(self, run: RunDir | None) -> dict[str, Any]:
+        """The first and last 5 training losses and the validation loss."""
+        return {"first_losses": self.losses[:5], "last_losses": self.losses[-5:], **self.validate()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "losses": torch.tensor(self.losses, dtype=torch.float64)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.losses = state["losses"].tolist()
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        return config_to_dict(self.cfg)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run (or resume) a pretraining run in `<output_root>/avfm/<name>/`: returns run_dir, steps,
+    steps_this_run, seconds (of training), the first and last 5 losses and, when the schedule is
+    complete, the validation loss (`val/...`)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
         dist.init_process_group(backend)
     rank, device = _rank(), pick_device(cfg.device)
     if device.type == "cuda" and _world() > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    run = RunDir.create("avfm", cfg.run_name, root=cfg.out_root)
-    if rank == 0:
-        run.save_config(cfg)
-
+    run = cfg.run.open("avfm", "avfm")
     model, teacher, train_set, val_set, targets = setup(cfg, run)
     model.to(device).train()
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
-    )
-    start = 0
-    if (loaded := run.load_latest()) is not None:
-        state, _ = loaded
-        with restoring(run.latest_checkpoint(), "state"):
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            start = int(state["step"])
-    guard = FiniteGuard(cfg.nonfinite, run.path / "checkpoints")
-
-    t0, history, step = time.time(), [], start
-    bar = tqdm(
-        range(start, cfg.steps),
-        desc="avfm",
-        disable=not (cfg.progress and rank == 0),
-        initial=start,
-        total=cfg.steps,
-    )
-    for step in bar:
-        g = step_generator(cfg.seed, step, rank)
-        idx = torch.randint(len(train_set), (cfg.batch_size,), generator=g)
-        scenes = train_set.images[idx].to(device)
-        std_patches, std_cls = model.standardize(*(t.to(device) for t in targets[idx]))
-        info = train_step(model, scenes, std_patches, std_cls, g, cfg)
-        average_gradients(model)
-        info["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip).item()
-        info["lr"] = set_lr(opt, cfg.optim, step)
-        # The loss is only known after TBPTT's backward passes; a skipped step drops its gradients.
-        # Under DDP every rank sees the same averaged gradients, so all ranks skip (or stop) together.
-        if guard.loss(step + 1, torch.tensor(info["loss"])) and guard.gradients(step + 1, model.named_parameters()):
-            opt.step()
-        opt.zero_grad(set_to_none=True)
-        guard.parameters(step + 1, model.named_parameters())
-        history.append(info["loss"])
-        bar.set_postfix(loss=f"{info['loss']:.3f}")
-        done = step + 1
-        timed_out = cfg.max_minutes is not None and time.time() - t0 > 60 * cfg.max_minutes
-        if rank == 0 and (done % cfg.log_every == 0 or done == cfg.steps):
-            run.log_scalars(done, {f"train/{k}": float(v) for k, v in info.items()})
-        if rank == 0 and (done % cfg.ckpt_every == 0 or done == cfg.steps or timed_out):
-            run.save_checkpoint(done, {"model": model.state_dict(), "optimizer": opt.state_dict()}, cfg)
-        if timed_out:
-            break
-    steps_done = (step + 1 if cfg.steps > start else start) - start
+    trainer = Pretrainer(cfg, model, teacher, train_set, val_set, targets, device)
+    result = fit(trainer, run, cfg.run, cfg.steps, job_config=cfg, main_process=rank == 0)
     assert_replicas_in_sync(model)
-
-    val = validation_loss(model, val_set, teacher, cfg, device) if len(val_set) else {}
-    metrics = {
-        "steps": start + steps_done,
-        "steps_this_run": steps_done,
-        "seconds": time.time() - t0,
-        "first_losses": history[:5],
-        "last_losses": history[-5:],
-        **{f"val/{k}": v for k, v in val.items()},
+    return {
+        "run_dir": str(run.path),
+        "steps": result.steps,
+        "steps_this_run": result.steps_this_run,
+        "seconds": result.train_seconds,
+        "first_losses": trainer.losses[:5],
+        "last_losses": trainer.losses[-5:],
+        **{k: v for k, v in result.metrics.items() if k.startswith("val/")},
     }
-    if rank == 0:
-        run.save_metrics(metrics)
-        run.close()
-    return {"run_dir": str(run.path), **metrics}
 
 
 @torch.no_grad()

@@ -5,7 +5,8 @@
     python scripts/splat_distill.py --teacher.name dinov2 --teacher.path /models/dinov2-small --name d0
 
 Writes outputs/splat_distill/<name>/ (config, TensorBoard, checkpoints, loss.png, student.safetensors,
-metrics.json with teacher / student probes); rerunning the same --name resumes exactly.
+metrics.json with teacher / student probes); rerunning the same --name resumes exactly (--stop-after,
+--max-minutes end an invocation early, --no-resume starts afresh).
 """
 
 import json

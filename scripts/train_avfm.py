@@ -1,7 +1,8 @@
 """Pretrain CanViT by passive-to-active dense latent distillation.
 
-python scripts/train_avfm.py --model canvit_tiny --steps 400 --run-name tiny
-torchrun --nproc_per_node 2 scripts/train_avfm.py --data.source toy --run-name ddp   # gloo on CPU
+python scripts/train_avfm.py --model canvit_tiny --steps 400 --name tiny
+python scripts/train_avfm.py --model canvit_tiny --steps 800 --name tiny   # continues the run to 800 steps
+torchrun --nproc_per_node 2 scripts/train_avfm.py --data.source toy --name ddp   # gloo on CPU
 """
 
 import json

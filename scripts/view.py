@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import tyro
 
 from scene3d.cli import run_cli
+from viewer.inputs import open_inputs
 from viewer.panels.scene import RenderSettings
 from viewer.server import ViewerConfig, ViewerServer
-from viewer.targets import open_targets
 
 
 @dataclass
@@ -30,7 +30,7 @@ class ViewArgs:
 
 
 def main(args: ViewArgs) -> None:
-    content = open_targets(list(args.paths))
+    content = open_inputs(list(args.paths))
     with ViewerServer(content, ViewerConfig(args.host, args.port, args.render)) as viewer:
         print(f"viewer for {content.title}: {viewer.url}", flush=True)
         viewer.serve_forever()

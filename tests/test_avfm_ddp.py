@@ -12,10 +12,12 @@ import torch
 SCRIPT = """
 import sys
 import torch.distributed as dist
-from avfm.train import DataConfig, OptimConfig, TeacherConfig, TrainConfig, setup, train
+from avfm.train import DataConfig, OptimConfig, TeacherConfig, TrainConfig, train
+from scene3d.train import RunConfig
 cfg = TrainConfig(data=DataConfig(source="toy", n_train=16, n_val=4, resolution=64),
                   teacher=TeacherConfig(name="random_vit"), optim=OptimConfig(lr=2e-3, warmup_steps=2),
-                  steps=3, batch_size=2, ckpt_every=3, run_name="ddp", out_root=sys.argv[1], progress=False)
+                  steps=3, batch_size=2,
+                  run=RunConfig(name="ddp", output_root=sys.argv[1], checkpoint_every=3, progress=False))
 train(cfg)  # ends with assert_replicas_in_sync: raises if the ranks' parameters differ
 dist.barrier()
 """

@@ -12,6 +12,7 @@ from avfm.model import CONFIGS, CanViT, State
 from avfm.probes import SegProbe, entropy_map, fit_cls_probe, fit_seg_probe, top1
 from avfm.train import DataConfig, OptimConfig, TeacherConfig, TrainConfig, train
 from scene3d.metrics import miou
+from scene3d.train import RunConfig
 
 
 def test_miou_known_values():
@@ -55,9 +56,7 @@ def test_evaluation_end_to_end(tmp_path):
         optim=OptimConfig(lr=2e-3, warmup_steps=2),
         steps=4,
         batch_size=4,
-        run_name="e2e",
-        out_root=str(tmp_path),
-        progress=False,
+        run=RunConfig(name="e2e", output_root=tmp_path, progress=False),
     )
     trained = train(cfg)
     model, _, teacher, train_set, val_set = load_run(trained["run_dir"])

@@ -4,16 +4,20 @@ import pytest
 import torch
 
 from avfm.data import TargetShards, precompute_targets, toy_scenes, write_target_shards
+from avfm.evaluate import load_run
 from avfm.teachers import (
     DenseTeacherConfig,
+    DenseTeacherTrainer,
     build_teacher,
     load_vit_teacher,
     save_vit_teacher,
     train_dense_teacher,
 )
-from avfm.train import DataConfig, OptimConfig, TeacherConfig, TrainConfig, train
+from avfm.train import DataConfig, OptimConfig, TeacherConfig, TrainConfig, make_teacher, train
 from scene3d.checkpoint import load_checkpoint
 from scene3d.errors import CheckpointError, DataError
+from scene3d.runs import RunDir
+from scene3d.train import RunConfig, fit
 
 
 def _hf_tiny(kind, tmp_path):
@@ -83,6 +87,37 @@ def test_trained_teacher_learns_and_round_trips(tmp_path):
         load_vit_teacher(tmp_path / "missing.safetensors")
 
 
+def test_trained_teacher_resumes_exactly_and_its_checkpoints_load_as_teachers(tmp_path):
+    scenes = toy_scenes(12, 32, seed=0)
+    cfg = DenseTeacherConfig(dim=24, depth=1, heads=2, steps=6, batch_size=4)
+    data = (scenes.images, scenes.labels, 3, scenes.scene_class, cfg)
+    straight, losses = train_dense_teacher(*data)
+    run = RunDir(tmp_path / "teacher")
+    first = fit(DenseTeacherTrainer(*data), run, RunConfig(checkpoint_every=2, stop_after=3, progress=False), 6,
+                job_config=cfg)
+    assert not first.complete and [s for s, _ in run.checkpoints()] == [2, 3]
+    resumed = DenseTeacherTrainer(*data)
+    result = fit(resumed, run, RunConfig(checkpoint_every=2, progress=False), 6, job_config=cfg)
+    assert result.steps_this_run == 3 and resumed.losses == losses and result.metrics["last_losses"] == losses[-5:]
+    x = scenes.images[:2]
+    for teacher in (resumed.teacher, load_vit_teacher(run.latest_checkpoint())):
+        assert torch.equal(teacher(x).patches, straight(x).patches)
+
+
+def test_pretraining_run_trains_its_teacher_resumably(tmp_path):
+    scenes = toy_scenes(12, 32, seed=0)
+    cfg = DenseTeacherConfig(dim=24, depth=1, heads=2, steps=6, batch_size=4)
+    straight, _ = train_dense_teacher(scenes.images, scenes.labels, scenes.num_classes, scenes.scene_class, cfg)
+    run = RunDir(tmp_path / "avfm")
+    interrupted = DenseTeacherTrainer(scenes.images, scenes.labels, scenes.num_classes, scenes.scene_class, cfg)
+    fit(interrupted, RunDir(run.path / "teacher"), RunConfig(stop_after=3, progress=False), 6, job_config=cfg)
+    teacher = make_teacher(TeacherConfig(train=cfg), scenes, run)
+    x = scenes.images[:2]
+    assert torch.equal(teacher(x).patches, straight(x).patches)
+    assert [s for s, _ in RunDir(run.path / "teacher").checkpoints()] == [3, 6]
+    assert torch.equal(load_vit_teacher(run.path / "teacher.safetensors")(x).patches, straight(x).patches)
+
+
 def test_target_shards_stream_rows_from_disk(tmp_path):
     teacher = build_teacher("random_vit", seed=0, dim=24, depth=1, heads=2)
     images = torch.rand(5, 3, 32, 32)
@@ -112,11 +147,7 @@ def _cfg(tmp_path, steps, name="run", batch_size=4):
         optim=OptimConfig(lr=2e-3, warmup_steps=3),
         steps=steps,
         batch_size=batch_size,
-        log_every=2,
-        ckpt_every=2,
-        run_name=name,
-        out_root=str(tmp_path),
-        progress=False,
+        run=RunConfig(name=name, output_root=tmp_path, log_every=2, checkpoint_every=2, eval_every=0, progress=False),
     )
 
 
@@ -126,6 +157,13 @@ def test_training_loss_falls(tmp_path):
     assert sum(metrics["last_losses"]) < 0.75 * sum(metrics["first_losses"])
     assert (tmp_path / "avfm" / "run" / "metrics.json").is_file()
     assert (tmp_path / "avfm" / "run" / "scalars.jsonl").is_file()
+
+
+def test_old_run_folder_is_one_clear_error(tmp_path):
+    (tmp_path / "config.json").write_text('{"model": "canvit_tiny", "run_name": "old", "out_root": "outputs"}')
+    with pytest.raises(CheckpointError, match="older version") as info:
+        load_run(tmp_path)
+    assert "\n" not in str(info.value)
 
 
 def test_resume_is_exact(tmp_path):

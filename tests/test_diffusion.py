@@ -1,4 +1,4 @@
-"""Diffusion priors: the pixel prior, the local Stable Diffusion loader, prior training and resume."""
+"""Diffusion priors: the pixel prior, the local Stable Diffusion loader, prior and classifier training and resume."""
 
 import json
 from pathlib import Path
@@ -10,6 +10,7 @@ from scene3d.diffusion import PixelPrior, PixelPriorConfig, StableDiffusionPrior
 from scene3d.diffusion.data import render_objects
 from scene3d.diffusion.train_prior import TrainPriorConfig, train_prior
 from scene3d.errors import DataError
+from scene3d.train import RunConfig
 
 TINY = PixelPriorConfig(resolution=16, block_out_channels=(8, 16), norm_num_groups=4, attention=False)
 
@@ -129,14 +130,15 @@ def test_object_renders_are_plain_background_single_objects():
     assert ((data.images < 0.99).any(1).float().mean((1, 2)) > 0.05).all()  # an object is in every view
 
 
-def _train_config(tmp_path, name, **kw):
-    return TrainPriorConfig(name=name, root=tmp_path, prior=TINY, n_objects_per_class=2, views_per_object=4,
-                            batch_size=8, warmup_steps=1, log_every=1, checkpoint_every=4, sample_every=0,
-                            samples_per_class=1, sample_steps=2, device="cpu", **kw)
+def _train_config(tmp_path, name, stop_after=None, **kw):
+    run = RunConfig(name=name, output_root=tmp_path, log_every=1, checkpoint_every=4, stop_after=stop_after,
+                    progress=False)
+    return TrainPriorConfig(prior=TINY, n_objects_per_class=2, views_per_object=4, batch_size=8, warmup_steps=1,
+                            sample_every=0, samples_per_class=1, sample_steps=2, device="cpu", run=run, **kw)
 
 
 def _read_losses(run):
-    return [json.loads(line)["loss"] for line in (run.path / "scalars.jsonl").read_text().splitlines()]
+    return [json.loads(line)["train/loss"] for line in (run.path / "scalars.jsonl").read_text().splitlines()]
 
 
 def test_prior_training_loss_falls(tmp_path):
@@ -145,6 +147,7 @@ def test_prior_training_loss_falls(tmp_path):
     assert len(losses) == 40
     assert sum(losses[-8:]) / 8 < 0.8 * sum(losses[:8]) / 8
     assert (run.path / "samples_final.png").is_file()
+    assert json.loads((run.path / "metrics.json").read_text())["steps"] == 40
     prior = load_prior(run.path)
     assert isinstance(prior, PixelPrior)
 
@@ -167,16 +170,38 @@ def test_prior_training_resume_is_exact(tmp_path):
 def test_classifier_learns_and_round_trips(tmp_path):
     from scene3d.diffusion.classifier import ClassifierConfig, load_classifier, train_classifier
 
-    config = ClassifierConfig(root=tmp_path, resolution=16, channels=(8, 16), n_objects_per_class=8,
-                              views_per_object=4, n_val_objects_per_class=4, steps=60, batch_size=32, lr=5e-3)
+    config = ClassifierConfig(resolution=16, channels=(8, 16), n_objects_per_class=8, views_per_object=4,
+                              n_val_objects_per_class=4, steps=60, batch_size=32, lr=5e-3,
+                              run=RunConfig(output_root=tmp_path, eval_every=20, progress=False))
     model, metrics = train_classifier(config)
     assert metrics["val_accuracy"] > 0.5  # chance is 0.2 (four objects and `none`)
-    loaded, classes = load_classifier(tmp_path / "classifier" / config.name)
+    assert [entry["step"] for entry in metrics["timeline"]] == [20, 40, 60]
+    loaded, classes = load_classifier(tmp_path / "classifier" / "classifier32")
     x = torch.rand(3, 3, 16, 16)
     assert classes == (*config.classes, "none") and torch.allclose(loaded(x), model(x), atol=1e-6)
     assert (loaded(torch.ones(4, 3, 16, 16)).argmax(-1) == len(config.classes)).all()  # blank: no object
     with pytest.raises(DataError):
         load_classifier(tmp_path / "nothing_here")
+
+
+def test_classifier_resume_is_exact(tmp_path):
+    """Stopped after 5 of 12 steps and rerun, the classifier (model, optimizer, one-cycle schedule,
+    generator) ends bitwise equal to an uninterrupted run."""
+    from scene3d.diffusion.classifier import ClassifierConfig, train_classifier
+
+    def config(name, stop_after=None):
+        return ClassifierConfig(resolution=16, channels=(8,), n_objects_per_class=2, views_per_object=2,
+                                n_val_objects_per_class=1, steps=12, batch_size=8,
+                                run=RunConfig(name=name, output_root=tmp_path, checkpoint_every=4, eval_every=0,
+                                              stop_after=stop_after, progress=False))
+
+    straight, metrics = train_classifier(config("a"))
+    _, stopped = train_classifier(config("b", stop_after=5))
+    assert stopped == {}
+    resumed, again = train_classifier(config("b"))
+    assert again["val_accuracy"] == metrics["val_accuracy"] and again["steps"] == 12
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
 
 
 def test_clutter_images_and_augmentation_stay_in_range():

@@ -8,8 +8,8 @@ import torch
 from scene3d.checkpoint import load_checkpoint
 from scene3d.errors import NonFiniteError
 from scene3d.guard import FiniteGuard, first_nonfinite
-from scene3d.train import RunConfig, Stepper
 from scene3d.runs import RunDir
+from scene3d.train import RunConfig, Stepper
 
 
 def test_first_nonfinite_names_the_tensor():
@@ -111,36 +111,48 @@ def _nan_run(monkeypatch, mode, fn, checkpoints_dir):
 
 @pytest.mark.parametrize("mode", ["stop", "skip"])
 def test_splat_fitting_nan_step(tmp_path, monkeypatch, mode):
-    from scene3d.gaussians.train import FitConfig, fit
+    from scene3d.gaussians.train import FitConfig, fit_splats
 
-    cfg = FitConfig(output_root=tmp_path, name="r", steps=4, checkpoint_every=2, eval_every=1000, n_init=100,
-                    world_views=(2, 1, 1), world_size=12, turntable_frames=1, export_mesh=False, progress=False,
-                    resume=False, nonfinite=mode)
-    out = _nan_run(monkeypatch, mode, lambda: fit(cfg), tmp_path / "splats" / "r" / "checkpoints")
-    assert out is None or out["steps"] == 4
+    run = RunConfig(output_root=tmp_path, name="r", checkpoint_every=2, eval_every=1000, progress=False, resume=False,
+                    nonfinite=mode)
+    cfg = FitConfig(steps=4, n_init=100, world_views=(2, 1, 1), world_size=12, turntable_frames=1, export_mesh=False,
+                    run=run)
+    out = _nan_run(monkeypatch, mode, lambda: fit_splats(cfg)[1], tmp_path / "splats" / "r" / "checkpoints")
+    assert out is None or (out["steps"] == 4 and out["nonfinite_skipped_steps"] == 1)
 
 
 @pytest.mark.parametrize("mode", ["stop", "skip"])
 def test_avfm_pretraining_nan_step(tmp_path, monkeypatch, mode):
+    import json
+
     from avfm.train import DataConfig, TeacherConfig, TrainConfig, train
 
+    run = RunConfig(output_root=tmp_path, name="r", checkpoint_every=2, progress=False, nonfinite=mode)
     cfg = TrainConfig(data=DataConfig(source="toy", n_train=4, n_val=0, resolution=32),
-                      teacher=TeacherConfig(name="random_vit"), steps=4, batch_size=2, ckpt_every=2,
-                      standardizer_scenes=4, out_root=str(tmp_path), run_name="r", progress=False, nonfinite=mode)
+                      teacher=TeacherConfig(name="random_vit"), steps=4, batch_size=2, standardizer_scenes=4, run=run)
     out = _nan_run(monkeypatch, mode, lambda: train(cfg), tmp_path / "avfm" / "r" / "checkpoints")
-    assert out is None or out["steps"] == 4
+    if mode == "skip":
+        metrics = json.loads((tmp_path / "avfm" / "r" / "metrics.json").read_text())
+        assert out["steps"] == 4 and metrics["nonfinite_skipped_steps"] == 1 and metrics["steps"] == 4
 
 
 @pytest.mark.parametrize("mode", ["stop", "skip"])
 def test_prior_training_nan_step(tmp_path, monkeypatch, mode):
+    import json
+
     from scene3d.diffusion.pixel import PixelPriorConfig
     from scene3d.diffusion.train_prior import TrainPriorConfig, train_prior
 
-    cfg = TrainPriorConfig(name="r", root=tmp_path, steps=4, checkpoint_every=2, batch_size=2, n_objects_per_class=1,
-                           views_per_object=1, sample_every=0, samples_per_class=1, sample_steps=1, warmup_steps=1,
+    cfg = TrainPriorConfig(steps=4, batch_size=2, n_objects_per_class=1, views_per_object=1, sample_every=0,
+                           samples_per_class=1, sample_steps=1, warmup_steps=1,
                            prior=PixelPriorConfig(resolution=16, block_out_channels=(8, 8), norm_num_groups=4,
-                                                  attention=False), nonfinite=mode)
-    _nan_run(monkeypatch, mode, lambda: train_prior(cfg), tmp_path / "prior" / "r" / "checkpoints")
+                                                  attention=False),
+                           run=RunConfig(name="r", output_root=tmp_path, checkpoint_every=2, nonfinite=mode,
+                                         progress=False))
+    run = _nan_run(monkeypatch, mode, lambda: train_prior(cfg), tmp_path / "prior" / "r" / "checkpoints")
+    if mode == "skip":
+        metrics = json.loads((run.path / "metrics.json").read_text())
+        assert metrics["nonfinite_skipped_steps"] == 1 and metrics["steps"] == 4
 
 
 @pytest.mark.parametrize("mode", ["stop", "skip"])
@@ -148,14 +160,16 @@ def test_score_distillation_nan_step(tmp_path, monkeypatch, mode):
     from scene3d.diffusion.pixel import PixelPrior, PixelPriorConfig
     from scene3d.distill.score.distiller import DistillConfig, ScoreDistiller, image_target
     from scene3d.distill.score.guidance import make_guidance
+    from scene3d.train import fit
 
     torch.manual_seed(0)
     prior = PixelPrior(PixelPriorConfig(resolution=16, block_out_channels=(8, 16), norm_num_groups=4,
                                         attention=False)).freeze()
     target, logits = image_target(8)
-    config = DistillConfig(steps=4, batch_size=1, render_size=8, checkpoint_every=2, nonfinite=mode)
-    distiller = ScoreDistiller(prior, make_guidance("sds", prior), [target], config)
+    distiller = ScoreDistiller(prior, make_guidance("sds", prior), [target],
+                               DistillConfig(steps=4, batch_size=1, render_size=8))
     run = RunDir(tmp_path / "score")
-    history = _nan_run(monkeypatch, mode, lambda: distiller.run(run, progress=False), run.path / "checkpoints")
+    config = RunConfig(checkpoint_every=2, nonfinite=mode, progress=False)
+    result = _nan_run(monkeypatch, mode, lambda: fit(distiller, run, config, 4), run.path / "checkpoints")
     if mode == "skip":
-        assert len(history) == 4 and distiller.guard.skipped == [3] and torch.isfinite(logits).all()
+        assert result.steps == 4 and result.skipped_steps == [3] and torch.isfinite(logits).all()

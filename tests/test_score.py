@@ -20,7 +20,9 @@ from scene3d.distill.score.guidance import (
     clip_pixel_gradients,
     make_guidance,
 )
-from scene3d.distill.score.views import camera_angles, random_cameras, turntable_cameras, view_names
+from scene3d.distill.score.views import camera_angles, orbit_views, random_cameras, view_names
+from scene3d.runs import RunDir
+from scene3d.train import RunConfig, Stepper, fit
 from tests._score_priors import GaussianPrior
 
 TINY = PixelPriorConfig(resolution=16, block_out_channels=(8, 16), norm_num_groups=4, attention=False)
@@ -223,7 +225,7 @@ def test_view_names_and_cameras():
     assert r.min() >= 1.6 - 1e-4 and r.max() <= 2.1 + 1e-4
     assert torch.rad2deg(e).min() >= 5 - 1e-3 and torch.rad2deg(e).max() <= 60 + 1e-3
     assert torch.allclose(cams.forward, torch.nn.functional.normalize(-cams.centers, dim=-1), atol=1e-5)
-    assert len(turntable_cameras(8, 8)) == 8
+    assert len(orbit_views(8, 8)) == 8
 
 
 @pytest.mark.parametrize("name", sorted(GUIDANCES))
@@ -245,7 +247,8 @@ def test_short_distillation_lowers_the_denoising_loss(name):
     guidance = make_guidance(name, prior, guidance_scale=1.0, **({"estimator_lr": 0.05} if name == "vsd" else {}))
     distiller = ScoreDistiller(prior, guidance, [target], DistillConfig(steps=60, batch_size=2, render_size=8))
     before = denoising_loss()
-    history = distiller.run(progress=False)
+    stepper = Stepper(distiller)
+    history = [stepper() for _ in range(60)]
     assert len(history) == 60 and all(math.isfinite(h["loss"]) for h in history)
     assert denoising_loss() < 0.5 * before
 
@@ -255,8 +258,9 @@ def test_distiller_runs_vsd_particles_on_a_pixel_prior(prior):
     targets = [Target(render=lambda cams, p=p: torch.sigmoid(p).expand(len(cams), -1, -1, -1),
                       optimizer=torch.optim.Adam([p], lr=0.01), pixel_grad_clip=0.05) for p in logits]
     guidance = make_guidance("vsd", prior, guidance_scale=S)
-    out = ScoreDistiller(prior, guidance, targets, DistillConfig(prompt="torus", steps=2, batch_size=2,
-                                                                 render_size=16)).run(progress=False)
+    stepper = Stepper(ScoreDistiller(prior, guidance, targets, DistillConfig(prompt="torus", steps=2, batch_size=2,
+                                                                             render_size=16)))
+    out = [stepper() for _ in range(2)]
     assert "estimator_loss" in out[-1]
     assert not torch.equal(logits[0], logits[1])  # independent particles, each moved
     assert all(p.abs().sum() > 0 for p in logits)
@@ -278,9 +282,34 @@ def test_learning_rates_decay_exponentially_to_the_end_factor_and_a_rebuilt_opti
     target.after_step = lambda step: seen.append(target.optimizer.param_groups[0]["lr"])
     config = DistillConfig(prompt="box", steps=5, batch_size=1, render_size=16, lr_end_factor=0.1)
     distiller = ScoreDistiller(prior, make_guidance("sds", prior, guidance_scale=S), [target], config)
-    distiller.run(progress=False)
+    fit(distiller, None, RunConfig(progress=False), config.steps)
     assert seen == pytest.approx([0.02 * 0.1 ** (k / 4) for k in range(5)])
     target.optimizer = torch.optim.Adam([logits], lr=0.5)  # e.g. TensoRF's upsampling rebuilds it
     distiller.decay_learning_rates(2)
     assert target.optimizer.param_groups[0]["lr"] == pytest.approx(0.5 * 0.1**0.5)
     assert DistillConfig().lr_end_factor == 0.1
+
+
+def test_distillation_resumed_from_a_checkpoint_ends_bitwise_equal(prior, tmp_path):
+    """VSD (an estimator with its own optimizer) into two particles: stopped after 2 of 4 steps, rebuilt
+    and resumed from the checkpoint, it ends with the targets and estimator of an uninterrupted run."""
+
+    def distiller() -> ScoreDistiller:
+        torch.manual_seed(0)
+        logits = [nn.Parameter(torch.zeros(1, 3, 16, 16)) for _ in range(2)]
+        targets = [Target(render=lambda cams, p=p: torch.sigmoid(p).expand(len(cams), -1, -1, -1),
+                          optimizer=torch.optim.Adam([p], lr=0.01)) for p in logits]
+        config = DistillConfig(prompt="torus", steps=4, batch_size=2, render_size=16)
+        return ScoreDistiller(prior, make_guidance("vsd", prior, guidance_scale=S), targets, config)
+
+    def tensors(d: ScoreDistiller) -> list[torch.Tensor]:
+        return [p.detach() for _, p in d.named_parameters()] + [p.detach() for p in d.guidance.trainable_parameters()]
+
+    straight = distiller()
+    fit(straight, None, RunConfig(progress=False), 4)
+    run = RunDir(tmp_path / "r")
+    assert not fit(distiller(), run, RunConfig(progress=False, stop_after=2), 4).complete
+    resumed = distiller()
+    result = fit(resumed, run, RunConfig(progress=False), 4)
+    assert result.complete and result.steps_this_run == 2
+    assert all(torch.equal(a, b) for a, b in zip(tensors(straight), tensors(resumed), strict=True))

@@ -1,5 +1,7 @@
 """Saturation, diversity and recognition metrics of distilled renders; the eval and distill runs."""
 
+import json
+
 import pytest
 import torch
 
@@ -33,11 +35,11 @@ def test_recognition_fraction():
 
 def test_voxel_target_renders_a_blob_and_is_differentiable():
     from scene3d.distill.score.targets import voxel_target
-    from scene3d.distill.score.views import turntable_cameras
+    from scene3d.distill.score.views import orbit_views
 
     target, scene = voxel_target()
     scene.eval()
-    images = target.render(turntable_cameras(2, 16))
+    images = target.render(orbit_views(2, 16))
     assert images.shape == (2, 3, 16, 16)
     assert torch.allclose(images[:, :, 0, 0], torch.ones(2, 3), atol=1e-3)  # corners see the background
     assert (images[:, :, 8, 8] < 0.7).all()  # the initial density blob in the middle (grey colour 0.5)
@@ -49,12 +51,14 @@ def test_eval_score_writes_its_report(tmp_path):
     from lab.eval.score import EvalScoreConfig, evaluate_score
     from scene3d.diffusion import PixelPrior, PixelPriorConfig
     from scene3d.diffusion.classifier import ClassifierConfig, train_classifier
+    from scene3d.train import RunConfig
 
     torch.manual_seed(0)
     PixelPrior(PixelPriorConfig(resolution=16, block_out_channels=(8, 16), norm_num_groups=4,
                                 attention=False)).save_pretrained(tmp_path / "prior")
-    train_classifier(ClassifierConfig(root=tmp_path, name="clf", resolution=16, channels=(8,), n_objects_per_class=1,
-                                      views_per_object=2, n_val_objects_per_class=1, steps=2, batch_size=4))
+    train_classifier(ClassifierConfig(resolution=16, channels=(8,), n_objects_per_class=1, views_per_object=2,
+                                      n_val_objects_per_class=1, steps=2, batch_size=4,
+                                      run=RunConfig(name="clf", output_root=tmp_path, progress=False)))
     out = tmp_path / "bench" / "score.json"
     result = evaluate_score(EvalScoreConfig(prior=tmp_path / "prior", classifier=tmp_path / "classifier" / "clf",
                                             guidances=("sds", "ism"), targets=("image",), prompts=("box",),
@@ -79,22 +83,26 @@ def test_distill_score_run_writes_views_turntable_and_export(tmp_path, target, e
     from scene3d.distill.score.run import DistillScoreConfig, distill_score
     from scene3d.distill.score.targets import FieldTargetConfig, SplatTargetConfig, TargetOptions
     from scene3d.errors import DataError
+    from scene3d.runs import RunDir
+    from scene3d.train import RunConfig
 
     torch.manual_seed(0)
     PixelPrior(PixelPriorConfig(resolution=16, block_out_channels=(8, 16), norm_num_groups=4,
                                 attention=False)).save_pretrained(tmp_path / "prior")
     options = TargetOptions(field=FieldTargetConfig(samples=12, mesh_views=4, mesh_size=16),
                             splats=SplatTargetConfig(n_gaussians=200))
-    config = DistillScoreConfig(prior=tmp_path / "prior", guidance="vsd", target=target, root=tmp_path,
-                                classifier=None, turntable_frames=4, view_size=16, targets=options,
+    config = DistillScoreConfig(prior=tmp_path / "prior", guidance="vsd", target=target, classifier=None,
+                                turntable_frames=4, view_size=16, targets=options,
                                 particles=2 if target == "splats" else 1,
-                                distill=DistillConfig(prompt="torus", steps=2, batch_size=2, render_size=16,
-                                                      log_every=1))
+                                distill=DistillConfig(prompt="torus", steps=2, batch_size=2, render_size=16),
+                                run=RunConfig(output_root=tmp_path, log_every=1, progress=False))
     metrics = distill_score(config)
     run = tmp_path / "score" / f"torus_vsd_{target}_s0"
     for name in ("views.png", "turntable.gif", "metrics.json", "scalars.jsonl", "config.json", export):
         assert (run / name).is_file(), name
     assert 0 <= metrics["saturation"] <= 1 and metrics["steps_per_second"] > 0
+    assert json.loads((run / "metrics.json").read_text())["saturation"] == metrics["saturation"]
+    assert [s for s, _ in RunDir(run).checkpoints()] == [2]
     if target == "splats":  # VSD with two particles: the second one exported beside the first
         assert (run / "particle1" / "splats.ply").is_file() and (run / "particle1" / "turntable.gif").is_file()
     assert any((run / "tb").iterdir())  # TensorBoard events
@@ -109,9 +117,14 @@ def test_distill_score_cli_takes_prompt_without_prefix():
     from scene3d.distill.score.run import DistillScoreConfig
 
     config = tyro.cli(DistillScoreConfig, args=["--guidance", "vsd", "--target", "splats", "--prompt", "box",
-                                                "--steps", "7", "--targets.splats.n-gaussians", "50"])
+                                                "--steps", "7", "--targets.splats.n-gaussians", "50",
+                                                "--name", "mine", "--output-root", "elsewhere", "--checkpoint-every",
+                                                "3", "--stop-after", "5", "--nonfinite", "skip"])
     assert (config.guidance, config.target, config.distill.prompt, config.distill.steps) == ("vsd", "splats", "box", 7)
     assert config.targets.splats.n_gaussians == 50
+    assert (config.run_name, str(config.run.output_root), config.run.checkpoint_every) == ("mine", "elsewhere", 3)
+    assert (config.run.stop_after, config.run.nonfinite) == (5, "skip")
+    assert DistillScoreConfig().run_name == "sphere_sds_splats_s0"
 
 
 def test_run_guidance_takes_the_schedule_and_vsd_estimator_lr():

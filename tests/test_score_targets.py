@@ -19,8 +19,9 @@ from scene3d.distill.score.targets import (
     field_student,
     splat_student,
 )
-from scene3d.distill.score.views import random_cameras, turntable_cameras
+from scene3d.distill.score.views import orbit_views, random_cameras
 from scene3d.fields import FIELDS
+from scene3d.train import Stepper
 from tests._score_priors import GaussianPrior
 
 TINY = PixelPriorConfig(resolution=16, block_out_channels=(8, 16), norm_num_groups=4, attention=False)
@@ -34,8 +35,14 @@ def prior():
     return PixelPrior(TINY).freeze()
 
 
+def _distill(prior, guidance, target, config: DistillConfig) -> list[dict[str, float]]:
+    """`config.steps` guarded steps of one target; each step's scalars."""
+    stepper = Stepper(ScoreDistiller(prior, guidance, [target], config))
+    return [stepper() for _ in range(config.steps)]
+
+
 def test_initial_students_show_a_grey_object_on_white():
-    cams = turntable_cameras(2, 16)
+    cams = orbit_views(2, 16)
     for name in ("field", "splats"):
         images = build_target(name, 0, FAST).render(cams)
         assert images.shape == (2, 3, 16, 16)
@@ -51,8 +58,8 @@ def test_each_3d_target_trains_with_each_guidance(prior, target, guidance):
     student = build_target(target, 0, FAST, guidance=guidance)
     assert (student.target.pixel_grad_clip is not None) == (target == "splats" and guidance == "tsm")
     before = [p.detach().clone() for p in student.module.parameters()]
-    history = ScoreDistiller(prior, make_guidance(guidance, prior, guidance_scale=3.0), [student.target],
-                             DistillConfig(prompt="torus", steps=2, batch_size=2, render_size=16)).run(progress=False)
+    history = _distill(prior, make_guidance(guidance, prior, guidance_scale=3.0), student.target,
+                       DistillConfig(prompt="torus", steps=2, batch_size=2, render_size=16))
     assert len(history) == 2 and all(math.isfinite(h["loss"]) for h in history)
     after = list(student.module.parameters())
     assert any(a.shape != b.shape or not torch.equal(a, b) for a, b in zip(before, after, strict=True))
@@ -61,9 +68,9 @@ def test_each_3d_target_trains_with_each_guidance(prior, target, guidance):
 @pytest.mark.parametrize("arch", sorted(FIELDS))
 def test_every_registered_field_is_a_target(prior, arch):
     student = field_student(FieldTargetConfig(arch=arch, samples=12), seed=0)
-    ScoreDistiller(prior, make_guidance("sds", prior), [student.target],
-                   DistillConfig(prompt="box", steps=2, batch_size=2, render_size=16)).run(progress=False)
-    images = student.render(turntable_cameras(2, 16))
+    _distill(prior, make_guidance("sds", prior), student.target, DistillConfig(prompt="box", steps=2, batch_size=2,
+                                                                               render_size=16))
+    images = student.render(orbit_views(2, 16))
     assert images.shape == (2, 3, 16, 16) and torch.isfinite(images).all()
 
 
@@ -73,8 +80,8 @@ def test_splats_densify_and_prune_during_distillation(prior):
     config = SplatTargetConfig(n_gaussians=200, densify=DensifyStrategy(
         grow_grad2d=0.0, refine_start=1, refine_stop=100, refine_every=2, reset_every=10**9, max_gaussians=10**4))
     student = splat_student(config)
-    ScoreDistiller(prior, make_guidance("sds", prior), [student.target],
-                   DistillConfig(prompt="box", steps=3, batch_size=2, render_size=16)).run(progress=False)
+    _distill(prior, make_guidance("sds", prior), student.target, DistillConfig(prompt="box", steps=3, batch_size=2,
+                                                                               render_size=16))
     assert len(student.module) > 200  # every visible Gaussian grew (threshold 0)
     # the optimizer follows the new parameters
     opt_params = {id(p) for g in student.target.optimizer.param_groups for p in g["params"]}
@@ -117,8 +124,8 @@ def test_short_sds_run_lowers_the_denoising_loss_of_the_renders(target):
     before = denoising_loss()
     guidance = make_guidance("sds", prior, guidance_scale=1.0)
     # the target's own rates, no decay: this checks that the student learns, not the schedule
-    ScoreDistiller(prior, guidance, [student.target], DistillConfig(steps=60, batch_size=2, render_size=size,
-                                                                    lr_end_factor=1.0)).run(progress=False)
+    _distill(prior, guidance, student.target,
+             DistillConfig(steps=60, batch_size=2, render_size=size, lr_end_factor=1.0))
     assert denoising_loss() < 0.75 * before
 
 

@@ -1,8 +1,10 @@
-"""Splat and Distill: lifting, splatting, targets, EMA, the distiller (loss, resume) and the 3D probes."""
+"""Splat and Distill: lifting, splatting, targets, EMA, the distiller (loss, resume, NaN guard), the learned
+depth net (resume) and the 3D probes."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import subprocess
@@ -17,7 +19,7 @@ from torch import nn
 
 from scene3d.distill.splat.data import make_world_views, sample_tuple, view_angles
 from scene3d.distill.splat.depth import DepthNetConfig, depth_fn, train_depth_net
-from scene3d.distill.splat.distiller import SplatDistillConfig, SplatDistiller, distill, ema_update, feature_loss
+from scene3d.distill.splat.distiller import SplatDistillConfig, SplatDistiller, ema_update, feature_loss
 from scene3d.distill.splat.fit3d import Fit3DConfig, fit_feature_gaussians
 from scene3d.distill.splat.lift import LiftConfig, lift_views, rotmat_to_quat, splat_features, upsample_features
 from scene3d.distill.splat.probes import (
@@ -34,6 +36,7 @@ from scene3d.gaussians.rasterize import rasterize_gaussians
 from scene3d.lora import add_lora
 from scene3d.metrics import miou
 from scene3d.runs import RunDir
+from scene3d.train import RunConfig, Stepper, fit
 
 
 @pytest.fixture(scope="module")
@@ -205,23 +208,44 @@ def test_short_distillation_reduces_its_loss(worlds, mode):
     with torch.no_grad():
         before, mask = d.batch_loss(fixed)
     assert mask.any()
-    distill(d, progress=False)
+    fit(d, None, RunConfig(progress=False), d.cfg.steps)
     with torch.no_grad():
         after, _ = d.batch_loss(fixed)
     assert after < 0.7 * before
 
 
 def test_resume_equals_uninterrupted(worlds, tmp_path):
+    loop = RunConfig(checkpoint_every=3, progress=False)
     straight = _distiller(worlds)
-    distill(straight, RunDir(tmp_path / "a"), checkpoint_every=3, progress=False)
+    fit(straight, RunDir(tmp_path / "a"), loop, 6)
     first = _distiller(worlds)
-    distill(first, RunDir(tmp_path / "b"), checkpoint_every=3, progress=False, stop_at=3)
+    assert not fit(first, RunDir(tmp_path / "b"), dataclasses.replace(loop, stop_after=3), 6).complete
     resumed = _distiller(worlds)  # fresh objects, state from the step-3 checkpoint
-    history = distill(resumed, RunDir(tmp_path / "b"), checkpoint_every=3, progress=False)
-    assert [h["step"] for h in history] == [4, 5, 6]
+    result = fit(resumed, RunDir(tmp_path / "b"), loop, 6)
+    assert result.complete and result.steps_this_run == 3
+    assert resumed.losses == straight.losses and len(resumed.losses) == 6
+    assert result.metrics["loss_last"] == straight.losses[-1]
     for a, b in zip(straight.student.state_dict().values(), resumed.student.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     for a, b in zip(straight.teacher.state_dict().values(), resumed.teacher.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert (tmp_path / "b" / "loss.png").is_file()
+
+
+def test_nonfinite_step_is_skipped_without_update_or_ema(worlds, monkeypatch):
+    monkeypatch.setenv("SCENE3D_FAULT_NAN_STEP", "2")
+    d = _distiller(worlds, student_seed=1, steps=3)
+    result = fit(d, None, RunConfig(progress=False, nonfinite="skip"), 3)
+    assert result.skipped_steps == [2] and result.metrics["nonfinite_skipped_steps"] == 1
+    monkeypatch.delenv("SCENE3D_FAULT_NAN_STEP")
+    straight = Stepper(_distiller(worlds, student_seed=1, steps=3))
+    straight()  # step 1, then step 3 alone (each step samples with its own generator)
+    straight.step = 2
+    straight()
+    straight = straight.trainable
+    for a, b in zip(d.student.state_dict().values(), straight.student.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(d.teacher.state_dict().values(), straight.teacher.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
 
@@ -290,7 +314,7 @@ def test_miou_planted():
 
 def test_learned_depth_is_switchable(worlds):
     net, losses = train_depth_net(worlds[:1], DepthNetConfig(width=8, steps=6, batch_size=2))
-    assert all(math.isfinite(v) for v in losses)
+    assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
     depth = depth_fn(net)(worlds[0].images[:2])
     assert depth.shape == (2, 32, 32) and (depth >= 0).all()
     cfg = SplatDistillConfig(depth_source="learned", batch_size=2)
@@ -299,6 +323,17 @@ def test_learned_depth_is_switchable(worlds):
     d = SplatDistiller(PatchConv(), PatchConv(), worlds, cfg, depth_fn=lambda im: worlds[0].depths[:2] * 0 + 3.5)
     target, mask = d.targets([(0, torch.tensor([0, 1]), 2)], (4, 4))
     assert target.shape == (1, 8, 4, 4) and torch.isfinite(target).all()
+
+
+def test_depth_net_resumes_exactly_in_its_run_folder(worlds, tmp_path):
+    cfg = DepthNetConfig(width=8, steps=6, batch_size=2)
+    straight, straight_losses = train_depth_net(worlds[:1], cfg)
+    loop = RunConfig(checkpoint_every=2, eval_every=0, progress=False)
+    train_depth_net(worlds[:1], cfg, RunDir(tmp_path / "depth"), dataclasses.replace(loop, stop_after=3))
+    resumed, losses = train_depth_net(worlds[:1], cfg, RunDir(tmp_path / "depth"), loop)
+    assert losses == straight_losses
+    assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(),
+                                                  strict=True))
 
 
 def test_script_reports_a_bad_teacher_path_in_one_line(tmp_path):
@@ -344,7 +379,7 @@ def test_lora_student_starts_identical_and_trains_only_adapters(worlds, tmp_path
     assert len(adapters) == 4 and all(p.requires_grad for p in adapters)
     cfg = SplatDistillConfig(steps=4, batch_size=2, lr=1e-2, warmup=1, lora_rank=2)
     d = SplatDistiller(copy.deepcopy(base), copy.deepcopy(base), worlds, cfg)
-    distill(d, RunDir(tmp_path / "lora"), checkpoint_every=2, progress=False)
+    fit(d, RunDir(tmp_path / "lora"), RunConfig(checkpoint_every=2, progress=False), cfg.steps)
     state = d.student.state_dict()
     assert all(torch.equal(state[k.replace("head.0.", "head.0.base.").replace("head.2.", "head.2.base.")], v)
                for k, v in frozen.items())

@@ -33,12 +33,13 @@ from scene3d.errors import DataError
 from scene3d.runs import RunDir
 from scene3d.viz import colorize_labels, colorize_normals, pca_rgb
 from viewer.camera import ViewState, cameras_to_view, matrix_to_quat, quat_to_matrix, view_to_cameras
+from viewer.content import ViewerContent
+from viewer.inputs import open_input, open_inputs
 from viewer.panels.frustums import CameraFrustums, evenly_spaced, thumbnail
 from viewer.panels.scene import ProgressiveRenderer
 from viewer.panels.training import ScalarLog
 from viewer.server import ViewerConfig, ViewerServer
 from viewer.sources import BUFFERS, Frame, SyntheticSource, render_view
-from viewer.targets import ViewerContent, open_target, open_targets
 
 
 def _random_rotations(n: int, seed: int = 0) -> torch.Tensor:
@@ -219,8 +220,8 @@ def test_scalar_log_reads_a_growing_file_incrementally(tmp_path):
     assert log.series == {"loss": ([0], [9.0])}
 
 
-# targets ---------------------------------------------------------------------------------------------
-def test_open_target_errors_name_the_path(tmp_path):
+# inputs ----------------------------------------------------------------------------------------------
+def test_open_input_errors_name_the_path(tmp_path):
     (tmp_path / "scene.ply").write_bytes(b"ply\n")
     (tmp_path / "notes.txt").write_text("hello")
     (tmp_path / "empty").mkdir()
@@ -228,21 +229,38 @@ def test_open_target_errors_name_the_path(tmp_path):
                         (tmp_path / "notes.txt", "cannot open .txt files"),
                         (tmp_path / "empty", "not a dataset folder"), ("synthetic:abc", "integer seed")]:
         with pytest.raises(DataError, match=words) as err:
-            open_target(spec)
+            open_input(spec)
         assert str(spec) in str(err.value)
+
+
+def test_open_input_takes_its_adapters_as_arguments(tmp_path):
+    from viewer.inputs import FILE_ADAPTERS, RUN_ADAPTERS
+
+    (tmp_path / "scene.xyz").write_text("1 2 3")
+    with pytest.raises(DataError, match=r"cannot open \.xyz files \(it opens: \.ply\)"):
+        open_input(tmp_path / "scene.xyz")
+    xyz = {**FILE_ADAPTERS, ".xyz": lambda p: ViewerContent(p.name)}
+    content = open_input(tmp_path / "scene.xyz", file_adapters=xyz)
+    assert content.title == "scene.xyz"
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "scalars.jsonl").write_text("")
+    source = SyntheticSource(make_world(0))
+    assert open_input(tmp_path / "run").source is None
+    assert open_inputs([tmp_path / "run"], run_adapters=(*RUN_ADAPTERS, lambda p: source)).source is source
+    assert len(RUN_ADAPTERS) == 2 and set(FILE_ADAPTERS) == {".ply"}  # the shipped tables are unchanged
 
 
 def test_open_dataset_folder_with_and_without_its_world(tmp_path):
     out = tmp_path / "w"
     write_world_dataset(WorldDatasetConfig(out=out, seed=2, n_train=5, n_val=1, n_test=1, width=16, height=16),
                         progress=False)
-    content = open_target(out)
+    content = open_input(out)
     assert len(content.dataset) == 5 and isinstance(content.source, SyntheticSource)
     frame = render_view(content.source, cameras_to_view(content.dataset.cameras, 0), "rgb", 16)
     torch.testing.assert_close(frame.image, content.dataset.images[0], atol=1.5 / 255, rtol=0)  # PNG rounding
     splits = make_multiview_dataset(make_world(1), 4, 0, 0, 16, 16)
     save_blender(splits, tmp_path / "plain")
-    plain = open_target(tmp_path / "plain")
+    plain = open_input(tmp_path / "plain")
     assert plain.source is None and len(plain.dataset) == 4
 
 
@@ -262,7 +280,7 @@ def _wait_until(predicate, timeout: float = 10.0) -> bool:
 
 @pytest.fixture(scope="module")
 def synthetic_content():
-    return open_target("synthetic:0")
+    return open_input("synthetic:0")
 
 
 def _small_render() -> ViewerConfig:
@@ -507,7 +525,7 @@ def test_browser_shows_live_training_curves(tmp_path):
         run.log_scalars(step, {"train/loss": 0.5 * math.exp(-step / 60) + 0.01,
                                "eval/psnr": 14 + 10 * (1 - math.exp(-step / 70))})
     run.save_metrics({"psnr": 23.1, "ssim": 0.81})
-    with ViewerServer(open_target(run.path), ViewerConfig(port=0, poll_s=0.2)) as viewer, _browser() as browser:
+    with ViewerServer(open_input(run.path), ViewerConfig(port=0, poll_s=0.2)) as viewer, _browser() as browser:
         browser.goto(viewer.url)
         browser.wait_for(("Training", "train/loss", "eval/psnr", "step 195", "ssim"), min_std=5, timeout=120)
         for step in range(200, 260, 5):  # the run goes on: the page follows
@@ -521,20 +539,20 @@ def test_browser_shows_live_training_curves(tmp_path):
         iio.imwrite(SHOTS / "viewer_training.png", shot)
 
 
-def test_open_targets_combines_a_dataset_and_a_run(tmp_path):
+def test_open_inputs_combines_a_dataset_and_a_run(tmp_path):
     write_world_dataset(WorldDatasetConfig(out=tmp_path / "world", seed=2, n_train=4, n_val=1, n_test=1, width=16,
                                            height=16), progress=False)
     run = RunDir(tmp_path / "runs" / "r")
     run.log_scalars(0, {"loss": 1.0})
     run.close()
-    content = open_targets([tmp_path / "world", run.path])
+    content = open_inputs([tmp_path / "world", run.path])
     assert content.dataset is not None and content.source is not None and content.run_dir == run.path
     # the overview camera looks at the scene centre from behind the first training camera
     centre = torch.tensor(content.center)
     to_centre = torch.nn.functional.normalize(centre - content.home.centers[0], dim=0)
     torch.testing.assert_close(content.home.forward[0], to_centre, atol=1e-5, rtol=0)
     with pytest.raises(DataError, match="at least one"):
-        open_targets([])
+        open_inputs([])
 
 
 def test_demo_stage_checks_the_viewer_on_the_demo_outputs(tmp_path):
@@ -640,11 +658,12 @@ def test_avfm_run_opens_with_a_glimpse_panel(tmp_path):
     from lab.demo.avfm import demo_configs
 
     config, _ = demo_configs(tmp_path, True, "toy")
-    config = dataclasses.replace(config, steps=2, ckpt_every=2, standardizer_scenes=8,
+    config = dataclasses.replace(config, steps=2, run=dataclasses.replace(config.run, checkpoint_every=2),
+                                 standardizer_scenes=8,
                                  data=dataclasses.replace(config.data, n_train=8, n_val=4),
                                  teacher=TeacherConfig(name="random_vit"))
     run_dir = Path(train(config)["run_dir"])
-    content = open_target(run_dir)
+    content = open_input(run_dir)
     assert content.run_dir == run_dir and len(content.extra_panels) == 1
     with ViewerServer(content, ViewerConfig(port=0)) as viewer:
         panel = viewer.panels[-1]
@@ -664,10 +683,10 @@ def test_avfm_run_opens_with_a_glimpse_panel(tmp_path):
     photo[:, 15:45] = (255, 0, 0)  # the left half of the centre square is red
     iio.imwrite(tmp_path / "photo.png", photo)
     with pytest.raises(DataError, match="give the run directory too"):
-        open_targets([tmp_path / "photo.png"])
+        open_inputs([tmp_path / "photo.png"])
     with pytest.raises(DataError, match="missing.jpg: does not exist"):
-        open_targets([run_dir, tmp_path / "missing.jpg"])
-    content = open_targets([run_dir, tmp_path / "photo.png"])
+        open_inputs([run_dir, tmp_path / "missing.jpg"])
+    content = open_inputs([run_dir, tmp_path / "photo.png"])
     with ViewerServer(content, ViewerConfig(port=0)) as viewer:
         panel = viewer.panels[-1]
         assert len(panel.images) == 5
@@ -687,10 +706,11 @@ def test_browser_shows_the_glimpse_panel(tmp_path):
     from lab.demo.avfm import demo_configs
 
     config, _ = demo_configs(tmp_path, True, "toy")
-    config = dataclasses.replace(config, steps=2, ckpt_every=2, standardizer_scenes=8,
+    config = dataclasses.replace(config, steps=2, run=dataclasses.replace(config.run, checkpoint_every=2),
+                                 standardizer_scenes=8,
                                  data=dataclasses.replace(config.data, n_train=8, n_val=4),
                                  teacher=TeacherConfig(name="random_vit"))
-    content = open_target(train(config)["run_dir"])
+    content = open_input(train(config)["run_dir"])
     with ViewerServer(content, ViewerConfig(port=0)) as viewer, _browser() as browser:
         panel = viewer.panels[-1]
         for _ in range(2):
@@ -725,7 +745,7 @@ def test_ply_opens_rasterized_server_side_and_as_native_splats(tmp_path):
     torch.manual_seed(0)
     scene = GaussianScene.random(300, torch.tensor([[-1.0, -1.0, 0.0], [1.0, 1.0, 1.0]]), sh_degree=1)
     write_ply(tmp_path / "s.ply", scene)
-    content = open_target(tmp_path / "s.ply")
+    content = open_input(tmp_path / "s.ply")
     view = cameras_to_view(content.home)
     with torch.no_grad():
         truth = rasterize(content.source.scene, view_to_cameras(view, 48, 36), background=torch.ones(3))
@@ -753,7 +773,7 @@ def test_gaussian_run_directory_shows_its_latest_checkpoint(tmp_path):
     scene = GaussianScene.random(50, torch.tensor([[-1.0, -1.0, 0.0], [1.0, 1.0, 1.0]]), sh_degree=0)
     run = RunDir(tmp_path / "gs")
     run.save_checkpoint(5, {"scene": {k: v.detach() for k, v in scene.params.items()}})
-    content = open_target(run.path)
+    content = open_input(run.path)
     source = content.source
     assert source is not None and len(source.scene) == 50
     assert source.buffers == ("rgb", "depth", "accumulation")
@@ -778,7 +798,7 @@ def test_field_run_renders_its_checkpoint_and_follows_newer_ones(tmp_path):
     field = build_field("grid", aabb=(-1.5, -1.5, -0.05, 1.5, 1.5, 1.0))
     run = RunDir(tmp_path / "run")
     run.save_checkpoint(10, {"field": field.state_dict()}, {**field_spec(field), "fit": {"n_samples": 16}})
-    content = open_target(run.path)
+    content = open_input(run.path)
     source = content.source
     assert source is not None and source.buffers == ("rgb", "depth", "accumulation")
     view = cameras_to_view(orbit_cameras(1, 4.0, width=32, height=24))

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from lab.reliability.viewer_load import load_test, traversal_statuses
+from viewer.inputs import open_input
 from viewer.server import ViewerConfig, ViewerServer
-from viewer.targets import open_target
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def viewer():
     config = ViewerConfig(port=0)
     config.render.max_side, config.render.settle_s = 64, 0.05
     baseline = threading.active_count()
-    with ViewerServer(open_target("synthetic:0"), config) as v:
+    with ViewerServer(open_input("synthetic:0"), config) as v:
         yield v
     deadline = time.monotonic() + 10
     while threading.active_count() > baseline and time.monotonic() < deadline:

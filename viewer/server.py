@@ -1,6 +1,6 @@
 """The viewer: one viser server and its panels.
 
-    with ViewerServer(open_target("synthetic:0"), ViewerConfig(port=0)) as viewer:
+    with ViewerServer(open_input("synthetic:0"), ViewerConfig(port=0)) as viewer:
         print(viewer.url)
         viewer.serve_forever()
 """
@@ -14,10 +14,10 @@ import numpy as np
 import viser
 
 from viewer.camera import cameras_to_view, quat_to_matrix
+from viewer.content import ViewerContent, scene_scale
 from viewer.panels.frustums import CameraFrustums
 from viewer.panels.scene import RenderSettings, ScenePanel
 from viewer.panels.training import TrainingPanel
-from viewer.targets import ViewerContent, scene_scale
 
 
 @dataclass

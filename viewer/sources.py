@@ -7,7 +7,7 @@ camera -> our camera -> picture) as plain Python, so it is tested without a brow
 
 Sources implemented here: `SyntheticSource` (exact `render_world`). Radiance fields, Gaussian
 scenes and active-vision checkpoints plug in as further classes with the same two members,
-registered through `viewer.targets.RUN_ADAPTERS` (see docs/viewer.md).
+listed in `viewer.inputs.RUN_ADAPTERS` (see docs/viewer.md).
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ import imageio.v3 as iio
 
 from scene3d.data.synthetic import make_world
 from viewer.camera import cameras_to_view
+from viewer.inputs import open_synthetic
 from viewer.panels.scene import RenderSettings
 from viewer.sources import SyntheticSource, render_view
-from viewer.targets import open_synthetic
 
 
 @dataclass

@@ -10,6 +10,7 @@ from avfm.evaluate import EvalConfig, evaluate, load_run, plot, summarize
 from avfm.teachers import DenseTeacherConfig
 from avfm.train import DataConfig, OptimConfig, TeacherConfig, TrainConfig, train
 from scene3d.checkpoint import atomic_write_json
+from scene3d.train import RunConfig
 
 
 def demo_configs(out_dir: Path, quick: bool, source: str = "synthetic") -> tuple[TrainConfig, EvalConfig]:
@@ -33,18 +34,16 @@ def demo_configs(out_dir: Path, quick: bool, source: str = "synthetic") -> tuple
         optim=OptimConfig(lr=2e-3, warmup_steps=10 if quick else 50),
         steps=30 if quick else 500,
         batch_size=8,
-        ckpt_every=100,
-        run_name="demo_quick" if quick else "demo",
-        out_root=str(out_dir),
-        progress=not quick,
+        run=RunConfig(name="demo_quick" if quick else "demo", output_root=Path(out_dir), log_every=10, eval_every=0,
+                      checkpoint_every=100, progress=not quick),
     )
     eval_cfg = EvalConfig(
-        run_dir=str(Path(out_dir) / "avfm" / train_cfg.run_name),
+        run_dir=str(Path(out_dir) / "avfm" / train_cfg.run.name),
         steps=5 if quick else 10,
         probe_rollout=3 if quick else 10,
         probe_steps=60 if quick else 300,
-        name=train_cfg.run_name,
-        out_root=str(out_dir),
+        name=train_cfg.run.name,
+        output_root=Path(out_dir),
     )
     return train_cfg, eval_cfg
 

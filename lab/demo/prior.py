@@ -20,6 +20,7 @@ from scene3d.distill.score.distiller import DistillConfig, ScoreDistiller, image
 from scene3d.distill.score.evaluate import recognition, saturation
 from scene3d.distill.score.guidance import make_guidance
 from scene3d.runs import RunDir
+from scene3d.train import RunConfig, fit
 from scene3d.viz import image_grid, save_png
 
 
@@ -34,7 +35,7 @@ def distill_images(prior: DiffusionPrior, guidance: str, prompt: str, steps: int
         config = DistillConfig(prompt=prompt, steps=steps, batch_size=4, render_size=size, seed=seed)
         g = make_guidance(guidance, prior, guidance_scale=guidance_scale, t_max=0.98, t_max_end=0.5,
                           anneal_steps=steps)
-        ScoreDistiller(prior, g, [target], config).run(progress=False)
+        fit(ScoreDistiller(prior, g, [target], config), None, RunConfig(progress=False), steps)
         out.append(torch.sigmoid(logits.detach())[0])
     return torch.stack(out)
 
@@ -42,14 +43,15 @@ def distill_images(prior: DiffusionPrior, guidance: str, prompt: str, steps: int
 def run_stage(out_dir: Path, quick: bool) -> dict:
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    prior_config = TrainPriorConfig(name="prior", root=out_dir, steps=150 if quick else 800,
-                                    n_objects_per_class=16 if quick else 128, sample_every=0,
-                                    samples_per_class=4 if quick else 8, sample_steps=25 if quick else 50)
+    prior_config = TrainPriorConfig(steps=150 if quick else 800, n_objects_per_class=16 if quick else 128,
+                                    sample_every=0, samples_per_class=4 if quick else 8,
+                                    sample_steps=25 if quick else 50,
+                                    run=RunConfig(name="prior", output_root=out_dir, resume=False))
     run = train_prior(prior_config)
     prior = PixelPrior.from_pretrained(run.path / "prior")
-    classifier, cls_metrics = train_classifier(ClassifierConfig(root=out_dir, name="classifier",
-                                                                steps=150 if quick else 400,
-                                                                n_objects_per_class=24 if quick else 96))
+    classifier, cls_metrics = train_classifier(ClassifierConfig(
+        steps=150 if quick else 400, n_objects_per_class=24 if quick else 96,
+        run=RunConfig(name="classifier", output_root=out_dir, resume=False)))
     data = render_objects(8, 4, prior.config.resolution, seed=2000)
     metrics: dict = {"prior_run": str(run.path), "samples": str(run.path / "samples_final.png"),
                      "classifier_val_accuracy": cls_metrics["val_accuracy"],

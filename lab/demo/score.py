@@ -18,6 +18,7 @@ from scene3d.diffusion.train_prior import TrainPriorConfig, train_prior
 from scene3d.distill.score.distiller import DistillConfig
 from scene3d.distill.score.run import DistillScoreConfig, distill_score
 from scene3d.runs import RunDir
+from scene3d.train import RunConfig
 
 
 def _ensure_prior(out_dir: Path) -> tuple[Path, Path, bool]:
@@ -25,11 +26,11 @@ def _ensure_prior(out_dir: Path) -> tuple[Path, Path, bool]:
     prior, classifier = out_dir / "prior" / "prior", out_dir / "classifier" / "classifier"
     if (prior / "prior" / "prior.json").is_file() and RunDir(classifier).latest_checkpoint() is not None:
         return prior, classifier, False
-    prior_run = train_prior(TrainPriorConfig(name="score_standin", root=out_dir, steps=30, n_objects_per_class=4,
-                                             views_per_object=4, sample_every=0, samples_per_class=2,
-                                             sample_steps=10))
-    train_classifier(ClassifierConfig(root=out_dir, name="score_standin", steps=30, n_objects_per_class=4,
-                                      n_val_objects_per_class=2))
+    prior_run = train_prior(TrainPriorConfig(steps=30, n_objects_per_class=4, views_per_object=4, sample_every=0,
+                                             samples_per_class=2, sample_steps=10,
+                                             run=RunConfig(name="score_standin", output_root=out_dir, resume=False)))
+    train_classifier(ClassifierConfig(steps=30, n_objects_per_class=4, n_val_objects_per_class=2,
+                                      run=RunConfig(name="score_standin", output_root=out_dir, resume=False)))
     return prior_run.path, out_dir / "classifier" / "score_standin", True
 
 
@@ -40,10 +41,10 @@ def run_stage(out_dir: Path, quick: bool) -> dict:
     runs = [("sds", "splats")] if quick else [("sds", "splats"), ("vsd", "field")]
     metrics: dict = {"prior": str(prior), "standin_prior": standin, "runs": {}}
     for guidance, target in runs:
-        config = DistillScoreConfig(prior=prior, guidance=guidance, target=target, root=out_dir,
-                                    classifier=classifier, turntable_frames=12 if quick else 36,
-                                    view_size=32 if quick else 64,
-                                    distill=DistillConfig(prompt="torus", steps=40 if quick else 150))
+        config = DistillScoreConfig(prior=prior, guidance=guidance, target=target, classifier=classifier,
+                                    turntable_frames=12 if quick else 36, view_size=32 if quick else 64,
+                                    distill=DistillConfig(prompt="torus", steps=40 if quick else 150),
+                                    run=RunConfig(output_root=out_dir, log_every=10, eval_every=0, resume=False))
         result = distill_score(config)
         metrics["runs"][f"{guidance}/{target}"] = {k: result[k] for k in (
             "recognition", "saturation", "seconds", "views_png", "turntable", "ply", "mesh") if k in result}

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from scene3d.gaussians.strategy import DensifyStrategy
-from scene3d.gaussians.train import FitConfig, fit
+from scene3d.gaussians.train import FitConfig, fit_splats
+from scene3d.train import RunConfig
 
 
 def run_stage(out_dir: Path, quick: bool) -> dict:
@@ -17,8 +18,9 @@ def run_stage(out_dir: Path, quick: bool) -> dict:
     steps = 300 if quick else 1000
     densify = DensifyStrategy(refine_start=100, refine_stop=steps * 3 // 4, refine_every=50 if quick else 100,
                               reset_every=10**9)
-    cfg = FitConfig(data=data if has_world else None, name="demo", output_root=out_dir, steps=steps,
-                    n_init=2000 if quick else 5000, eval_every=10**9, checkpoint_every=500, densify=densify,
-                    turntable_frames=12 if quick else 36, resume=False, world_views=(24, 2, 6) if quick else (60, 4, 8),
-                    world_size=32 if quick else 64, progress=not quick)
-    return fit(cfg)
+    cfg = FitConfig(data=data if has_world else None, steps=steps, n_init=2000 if quick else 5000, densify=densify,
+                    turntable_frames=12 if quick else 36, world_views=(24, 2, 6) if quick else (60, 4, 8),
+                    world_size=32 if quick else 64,
+                    run=RunConfig(name="demo", output_root=out_dir, log_every=20, eval_every=10**9,
+                                  checkpoint_every=500, resume=False, progress=not quick))
+    return fit_splats(cfg)[1]

@@ -18,19 +18,20 @@ from lab.browser import HeadlessBrowser, find_chromium
 from scene3d.errors import DataError
 from scene3d.metrics import psnr
 from viewer.camera import cameras_to_view
+from viewer.content import ViewerContent
+from viewer.inputs import open_inputs
 from viewer.server import ViewerConfig, ViewerServer
 from viewer.sources import render_view
-from viewer.targets import ViewerContent, open_targets
 
 
-def demo_targets(out_dir: Path) -> list[Path]:
+def demo_inputs(out_dir: Path) -> list[Path]:
     """The demo's world dataset and its newest run directory (one with a scalars.jsonl), if any."""
-    targets = [out_dir / "world"] if (out_dir / "world").is_dir() else []
+    inputs = [out_dir / "world"] if (out_dir / "world").is_dir() else []
     runs = sorted((p.parent for p in out_dir.rglob("scalars.jsonl")), key=lambda p: p.stat().st_mtime)
-    targets += runs[-1:]
-    if not targets:
+    inputs += runs[-1:]
+    if not inputs:
         raise DataError(out_dir, None, "no world dataset or run directory to view (run the earlier demo stages)")
-    return targets
+    return inputs
 
 
 def screenshot(content: ViewerContent, path: Path, words: tuple[str, ...], max_side: int = 640,
@@ -52,9 +53,9 @@ def screenshot(content: ViewerContent, path: Path, words: tuple[str, ...], max_s
 
 def run_stage(out_dir: Path, quick: bool) -> dict:
     """Check the viewer on the demo's outputs; full mode also writes browser screenshots."""
-    targets = demo_targets(Path(out_dir))
-    content = open_targets(targets)
-    metrics: dict = {"targets": [str(t) for t in targets]}
+    inputs = demo_inputs(Path(out_dir))
+    content = open_inputs(inputs)
+    metrics: dict = {"inputs": [str(t) for t in inputs]}
     with ViewerServer(content, ViewerConfig(port=0)) as viewer:
         page = urllib.request.urlopen(viewer.url, timeout=30).read()  # noqa: S310 (our loopback server)
         metrics["page_bytes"] = len(page)
@@ -75,7 +76,7 @@ def run_stage(out_dir: Path, quick: bool) -> dict:
 
 def serve_demo(out_dir: Path, host: str = "127.0.0.1", port: int = 8080) -> None:
     """Serve the demo's outputs until interrupted (the last step of `make demo`)."""
-    content = open_targets(demo_targets(Path(out_dir)))
+    content = open_inputs(demo_inputs(Path(out_dir)))
     with ViewerServer(content, ViewerConfig(host, port)) as viewer:
         print(f"viewer for {content.title}: {viewer.url} (Ctrl-C to stop)", flush=True)
         try:

@@ -14,6 +14,7 @@ from avfm.splat_distill import (
     distill_worlds,
     make_teacher,
     probe_worlds,
+    run_defaults,
     run_splat_distill,
 )
 from avfm.teachers import DenseTeacherConfig
@@ -41,22 +42,22 @@ def markdown_table(rows: dict[str, dict[str, float]]) -> str:
 def compare_3d_awareness(cfg: SplatRunConfig, output: Path | None = None) -> dict:
     """Teacher vs FiT3D-style student vs splat-and-distill student on the same held-out worlds."""
     t0 = time.time()
-    root = Path(cfg.output_root) / "splat_distill"
+    root = Path(cfg.run.output_root) / "splat_distill"
     worlds = distill_worlds(cfg.worlds)
-    teacher = make_teacher(cfg.teacher, worlds, root / f"{cfg.name}_teacher.safetensors", cfg.progress)
+    teacher = make_teacher(cfg.teacher, worlds, root / f"{cfg.run_name}_teacher.safetensors", cfg.run.progress)
     probe_train, probe_test = probe_worlds(cfg.worlds)
     timings = {"teacher_ready": round(time.time() - t0, 1)}
     results: dict = {"teacher": probe_3d_awareness(teacher, probe_train, probe_test, cfg.probe)}
     runs = {}
     for source in ("fit3d", "splat"):
-        run_cfg = replace(cfg, name=f"{cfg.name}_{source}", run_probes=False,
+        run_cfg = replace(cfg, run=replace(cfg.run, name=f"{cfg.run_name}_{source}"), run_probes=False,
                           distill=replace(cfg.distill, target_source=source))
         t = time.time()
         runs[source] = run_splat_distill(run_cfg, teacher=teacher, worlds=worlds)
         timings[f"train_{source}"] = round(time.time() - t, 1)
         results[source] = probe_3d_awareness(runs[source]["student"], probe_train, probe_test, cfg.probe)
     encoders = {"teacher": teacher, "fit3d": runs["fit3d"]["student"], "splat": runs["splat"]["student"]}
-    panel = save_feature_panel(root / f"{cfg.name}_features.png", probe_test[0].images[:6], encoders)
+    panel = save_feature_panel(root / f"{cfg.run_name}_features.png", probe_test[0].images[:6], encoders)
     rows = {"teacher": flat_row(results["teacher"]), "fit3d_student": flat_row(results["fit3d"]),
             "splat_student": flat_row(results["splat"])}
     t, s = rows["teacher"], rows["splat_student"]
@@ -75,25 +76,23 @@ def compare_3d_awareness(cfg: SplatRunConfig, output: Path | None = None) -> dic
 def quick_config(output_root: Path = Path("outputs"), name: str = "quick") -> SplatRunConfig:
     """A few minutes on 2 CPU cores: 4 distillation worlds, 120 steps per student."""
     return SplatRunConfig(
-        name=name, output_root=output_root,
         worlds=WorldsConfig(n_distill=4, n_views=16, n_probe_train=3, n_probe_test=3, probe_views=10),
         teacher=TeacherSpec(train=DenseTeacherConfig(steps=200)),
         distill=SplatDistillConfig(steps=120, warmup=10),
         fit3d=Fit3DConfig(n_points=3000, steps=40),
         probe=ProbeConfig(pairs_per_world=20, seg_steps=200),
-        checkpoint_every=60, progress=False)
+        run=run_defaults(name=name, output_root=output_root, checkpoint_every=60, progress=False))
 
 
 def demo_config(out_dir: Path, quick: bool) -> SplatRunConfig:
     if not quick:  # the `eval_3d_awareness.py --quick` setting
         return quick_config(out_dir, "demo")
     return SplatRunConfig(
-        name="demo_quick", output_root=out_dir,
         worlds=WorldsConfig(n_distill=2, n_views=12, n_probe_train=2, n_probe_test=2, probe_views=6),
         teacher=TeacherSpec(train=DenseTeacherConfig(steps=60, batch_size=8)),
         distill=SplatDistillConfig(steps=15, batch_size=2, warmup=3),
         fit3d=Fit3DConfig(n_points=1500, steps=10),
         probe=ProbeConfig(pairs_per_world=8, seg_steps=60, max_pixels=20000),
-        checkpoint_every=15, progress=False)
+        run=run_defaults(name="demo_quick", output_root=out_dir, checkpoint_every=15, progress=False))
 
 

@@ -27,8 +27,9 @@ from scene3d.distill.score.evaluate import diversity, recognition, saturation
 from scene3d.distill.score.guidance import GUIDANCES, make_guidance
 from scene3d.distill.score.run import ScheduleConfig, make_run_guidance
 from scene3d.distill.score.targets import TargetOptions, build_target
-from scene3d.distill.score.views import random_cameras, turntable_cameras
+from scene3d.distill.score.views import orbit_views, random_cameras
 from scene3d.runs import RunDir, config_to_dict
+from scene3d.train import RunConfig, fit
 from scene3d.viz import image_grid, save_png
 
 
@@ -76,8 +77,8 @@ def guidance_speed(prior: DiffusionPrior, names: tuple[str, ...] = tuple(GUIDANC
 def null_renders(size: int, n_views: int, options: TargetOptions, seed: int = 777) -> dict[str, Tensor]:
     """Renders of no object, to check that the classifier is not lenient: blank white views,
     clutter images (a seed the classifier's training never uses), and the untrained field and
-    splats students (a grey blob and a grey ball of Gaussians) from the turntable views."""
-    views = turntable_cameras(n_views, size)
+    splats students (a grey blob and a grey ball of Gaussians) from the orbit views."""
+    views = orbit_views(n_views, size)
     return {"blank": torch.ones(n_views, 3, size, size),
             "clutter": clutter_images(64, size, torch.Generator().manual_seed(seed)),
             **{f"{name}_init": build_target(name, 0, options).render(views).clamp(0, 1)
@@ -106,12 +107,13 @@ def evaluate_score(config: EvalScoreConfig) -> dict:
 def _evaluate(config: EvalScoreConfig) -> dict:
     prior = load_prior(config.prior)
     if not config.classifier.is_dir() or RunDir(config.classifier).latest_checkpoint() is None:
-        train_classifier(ClassifierConfig(root=config.classifier.parent.parent, name=config.classifier.name))
+        train_classifier(ClassifierConfig(run=RunConfig(name=config.classifier.name,
+                                                        output_root=config.classifier.parent.parent)))
     classifier, classes = load_classifier(config.classifier)
     objects = tuple(c for c in classes if c != NONE_CLASS)
     prompts = config.prompts or objects
     data = render_objects(8, 4, config.render_size, seed=3000, classes=objects)
-    views = turntable_cameras(config.n_views, config.render_size)
+    views = orbit_views(config.n_views, config.render_size)
     results: dict = {"config": config_to_dict(config), "torch_threads": torch.get_num_threads(),
                      "data_saturation": saturation(data.images), "runs": {},
                      "null_label_rates": {name: label_rates(classifier, classes, images) for name, images in
@@ -130,7 +132,8 @@ def _evaluate(config: EvalScoreConfig) -> dict:
                 dc = DistillConfig(prompt=prompt, steps=config.steps, batch_size=config.batch_size,
                                    render_size=config.render_size, seed=seed)
                 start = time.perf_counter()
-                ScoreDistiller(prior, guidance, [student.target], dc).run(progress=False)
+                fit(ScoreDistiller(prior, guidance, [student.target], dc), None, RunConfig(progress=False),
+                    config.steps)
                 seconds.append(time.perf_counter() - start)
                 images = student.render(views).clamp(0, 1)
                 renders.append(images)

@@ -55,12 +55,12 @@ def run_reliability_bench(config: ReliabilityConfig) -> dict:
 
 def viewer_load(clients: int, waves: int) -> dict:
     from lab.reliability.viewer_load import load_test, traversal_statuses
+    from viewer.inputs import open_input
     from viewer.server import ViewerConfig, ViewerServer
-    from viewer.targets import open_target
 
     config = ViewerConfig(port=0)
     config.render.max_side, config.render.settle_s = 64, 0.05
-    with ViewerServer(open_target("synthetic:0"), config) as viewer:
+    with ViewerServer(open_input("synthetic:0"), config) as viewer:
         report = load_test(viewer, clients=clients, waves=waves, staying=2)
         statuses = traversal_statuses("127.0.0.1", viewer.port)
     return {"connections": report.connections, "clients_per_wave": clients, "waves": waves, "staying_clients": 2,

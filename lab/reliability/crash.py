@@ -83,14 +83,19 @@ SCRIPTS: dict[str, ScriptSpec] = {
         lambda out: out / "splats" / "r", _pick("scene", "optimizer", "density"), 5, 30),
     "train_avfm": ScriptSpec(
         "scripts/train_avfm.py",
-        lambda out: ["--out-root", str(out), "--run-name", "r", "--steps", "12", "--ckpt-every", "2",
+        lambda out: ["--output-root", str(out), "--name", "r", "--steps", "12", "--checkpoint-every", "2",
                      "--batch-size", "2", "--data.source", "toy", "--data.n-train", "8", "--data.n-val", "0",
                      "--data.resolution", "32", "--teacher.name", "random_vit", "--standardizer-scenes", "8",
                      "--log-every", "1", "--no-progress"],
-        lambda out: out / "avfm" / "r", _pick("model", "optimizer"), 2, 12),
+        lambda out: out / "avfm" / "r", _pick("model", "optimizer", "losses"), 2, 12),
+    "train_teacher": ScriptSpec(
+        "scripts/train_teacher.py",
+        lambda out: ["--output-root", str(out), "--name", "r", "--source", "toy", "--n", "16", "--resolution", "64",
+                     "--teacher.steps", "12", "--checkpoint-every", "2", "--log-every", "1", "--no-progress"],
+        lambda out: out / "teachers" / "r", _pick("model", "heads", "optimizer", "generator", "losses"), 2, 12),
     "train_prior": ScriptSpec(
         "scripts/train_prior.py",
-        lambda out: ["--root", str(out), "--name", "r", "--steps", "12", "--checkpoint-every", "2",
+        lambda out: ["--output-root", str(out), "--name", "r", "--steps", "12", "--checkpoint-every", "2",
                      "--batch-size", "4", "--n-objects-per-class", "1", "--views-per-object", "2", "--log-every", "1",
                      "--sample-every", "0", "--samples-per-class", "1", "--sample-steps", "2",
                      "--prior.resolution", "16", "--prior.block-out-channels", "8", "8",
@@ -98,7 +103,7 @@ SCRIPTS: dict[str, ScriptSpec] = {
         lambda out: out / "prior" / "r", _pick("model", "ema", "optimizer"), 2, 12),
     "distill_score": ScriptSpec(
         "scripts/distill_score.py",
-        lambda out: ["--prior", str(out / "prior" / "r" / "prior"), "--root", str(out), "--name", "r",
+        lambda out: ["--prior", str(out / "prior" / "r" / "prior"), "--output-root", str(out), "--name", "r",
                      "--guidance", "vsd", "--target", "voxels", "--classifier", str(out / "none"),
                      "--turntable-frames", "2", "--steps", "12", "--checkpoint-every", "2",
                      "--batch-size", "1", "--render-size", "8", "--log-every", "1"],

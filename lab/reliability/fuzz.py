@@ -399,8 +399,8 @@ def _seed_run_dir(folder: Path) -> None:
 
 
 def _run_dir_case(draw, folder: Path) -> Callable[[], Any]:
+    from viewer.inputs import open_input
     from viewer.panels.training import ScalarLog, metrics_markdown
-    from viewer.targets import open_target
 
     run = folder / draw(st.sampled_from(["fieldrun", "splatrun"]))
     ckpt = next((run / "checkpoints").glob("step_*.safetensors"))
@@ -437,7 +437,7 @@ def _run_dir_case(draw, folder: Path) -> Callable[[], Any]:
                                                           "step_-1.safetensors", "step_9999999999.safetensors"]))))
 
     def load():
-        content = open_target(run)
+        content = open_input(run)
         log = ScalarLog(run / "scalars.jsonl")
         log.poll()
         metrics_markdown(run / "metrics.json")

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
+import tyro
 from jaxtyping import Float, Int
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from scene3d.checkpoint import load_checkpoint
 from scene3d.data.synthetic import OBJECT_TYPES
 from scene3d.diffusion.data import ObjectImages, ObjectViews, render_objects
 from scene3d.errors import CheckpointError
-from scene3d.runs import RunDir
+from scene3d.runs import RunDir, config_to_dict
+from scene3d.train import RunConfig, fit
 
 NONE_CLASS = "none"
 
@@ -71,8 +73,8 @@ def augment(images: Float[Tensor, "B 3 H W"], generator: torch.Generator) -> Flo
 
 @dataclass
 class ClassifierConfig:
-    name: str = "classifier32"
-    root: Path = Path("outputs")
+    """Runs go to `<output_root>/classifier/<name>/` (name: classifier32) and resume from their latest checkpoint."""
+
     classes: tuple[str, ...] = OBJECT_TYPES
     resolution: int = 32
     channels: tuple[int, ...] = (16, 32, 64)
@@ -86,6 +88,9 @@ class ClassifierConfig:
     seed: int = 1000  # a data seed the prior never sees
     reject: bool = True  # add the `none` class, trained on `clutter_images` (as many as one object class)
     augment: bool = True  # random desaturation and blur of object renders (hflip always)
+    # --name, --output-root, --checkpoint-every, --eval-every, ... (scene3d.train.RunConfig)
+    run: Annotated[RunConfig, tyro.conf.OmitArgPrefixes] = field(
+        default_factory=lambda: RunConfig(log_every=25, eval_every=100, checkpoint_every=100))
 
 
 class ObjectClassifier(nn.Module):
@@ -114,37 +119,72 @@ class ObjectClassifier(nn.Module):
         return self(images).argmax(-1)
 
 
-def train_classifier(config: ClassifierConfig, run: RunDir | None = None) -> tuple[ObjectClassifier, dict]:
-    """Train on renders (hflip, optional desaturation and blur) plus, with `reject`, clutter images
-    labelled `none`; returns the model and {'val_accuracy': ...} (over objects and clutter)."""
-    run = run or RunDir.create("classifier", config.name, root=config.root)
-    run.save_config(config)
-    data, val = (_labelled_images(config, n, config.seed + k)
-                 for k, n in enumerate((config.n_objects_per_class, config.n_val_objects_per_class)))
-    torch.manual_seed(config.seed)
-    model = ObjectClassifier(len(config.classes) + config.reject, config.channels, config.resolution)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=config.steps)
-    g = torch.Generator().manual_seed(config.seed)
-    for step in tqdm(range(config.steps), desc="classifier", dynamic_ncols=True):
-        idx = torch.randint(len(data.images), (config.batch_size,), generator=g)
-        x, y = data.images[idx], data.labels[idx]
+class ClassifierTrainer:
+    """Cross-entropy training of an `ObjectClassifier` (AdamW, one-cycle learning rate) on renders (hflip,
+    optional desaturation and blur) plus, with `reject`, clutter images labelled `none`; a
+    `scene3d.train.Trainable` whose validation is the accuracy on held-out objects and clutter."""
+
+    name = "classifier"
+
+    def __init__(self, config: ClassifierConfig):
+        self.config = config
+        self.data, self.val = (_labelled_images(config, n, config.seed + k)
+                               for k, n in enumerate((config.n_objects_per_class, config.n_val_objects_per_class)))
+        torch.manual_seed(config.seed)
+        self.model = ObjectClassifier(len(config.classes) + config.reject, config.channels, config.resolution)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr)
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, config.lr, total_steps=config.steps)
+        self.generator = torch.Generator().manual_seed(config.seed)
+
+    def loss(self, step: int) -> tuple[Tensor, dict[str, float]]:
+        c, g = self.config, self.generator
+        idx = torch.randint(len(self.data.images), (c.batch_size,), generator=g)
+        x, y = self.data.images[idx], self.data.labels[idx]
         x = torch.where((torch.rand(len(idx), generator=g) < 0.5)[:, None, None, None], x.flip(-1), x)
-        if config.augment:
-            x = torch.where((y < len(config.classes))[:, None, None, None], augment(x, g), x)
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if (step + 1) % 25 == 0:
-            run.log_scalars(step + 1, {"loss": loss.item()})
-    model.eval()
-    metrics = {"val_accuracy": float((model.predict(val.images) == val.labels).float().mean())}
-    run.save_checkpoint(config.steps, {"model": model.state_dict()}, config)
-    run.save_metrics(metrics)
-    run.close()
-    return model, metrics
+        if c.augment:
+            x = torch.where((y < len(c.classes))[:, None, None, None], augment(x, g), x)
+        loss = F.cross_entropy(self.model(x), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss, {"loss": loss.item()}
+
+    def guarded_parameters(self):
+        return self.model.named_parameters()
+
+    def apply(self, step: int) -> dict[str, float]:
+        self.optimizer.step()
+        self.scheduler.step()
+        return {}
+
+    def validate(self) -> dict[str, float]:
+        """{'val_accuracy': ...} over the held-out objects and clutter."""
+        return {"val_accuracy": float((self.model.predict(self.val.images) == self.val.labels).float().mean())}
+
+    def finish(self, run: RunDir | None) -> dict[str, Any]:
+        self.model.eval()
+        return self.validate()
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        """The config `load_classifier` rebuilds the network from."""
+        return config_to_dict(self.config)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+
+
+def train_classifier(config: ClassifierConfig) -> tuple[ObjectClassifier, dict[str, Any]]:
+    """Train to `config.steps` in `<output_root>/classifier/<name>/` (resuming its latest checkpoint when
+    `config.run.resume`); returns the model and the final metrics ({'val_accuracy': ...} plus the loop's;
+    empty when a limit ended the invocation early)."""
+    trainer = ClassifierTrainer(config)
+    result = fit(trainer, config.run.open("classifier", "classifier32"), config.run, config.steps, job_config=config)
+    return trainer.model, result.metrics
 
 
 def _labelled_images(config: ClassifierConfig, n_objects_per_class: int, seed: int) -> ObjectImages:

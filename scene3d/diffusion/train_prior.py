@@ -1,10 +1,11 @@
 """Train the pixel-space class-conditional prior on renders of single synthetic objects.
 
-    run = train_prior(TrainPriorConfig(steps=2000))   # outputs/prior/<name>/
+    run = train_prior(TrainPriorConfig(steps=2000))   # outputs/prior/objects32/
 
-Writes config, TensorBoard + scalars.jsonl, rotating atomic checkpoints (model, EMA, optimizer,
-RNG, step: resuming continues bit-exactly), sample grids `samples_<step>.png` (one row per class)
-and the final EMA prior with diffusers' `save_pretrained` in `<run>/prior/`.
+`PriorTrainer` is a `scene3d.train.Trainable`, so `fit` gives the run its config, TensorBoard +
+scalars.jsonl, rotating atomic checkpoints (model, EMA, optimizer, RNG, step: resuming continues
+bit-exactly) and metrics.json; the trainer writes sample grids `samples_<step>.png` (one row per
+class) and the final EMA prior with diffusers' `save_pretrained` in `<run>/prior/`.
 """
 
 from __future__ import annotations
@@ -12,28 +13,27 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
+import tyro
 from einops import rearrange
-from tqdm import tqdm
+from torch import Tensor
 
-from scene3d.checkpoint import restoring
 from scene3d.device import pick_device
 from scene3d.diffusion.data import ObjectViews, render_objects
 from scene3d.diffusion.pixel import PixelPrior, PixelPriorConfig
-from scene3d.guard import FiniteGuard
-from scene3d.runs import RunDir
+from scene3d.runs import RunDir, config_to_dict
+from scene3d.train import RunConfig, fit
 from scene3d.viz import image_grid, save_png
 
 
 @dataclass
 class TrainPriorConfig:
-    """Defaults train a recognisable 32x32 prior in minutes on 2 CPU cores; `--prior.*` sets the UNet."""
+    """Defaults train a recognisable 32x32 prior in minutes on 2 CPU cores; `--prior.*` sets the UNet.
+    Runs go to `<output_root>/prior/<name>/` (name: objects32) and resume from their latest checkpoint."""
 
-    name: str = "objects32"
-    root: Path = Path("outputs")
     prior: PixelPriorConfig = field(default_factory=PixelPriorConfig)
     views: ObjectViews = field(default_factory=ObjectViews)
     n_objects_per_class: int = 128
@@ -45,16 +45,15 @@ class TrainPriorConfig:
     weight_decay: float = 0.0
     ema_decay: float = 0.99
     hflip: bool = True
-    log_every: int = 25
-    checkpoint_every: int = 500
-    sample_every: int = 500
+    sample_every: int = 500  # a grid of EMA samples `samples_<step>.png` every this many steps; 0: only the final one
     samples_per_class: int = 8
     sample_steps: int = 50
     sample_guidance: float = 2.0
-    stop_after: int = 0  # stop (with a checkpoint) after this many steps in this invocation; 0 = run to `steps`
     seed: int = 0
     device: str = "auto"  # auto = cuda when available
-    nonfinite: str = "stop"  # NaN / inf loss, gradient or parameter: "stop" (naming step and tensor) or "skip"
+    # --name, --output-root, --checkpoint-every, --log-every, --stop-after, ... (scene3d.train.RunConfig)
+    run: Annotated[RunConfig, tyro.conf.OmitArgPrefixes] = field(
+        default_factory=lambda: RunConfig(log_every=25, eval_every=0, checkpoint_every=500))
 
 
 def _lr_factor(step: int, config: TrainPriorConfig) -> float:
@@ -76,83 +75,101 @@ def sample_grid(prior: PixelPrior, per_class: int, steps: int, guidance: float, 
     return image_grid([list(row) for row in images])
 
 
-def train_prior(config: TrainPriorConfig, run: RunDir | None = None) -> RunDir:
-    run = run or RunDir.create("prior", config.name, root=config.root)
-    run.save_config(config)
-    device = pick_device(config.device)
-    data = render_objects(config.n_objects_per_class, config.views_per_object, config.prior.resolution,
-                          seed=config.seed, classes=config.prior.classes, views=config.views)
-    images, labels = data.images.to(device), data.labels.to(device)
+class PriorTrainer:
+    """Denoising training of the pixel prior on rendered objects, with an EMA copy of the UNet; a
+    `scene3d.train.Trainable`. With a run folder, `apply` writes sample grids every `sample_every` steps
+    and `finish` the final grid and the EMA prior (`prior/`, diffusers' `save_pretrained`)."""
 
-    torch.manual_seed(config.seed)
-    prior = PixelPrior(config.prior).to(device)
-    model = prior.denoiser.train()
-    ema = copy.deepcopy(model).requires_grad_(False).eval()
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    gen = torch.Generator().manual_seed(config.seed)
-    step = 0
-    resumed = run.load_latest()
-    if resumed is not None:
-        state, _ = resumed
-        with restoring(run.latest_checkpoint(), "state"):
-            model.load_state_dict(state["model"])
-            ema.load_state_dict(state["ema"])
-            opt.load_state_dict(state["optimizer"])
-            gen.set_state(state["generator"])
-            step = int(state["step"])
+    name = "prior"
 
-    def checkpoint() -> None:
-        run.save_checkpoint(step, {"model": model.state_dict(), "ema": ema.state_dict(),
-                                   "optimizer": opt.state_dict(), "generator": gen.get_state()}, config)
+    def __init__(self, config: TrainPriorConfig, run: RunDir | None = None):
+        self.config, self.run = config, run
+        self.device = pick_device(config.device)
+        data = render_objects(config.n_objects_per_class, config.views_per_object, config.prior.resolution,
+                              seed=config.seed, classes=config.prior.classes, views=config.views)
+        self.images, self.labels = data.images.to(self.device), data.labels.to(self.device)
+        torch.manual_seed(config.seed)
+        self.prior = PixelPrior(config.prior).to(self.device)
+        self.model = self.prior.denoiser.train()
+        self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.generator = torch.Generator().manual_seed(config.seed)
 
-    def sample_png(tag: str) -> None:
-        ema_prior = PixelPrior(config.prior, ema, prior.scheduler).to(device)
+    def ema_prior(self) -> PixelPrior:
+        return PixelPrior(self.config.prior, self.ema, self.prior.scheduler).to(self.device)
+
+    def save_samples(self, run: RunDir, tag: str) -> None:
+        """`samples_<tag>.png`: one row of EMA samples per class (the sampler has its own generator)."""
+        c = self.config
         save_png(run.file(f"samples_{tag}.png"),
-                 sample_grid(ema_prior, config.samples_per_class, config.sample_steps, config.sample_guidance))
+                 sample_grid(self.ema_prior(), c.samples_per_class, c.sample_steps, c.sample_guidance))
 
-    last = config.steps if config.stop_after <= 0 else min(config.steps, step + config.stop_after)
-    guard = FiniteGuard(config.nonfinite, run.path / "checkpoints")
-    bar = tqdm(total=config.steps, initial=step, desc="prior", dynamic_ncols=True)
-    while step < last:
-        for group in opt.param_groups:
-            group["lr"] = config.lr * _lr_factor(step, config)
-        idx = torch.randint(len(images), (config.batch_size,), generator=gen).to(device)
-        x0 = prior.encode(images[idx])
-        if config.hflip:
+    # the Trainable protocol -----------------------------------------------------------------------
+    def loss(self, step: int) -> tuple[Tensor, dict[str, float]]:
+        """Step `step`: noise-prediction MSE on a batch of (flipped) renders, labels dropped to the null class."""
+        c, prior, gen, device = self.config, self.prior, self.generator, self.device
+        lr = c.lr * _lr_factor(step - 1, c)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        idx = torch.randint(len(self.images), (c.batch_size,), generator=gen).to(device)
+        x0 = prior.encode(self.images[idx])
+        if c.hflip:
             flip = (torch.rand(len(idx), generator=gen) < 0.5).to(device)
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-        y = labels[idx]
-        drop = (torch.rand(len(idx), generator=gen) < config.prior.label_drop).to(device)
+        y = self.labels[idx]
+        drop = (torch.rand(len(idx), generator=gen) < c.prior.label_drop).to(device)
         y = torch.where(drop, torch.full_like(y, prior.null_class), y)
         t = torch.randint(prior.num_timesteps, (len(idx),), generator=gen).to(device)
         noise = torch.randn(x0.shape, generator=gen).to(device)
-        loss = F.mse_loss(model(prior.add_noise(x0, noise, t), t, class_labels=y).sample, noise)
-        opt.zero_grad(set_to_none=True)
-        grad_norm = torch.zeros(())
-        if guard.loss(step + 1, loss):
-            loss.backward()
-            if guard.gradients(step + 1, model.named_parameters()):
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                decay = min(config.ema_decay, (1 + step) / (10 + step))
-                with torch.no_grad():
-                    for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                        pe.lerp_(pm, 1 - decay)
-            guard.parameters(step + 1, model.named_parameters())
-        step += 1
-        bar.update(1)
-        if step % config.log_every == 0 or step == config.steps:
-            run.log_scalars(step, {"loss": loss.item(), "grad_norm": float(grad_norm), "lr": opt.param_groups[0]["lr"]})
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        if step % config.checkpoint_every == 0 or step == last:
-            checkpoint()
-        if config.sample_every and step % config.sample_every == 0 and step < config.steps:
-            sample_png(f"{step:07d}")
-    bar.close()
-    if step < config.steps:
-        run.close()
-        return run
-    sample_png("final")
-    PixelPrior(config.prior, ema, prior.scheduler).save_pretrained(run.path / "prior")
-    run.close()
+        loss = F.mse_loss(self.model(prior.add_noise(x0, noise, t), t, class_labels=y).sample, noise)
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss, {"loss": loss.item(), "lr": lr}
+
+    def guarded_parameters(self):
+        return self.model.named_parameters()
+
+    def apply(self, step: int) -> dict[str, float]:
+        """Clipping to norm 1, the optimizer step, the EMA update; a sample grid every `sample_every` steps."""
+        c = self.config
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        done = step - 1
+        decay = min(c.ema_decay, (1 + done) / (10 + done))
+        with torch.no_grad():
+            for pe, pm in zip(self.ema.parameters(), self.model.parameters(), strict=True):
+                pe.lerp_(pm, 1 - decay)
+        if self.run is not None and c.sample_every and step % c.sample_every == 0 and step < c.steps:
+            self.save_samples(self.run, f"{step:07d}")
+        return {"grad_norm": float(grad_norm)}
+
+    def validate(self) -> dict[str, float]:
+        return {}
+
+    def finish(self, run: RunDir | None) -> dict[str, Any]:
+        """With a run folder: `samples_final.png` and the EMA prior in `prior/`."""
+        if run is None:
+            return {}
+        self.save_samples(run, "final")
+        self.ema_prior().save_pretrained(run.path / "prior")
+        return {"prior": str(run.path / "prior"), "samples": str(run.file("samples_final.png"))}
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        return config_to_dict(self.config)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+
+
+def train_prior(config: TrainPriorConfig) -> RunDir:
+    """Train to `config.steps` in `<output_root>/prior/<name>/` (resuming its latest checkpoint when
+    `config.run.resume`); returns the run folder (`prior/` and `samples_final.png` once complete)."""
+    run = config.run.open("prior", "objects32")
+    fit(PriorTrainer(config, run), run, config.run, config.steps, job_config=config)
     return run

@@ -2,8 +2,9 @@
 
 Loss (1 - lambda) L1 + lambda D-SSIM (lambda = 0.2), Adam with the paper's per-parameter rates
 (means decayed exponentially to 1/100 over training), one SH degree more every
-`sh_increase_every` steps, adaptive density control from `strategy.py`. Every run writes
-`outputs/splats/<name>/`: config, TensorBoard + scalars.jsonl, rotating atomic checkpoints (resume
+`sh_increase_every` steps, adaptive density control from `strategy.py`. `SplatTrainer` is a
+`scene3d.train.Trainable`: `fit_splats` runs it through `scene3d.train.fit`, so every run writes
+`<output_root>/splats/<name>/`: config, TensorBoard + scalars.jsonl, rotating atomic checkpoints (resume
 restores scene, optimizer, density statistics, RNG and step exactly), test metrics, renders, a
 turntable video and the PLY.
 
@@ -15,35 +16,43 @@ densification 500..15k every 100 and resets every 3k (`DensifyStrategy()` defaul
 from __future__ import annotations
 
 import math
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any
 
 import torch
-from tqdm import tqdm
+import tyro
+from torch import Tensor
 
-from scene3d.cameras import Cameras, orbit_cameras
-from scene3d.checkpoint import restoring
+from scene3d.cameras import Cameras, turntable_cameras
 from scene3d.data.dataset import MultiViewDataset
+from scene3d.errors import CheckpointError
 from scene3d.gaussians.ply import write_ply
-from scene3d.gaussians.rasterize import rasterize
+from scene3d.gaussians.rasterize import RenderOutput, rasterize
 from scene3d.gaussians.scene import GaussianScene
 from scene3d.gaussians.strategy import DensifyStrategy, DensityController
-from scene3d.guard import FiniteGuard
 from scene3d.metrics import psnr, ssim
-from scene3d.runs import RunDir
+from scene3d.runs import RunDir, config_to_dict
+from scene3d.train import RunConfig, fit, seconds_to_reach
+from scene3d.viz import image_grid, save_png, write_video
 
 
 def _cpu_densify() -> DensifyStrategy:
     return DensifyStrategy(refine_start=200, refine_stop=1500, refine_every=100, reset_every=1000)
 
 
+def _splat_run(**overrides: Any) -> RunConfig:
+    """The loop's pacing for splat fitting: scalars every 20 steps, test PSNR and a checkpoint every 500."""
+    return RunConfig(**{"log_every": 20, "eval_every": 500, "checkpoint_every": 500, **overrides})
+
+
 @dataclass
 class FitConfig:
+    """Fitting one Gaussian scene. Runs go to `<output_root>/splats/<name>/` (name: "default") and
+    resume from their latest checkpoint; the test PSNR every `run.eval_every` steps is metrics.json's
+    "timeline"."""
+
     data: Path | None = None  # dataset folder (Blender / nerfstudio transforms.json); None: default synthetic world
-    name: str = "default"
-    output_root: Path = Path("outputs")
     steps: int = 2000
     init: str = "depth"  # "depth" (unproject dataset depth when present) or "random" (uniform in the bounds)
     n_init: int = 5000
@@ -56,18 +65,14 @@ class FitConfig:
     eps2d: float = 0.3  # screen-space low-pass added to every 2D covariance (px^2; 3DGS and gsplat: 0.3)
     densify: DensifyStrategy = field(default_factory=_cpu_densify)
     random_background: bool = False
-    eval_every: int = 500  # test PSNR every this many steps (logged, and kept in metrics.json "history")
     psnr_marks: tuple[float, ...] = (25.0, 28.0)  # metrics.json "seconds_to_psnr": training time to first reach each
-    checkpoint_every: int = 500
-    log_every: int = 20
     turntable_frames: int = 36
     export_mesh: bool = True  # TSDF-fuse rendered RGB-D of the training views into mesh.ply
     seed: int = 0
-    resume: bool = True
-    progress: bool = True
-    nonfinite: str = "stop"  # NaN / inf loss, gradient or parameter: "stop" (naming step and tensor) or "skip"
     world_views: tuple[int, int, int] = (60, 4, 8)  # train/val/test views for the default world
     world_size: int = 64  # image size of the default world
+    # --name, --output-root, --eval-every, --checkpoint-every, --resume, ... (scene3d.train.RunConfig)
+    run: Annotated[RunConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=_splat_run)
 
 
 def load_splits(cfg: FitConfig) -> dict[str, MultiViewDataset]:
@@ -115,10 +120,12 @@ def initial_scene(ds: MultiViewDataset, cfg: FitConfig, g: torch.Generator) -> G
 
 
 def make_optimizer(scene: GaussianScene, extent: float) -> torch.optim.Adam:
+    """Adam over the scene's parameter groups (3DGS rates; the means' scaled by the scene `extent`)."""
     return torch.optim.Adam(scene.param_groups(scene_extent=extent), eps=1e-15)
 
 
 def set_means_lr(opt: torch.optim.Optimizer, step: int, total: int, lr0: float, final_factor: float) -> None:
+    """The means' rate at `step` of `total`: `lr0` decayed exponentially to `lr0 * final_factor`."""
     t = min(step / max(total, 1), 1.0)
     for group in opt.param_groups:
         if group["name"] == "means":
@@ -126,153 +133,134 @@ def set_means_lr(opt: torch.optim.Optimizer, step: int, total: int, lr0: float, 
 
 
 def loss_fn(pred: torch.Tensor, target: torch.Tensor, lambda_dssim: float) -> torch.Tensor:
+    """The 3DGS loss of renders against targets [B,H,W,3]: (1 - lambda) L1 + lambda D-SSIM."""
     return (1 - lambda_dssim) * (pred - target).abs().mean() + lambda_dssim * (1 - ssim(pred, target))
 
 
 @torch.no_grad()
 def evaluate(scene: GaussianScene, ds: MultiViewDataset, sh_degree: int | None = None, eps2d: float = 0.3) -> dict:
+    """PSNR / SSIM of the renders of every view of `ds`, and the renders [N,H,W,3] (clamped to [0, 1])."""
     preds = torch.cat([rasterize(scene, ds.cameras[i], background=ds.background, sh_degree=sh_degree,
                                  eps2d=eps2d).colors
                        for i in range(len(ds))]).clamp(0, 1)
     return {"psnr": float(psnr(preds, ds.images)), "ssim": float(ssim(preds, ds.images)), "renders": preds}
 
 
-class _TrainClock:
-    """Wall and process-CPU seconds since the start, minus the time spent inside `paused()`."""
+class SplatTrainer:
+    """Owns the Gaussian scene, its optimizer, the density controller and the RNGs (the camera and
+    background sampler; the global RNG that densification's splits draw from, seeded here); a
+    `scene3d.train.Trainable`."""
 
-    def __init__(self, wall: float = 0.0, cpu: float = 0.0):
-        self.t0, self.c0 = time.perf_counter() - wall, time.process_time() - cpu
+    def __init__(self, config: FitConfig, train: MultiViewDataset, test: MultiViewDataset):
+        self.config, self.train_data, self.test_data = config, train, test
+        self.name = "fit splats"
+        torch.manual_seed(config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.extent = scene_extent(train.cameras)
+        self._build(initial_scene(train, config, self.generator))
+        self._out: RenderOutput | None = None
 
-    def read(self) -> tuple[float, float]:
-        return time.perf_counter() - self.t0, time.process_time() - self.c0
+    def _build(self, scene: GaussianScene) -> None:
+        self.scene = scene
+        self.optimizer = make_optimizer(scene, self.extent)
+        self.density = DensityController(self.config.densify, scene, self.optimizer, self.extent)
+        self.means_lr = scene.param_groups(scene_extent=self.extent)[0]["lr"]
 
-    @contextmanager
-    def paused(self):
-        wall, cpu = self.read()
-        yield wall, cpu
-        self.t0, self.c0 = time.perf_counter() - wall, time.process_time() - cpu
-
-
-def _state(scene, opt, ctrl, g, history: list[dict], elapsed: list[float]) -> dict:
-    return {"scene": {k: v.detach() for k, v in scene.params.items()}, "optimizer": opt.state_dict(),
-            "density": ctrl.state_dict(), "rng_torch": torch.get_rng_state(), "rng_sampler": g.get_state(),
-            "history": history, "elapsed": elapsed}
-
-
-def seconds_to_psnr(history: list[dict], marks: tuple[float, ...], key: str = "seconds") -> dict[str, float | None]:
-    """Training seconds (`key`: "seconds" wall or "cpu_seconds") at the first evaluation reaching each
-    PSNR mark (None: never reached)."""
-    return {f"{m:g}": next((h[key] for h in history if h["psnr"] >= m), None) for m in marks}
-
-
-def fit(cfg: FitConfig) -> dict:
-    """Train, evaluate and export; returns the metrics written to metrics.json."""
-    splits = load_splits(cfg)  # bad data fails before anything is written
-    run = RunDir.create("splats", cfg.name, root=cfg.output_root)
-    run.save_config(cfg)
-    train, test = splits["train"], splits.get("test", splits["train"])
-    torch.manual_seed(cfg.seed)
-    g = torch.Generator().manual_seed(cfg.seed)
-    extent = scene_extent(train.cameras)
-    start, ckpt = 0, run.load_latest() if cfg.resume else None
-    history, elapsed = [], [0.0, 0.0]  # test evaluations; training [wall, CPU] seconds before a resume
-    if ckpt is not None:
-        state, _ = ckpt
-        with restoring(run.latest_checkpoint(), "state"):
-            scene = GaussianScene(**state["scene"])
-            opt = make_optimizer(scene, extent)
-            opt.load_state_dict(state["optimizer"])
-            ctrl = DensityController(cfg.densify, scene, opt, extent)
-            ctrl.load_state_dict(state["density"])
-            torch.set_rng_state(state["rng_torch"])
-            g.set_state(state["rng_sampler"])
-            start = int(state["step"])
-            history, elapsed = list(state.get("history", [])), list(state.get("elapsed", elapsed))
-    else:
-        scene = initial_scene(train, cfg, g)
-        opt = make_optimizer(scene, extent)
-        ctrl = DensityController(cfg.densify, scene, opt, extent)
-    lr0 = scene.param_groups(scene_extent=extent)[0]["lr"]
-    guard = FiniteGuard(cfg.nonfinite, run.path / "checkpoints")
-    clock = _TrainClock(*elapsed)  # wall and CPU seconds of training, evaluation excluded
-    bar = tqdm(range(start + 1, cfg.steps + 1), disable=not cfg.progress, desc="fit splats", initial=start,
-               total=cfg.steps)
-    for step in bar:
-        set_means_lr(opt, step, cfg.steps, lr0, cfg.means_lr_final_factor)
-        idx = torch.randint(len(train), (cfg.batch_cameras,), generator=g)
-        bg = torch.rand(3, generator=g) if cfg.random_background else train.background
-        degree = min(scene.sh_degree, (step - 1) // cfg.sh_increase_every)
-        out = rasterize(scene, train.cameras[idx], background=bg, sh_degree=degree, eps2d=cfg.eps2d)
-        target = train.images[idx]
+    # the Trainable protocol -----------------------------------------------------------------------
+    def loss(self, step: int) -> tuple[Tensor, dict[str, float]]:
+        """Step `step`: the 3DGS loss on `batch_cameras` random training views."""
+        cfg, train = self.config, self.train_data
+        set_means_lr(self.optimizer, step, cfg.steps, self.means_lr, cfg.means_lr_final_factor)
+        idx = torch.randint(len(train), (cfg.batch_cameras,), generator=self.generator)
+        background = torch.rand(3, generator=self.generator) if cfg.random_background else train.background
+        degree = min(self.scene.sh_degree, (step - 1) // cfg.sh_increase_every)
+        out = rasterize(self.scene, train.cameras[idx], background=background, sh_degree=degree, eps2d=cfg.eps2d)
+        target = train.images[idx]  # [B,H,W,3]
         if cfg.random_background and train.masks is not None:
-            target = torch.where(train.masks[idx][..., None], target, bg)
+            target = torch.where(train.masks[idx][..., None], target, background)
         loss = loss_fn(out.colors, target, cfg.lambda_dssim)
-        changed = {}
-        if guard.loss(step, loss):
-            ctrl.before_backward(out)
-            loss.backward()
-            if guard.gradients(step, scene.params.items()):
-                opt.step()
-                changed = ctrl.after_backward(step, out)
-            opt.zero_grad(set_to_none=True)
-            guard.parameters(step, scene.params.items())
-        if step % cfg.log_every == 0 or changed:
-            run.log_scalars(step, {"train/loss": loss.item(), "train/num_gaussians": len(scene),
-                                   **{f"density/{k}": v for k, v in changed.items()}})
-            bar.set_postfix(loss=f"{loss.item():.4f}", n=len(scene))
-        if step % cfg.eval_every == 0 and step < cfg.steps:  # the last step is evaluated by finish()
-            with clock.paused() as (seconds, cpu_seconds):
-                value = evaluate(scene, test, eps2d=cfg.eps2d)["psnr"]
-            history.append({"step": step, "seconds": seconds, "cpu_seconds": cpu_seconds, "psnr": value,
-                            "num_gaussians": len(scene)})
-            run.log_scalars(step, {"test/psnr": value, "time/train_seconds": seconds})
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            run.save_checkpoint(step, _state(scene, opt, ctrl, g, history, list(clock.read())), cfg)
-    return finish(run, scene, train, test, cfg, clock.read(), history)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.density.before_backward(out)
+        self._out = out
+        return loss, {"loss": loss.item(), "num_gaussians": float(len(self.scene))}
+
+    def guarded_parameters(self):
+        return self.scene.params.items()
+
+    def apply(self, step: int) -> dict[str, float]:
+        """The optimizer step, then densification (statistics, clone / split / prune, opacity reset)."""
+        self.optimizer.step()
+        out, self._out = self._out, None
+        return {f"density/{k}": float(v) for k, v in self.density.after_backward(step, out).items()}
+
+    def validate(self) -> dict[str, float]:
+        """Test PSNR on every test view (the "psnr" of metrics.json's timeline) and the Gaussian count."""
+        return {"psnr": evaluate(self.scene, self.test_data, eps2d=self.config.eps2d)["psnr"],
+                "num_gaussians": len(self.scene)}
+
+    def finish(self, run: RunDir | None) -> dict[str, Any]:
+        """Test metrics; with a run folder, the test renders, PLY, turntable video and (`export_mesh`) mesh."""
+        cfg, train, test = self.config, self.train_data, self.test_data
+        ev = evaluate(self.scene, test, eps2d=cfg.eps2d)
+        metrics = {"test_psnr": ev["psnr"], "test_ssim": ev["ssim"], "num_gaussians": len(self.scene)}
+        if run is None:
+            return metrics
+        k = min(4, len(test))
+        save_png(run.file("renders", "test_grid.png"), image_grid([list(test.images[:k]), list(ev["renders"][:k])]))
+        write_ply(run.file("scene.ply"), self.scene)
+        metrics["ply"] = str(run.file("scene.ply"))
+        cameras = turntable_cameras(train.cameras, (train.aabb[0] + train.aabb[1]) / 2, cfg.turntable_frames)
+        with torch.no_grad():
+            frames = torch.cat([rasterize(self.scene, cameras[i], background=train.background, eps2d=cfg.eps2d).colors
+                                for i in range(len(cameras))]).clamp(0, 1)
+        metrics["turntable"] = str(write_video(run.file("renders", "turntable.mp4"), frames))
+        if cfg.export_mesh:
+            from scene3d.export import gaussians_to_mesh, save_mesh
+
+            voxel = float((train.aabb[1] - train.aabb[0]).max()) / 128
+            mesh = gaussians_to_mesh(self.scene, train.cameras, train.aabb, voxel_size=voxel)
+            metrics["mesh"] = str(save_mesh(run.file("mesh.ply"), mesh))
+            metrics["mesh_vertices"] = len(mesh.vertices)
+        return metrics
+
+    # state ------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Scene, optimizer, densification statistics and both RNG states."""
+        return {"scene": {k: v.detach() for k, v in self.scene.params.items()},
+                "optimizer": self.optimizer.state_dict(), "density": self.density.state_dict(),
+                "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state()}}
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        return config_to_dict(self.config)
+
+    def load_state_dict(self, state: dict[str, Any], path: Path | None = None) -> None:
+        """Restore `state_dict()` exactly (the next steps match an uninterrupted run)."""
+        try:
+            self._build(GaussianScene(**state["scene"]))
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.density.load_state_dict(state["density"])
+            self.generator.set_state(state["rng"]["generator"])
+            torch.set_rng_state(state["rng"]["torch"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise CheckpointError(path, "splat trainer state", f"cannot resume ({err})") from None
 
 
-def finish(run: RunDir, scene: GaussianScene, train: MultiViewDataset, test: MultiViewDataset, cfg: FitConfig,
-           train_time: tuple[float, float], history: list[dict]) -> dict:
-    """Test metrics, renders, turntable video and PLY."""
-    import imageio.v3 as iio
-
-    from scene3d.viz import image_grid, save_png
-
-    ev = evaluate(scene, test, eps2d=cfg.eps2d)
-    history = [*history, {"step": cfg.steps, "seconds": train_time[0], "cpu_seconds": train_time[1], "psnr": ev["psnr"],
-                          "num_gaussians": len(scene)}]
-    k = min(4, len(test))
-    save_png(run.file("renders", "test_grid.png"), image_grid([list(test.images[:k]), list(ev["renders"][:k])]))
-    write_ply(run.file("scene.ply"), scene)
-    centre = ((train.aabb[0] + train.aabb[1]) / 2).tolist()
-    radius = float(train.cameras.centers.sub(torch.tensor(centre)).norm(dim=-1).mean())
-    frames = []
-    with torch.no_grad():
-        turn = orbit_cameras(cfg.turntable_frames, radius, 30.0, 50.0, train.width, train.height, tuple(centre))
-        for i in range(len(turn)):
-            img = rasterize(scene, turn[i], background=train.background, eps2d=cfg.eps2d).colors[0].clamp(0, 1)
-            frames.append((img * 255).to(torch.uint8).numpy())
-    video = run.file("renders", "turntable.mp4")
-    try:
-        iio.imwrite(video, frames, fps=12, codec="libx264")
-    except Exception:  # noqa: BLE001 - no ffmpeg: fall back to a GIF
-        video = run.file("renders", "turntable.gif")
-        iio.imwrite(video, frames, duration=1000 / 12, loop=0)
-    metrics = {"test_psnr": ev["psnr"], "test_ssim": ev["ssim"], "num_gaussians": len(scene),
-               "steps": cfg.steps, "train_seconds": train_time[0], "train_cpu_seconds": train_time[1],
-               "threads": torch.get_num_threads(), "seconds_to_psnr": seconds_to_psnr(history, cfg.psnr_marks),
-               "cpu_seconds_to_psnr": seconds_to_psnr(history, cfg.psnr_marks, "cpu_seconds"), "history": history,
-               "ply": str(run.file("scene.ply")), "turntable": str(video)}
-    if cfg.export_mesh:
-        from scene3d.export import gaussians_to_mesh, save_mesh
-
-        voxel = float((train.aabb[1] - train.aabb[0]).max()) / 128
-        mesh = gaussians_to_mesh(scene, train.cameras, train.aabb, voxel_size=voxel)
-        metrics["mesh"] = str(save_mesh(run.file("mesh.ply"), mesh))
-        metrics["mesh_vertices"] = len(mesh.vertices)
+def fit_splats(config: FitConfig) -> tuple[SplatTrainer, dict[str, Any]]:
+    """Train to `config.steps` in `<output_root>/splats/<name>/` (resuming its latest checkpoint when
+    `config.run.resume`), evaluate and export. Returns the trainer and the metrics of metrics.json:
+    `finish`'s, the loop's (steps, training seconds, "timeline" of test PSNR) and the training
+    seconds to each of `psnr_marks` (empty when a limit ended the invocation early)."""
+    splits = load_splits(config)  # bad data fails before anything is written
+    trainer = SplatTrainer(config, splits["train"], splits.get("test", splits["train"]))
+    run = config.run.open("splats", "default")
+    result = fit(trainer, run, config.run, config.steps, job_config=config)
+    if not result.complete:
+        return trainer, result.metrics
+    marks = {clock: {f"{m:g}": seconds_to_reach(result.timeline, "psnr", m, clock) for m in config.psnr_marks}
+             for clock in ("seconds", "cpu_seconds")}
+    metrics = {**result.metrics, "seconds_to_psnr": marks["seconds"], "cpu_seconds_to_psnr": marks["cpu_seconds"]}
     run.save_metrics(metrics)
-    run.close()
-    return metrics
+    return trainer, metrics
 
 
 def cpu_10min_preset() -> FitConfig:
@@ -284,7 +272,7 @@ def cpu_10min_preset() -> FitConfig:
     low-pass is 0.1 px^2 instead of 3DGS's 0.3: the world's images are point-sampled (one ray per
     pixel centre, aliased edges and textures), which a wider screen-space blur cannot reproduce
     (measured at 1000 steps: 28.5 dB against 26.6-27.0 dB with 0.3)."""
-    return FitConfig(name="cpu10min", steps=2000, eval_every=100, eps2d=0.1,
+    return FitConfig(steps=2000, eps2d=0.1, run=_splat_run(name="cpu10min", eval_every=100),
                      densify=DensifyStrategy(refine_start=100, refine_stop=1000, refine_every=100, reset_every=10**9,
                                              max_gaussians=20_000))
 

@@ -1,2 +1,3 @@
 """Adapters from the project's renderers to the viewer's `SceneSource` / `ViewerContent`, one module
-per family (Gaussian scenes now; radiance fields once `scene3d.fields` is on main)."""
+per family (radiance fields, Gaussian scenes). They import `viewer.content`, never the opener:
+`viewer.inputs` imports them and lists them in its `RUN_ADAPTERS` / `FILE_ADAPTERS`."""

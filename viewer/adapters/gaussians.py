@@ -15,8 +15,8 @@ from scene3d.gaussians import GaussianScene, rasterize
 from scene3d.gaussians.ply import read_ply
 from scene3d.gaussians.sh import sh_to_rgb
 from scene3d.viz import colorize_depth, pca_rgb
+from viewer.content import ViewerContent
 from viewer.sources import CheckpointFollower, Frame, depth_range, latest_checkpoint
-from viewer.targets import ViewerContent
 
 
 def scene_bounds(scene: GaussianScene, quantile: float = 0.02) -> torch.Tensor:

@@ -1,6 +1,6 @@
-"""One score-distillation run into a registered 3D target: progress bar, TensorBoard, multi-view
-renders, a turntable video, PLY (splats) or mesh (fields) export, and (with a classifier) the
-recognition of 8 evenly spaced views.
+"""One score-distillation run into a registered 3D target, driven by `scene3d.train.fit` (progress bar,
+TensorBoard, rotating checkpoints and exact resume): multi-view renders, a turntable video, PLY (splats)
+or mesh (fields) export, and (with a classifier) the recognition of 8 evenly spaced views.
 
     distill_score(DistillScoreConfig(guidance="vsd", target="splats", distill=DistillConfig(prompt="torus")))
 """
@@ -10,13 +10,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-import imageio.v3 as iio
-import numpy as np
 import torch
 import tyro
 from einops import rearrange
+from torch import Tensor
 
 from scene3d.diffusion import PixelPrior, load_prior
 from scene3d.diffusion.base import DiffusionPrior
@@ -24,11 +23,12 @@ from scene3d.diffusion.classifier import load_classifier
 from scene3d.distill.score.distiller import DistillConfig, ScoreDistiller
 from scene3d.distill.score.evaluate import recognition, saturation
 from scene3d.distill.score.guidance import GUIDANCES, Guidance, make_guidance
-from scene3d.distill.score.targets import TARGETS, TargetOptions, build_target
-from scene3d.distill.score.views import turntable_cameras
+from scene3d.distill.score.targets import TARGETS, Student, TargetOptions, build_target
+from scene3d.distill.score.views import orbit_views
 from scene3d.errors import DataError
 from scene3d.runs import RunDir
-from scene3d.viz import image_grid, save_png
+from scene3d.train import RunConfig, fit
+from scene3d.viz import image_grid, save_png, write_video
 
 
 @dataclass
@@ -53,11 +53,12 @@ def make_run_guidance(name: str, prior: DiffusionPrior, schedule: ScheduleConfig
 
 @dataclass
 class DistillScoreConfig:
+    """A run in `<output_root>/score/<name>/` (name: `<prompt>_<guidance>_<target>_s<seed>`), resumed from its
+    latest checkpoint."""
+
     prior: Path = Path("outputs/prior/objects32")
     guidance: str = "sds"  # sds | vsd | ism | tsm (GUIDANCES)
     target: str = "splats"  # field | splats | voxels | image (TARGETS)
-    name: str = ""  # default: <prompt>_<guidance>_<target>_s<seed>
-    root: Path = Path("outputs")
     classifier: Path | None = Path("outputs/classifier/classifier32")  # skipped when missing
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     targets: TargetOptions = field(default_factory=TargetOptions)
@@ -67,47 +68,74 @@ class DistillScoreConfig:
     export: bool = True  # splats.ply for Gaussians, mesh.ply for fields
     # --prompt, --steps, --batch-size, --render-size, --seed, ... without a prefix
     distill: Annotated[DistillConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=DistillConfig)
+    # --name, --output-root, --checkpoint-every, --log-every, --resume, ... (scene3d.train.RunConfig)
+    run: Annotated[RunConfig, tyro.conf.OmitArgPrefixes] = field(
+        default_factory=lambda: RunConfig(log_every=10, eval_every=0, checkpoint_every=100))
+
+    @property
+    def run_name(self) -> str:
+        d = self.distill
+        return self.run.name or f"{d.prompt.replace(' ', '-')}_{self.guidance}_{self.target}_s{d.seed}"
 
 
-def distill_score(config: DistillScoreConfig) -> dict:
+class ScoreRun(ScoreDistiller):
+    """The distiller of a `distill_score` run: `finish` renders the students and writes the outputs."""
+
+    def __init__(self, config: DistillScoreConfig, prior: DiffusionPrior, guidance: Guidance, students: list[Student]):
+        super().__init__(prior, guidance, [s.target for s in students], config.distill)
+        self.run_config, self.students = config, students
+        self.started, self.steps_here = time.perf_counter(), 0  # this invocation's wall clock and steps
+
+    def loss(self, step: int) -> tuple[Tensor, dict[str, float]]:
+        self.steps_here += 1
+        return super().loss(step)
+
+    def finish(self, run: RunDir | None) -> dict[str, Any]:
+        """Saturation (and recognition, with a classifier) of 8 views per particle; with a run folder,
+        `views.png` (8 views and 4 high views per particle), a turntable and the export per particle
+        (particle k > 0 in `particle<k>/`)."""
+        config, d = self.run_config, self.run_config.distill
+        seconds = time.perf_counter() - self.started
+        metrics: dict[str, Any] = {"seconds": round(seconds, 1), "steps_per_second": self.steps_here / seconds}
+        rows, views = [], []
+        for k, student in enumerate(self.students):
+            with torch.no_grad():
+                views.append(student.render(orbit_views(8, d.render_size)))
+                if run is None:
+                    continue
+                big = student.render(orbit_views(8, config.view_size))
+                high = student.render(orbit_views(4, config.view_size, elevation_deg=55.0))
+                frames = student.render(orbit_views(config.turntable_frames, config.view_size))
+            rows += [list(rearrange(x.clamp(0, 1), "v c h w -> v h w c")) for x in (big, high)]
+            folder = run.path if k == 0 else run.file(f"particle{k}")
+            folder.mkdir(parents=True, exist_ok=True)
+            write_video(folder / "turntable.gif", rearrange(frames, "f c h w -> f h w c"), fps=20)
+            if config.export and student.export is not None:
+                exported = student.export(folder)
+                metrics.update(exported if k == 0 else {f"particle{k}_{key}": v for key, v in exported.items()})
+        views = torch.cat(views)
+        metrics["saturation"] = saturation(views)
+        if run is not None:
+            save_png(run.file("views.png"), image_grid(rows))
+            metrics.update({"views_png": str(run.file("views.png")), "turntable": str(run.file("turntable.gif"))})
+        if config.classifier is not None and config.classifier.is_dir() and isinstance(self.prior, PixelPrior):
+            classifier, classes = load_classifier(config.classifier)
+            metrics["recognition"] = recognition(classifier, views, classes.index(d.prompt))  # all particles' views
+        return metrics
+
+
+def distill_score(config: DistillScoreConfig) -> dict[str, Any]:
+    """Distil to `config.distill.steps` in `<output_root>/score/<name>/` (resuming its latest checkpoint when
+    `config.run.resume`) and write the outputs; returns the final metrics (empty when a limit ended the
+    invocation early)."""
     for key, table in (("guidance", GUIDANCES), ("target", TARGETS)):
         if getattr(config, key) not in table:
             raise DataError(None, key, f"'{getattr(config, key)}' is not one of {sorted(table)}")
     d = config.distill
     prior = load_prior(config.prior)
-    name = config.name or f"{d.prompt.replace(' ', '-')}_{config.guidance}_{config.target}_s{d.seed}"
-    run = RunDir.create("score", name, root=config.root)
-    run.save_config(config)
+    run = config.run.open("score", config.run_name)
     torch.manual_seed(d.seed)  # the guidance's estimator initialisation: same seed, same run
     guidance = make_run_guidance(config.guidance, prior, config.schedule, d.steps)
     students = [build_target(config.target, d.seed + k, config.targets, guidance=config.guidance)
                 for k in range(config.particles)]
-    start = time.perf_counter()
-    ScoreDistiller(prior, guidance, [s.target for s in students], d).run(run)
-    seconds = time.perf_counter() - start
-    metrics: dict = {"seconds": round(seconds, 1), "steps_per_second": d.steps / seconds}
-    rows, views = [], []
-    for k, student in enumerate(students):
-        folder = run.path if k == 0 else run.file(f"particle{k}")
-        folder.mkdir(parents=True, exist_ok=True)
-        with torch.no_grad():
-            views.append(student.render(turntable_cameras(8, d.render_size)))
-            big = student.render(turntable_cameras(8, config.view_size))
-            high = student.render(turntable_cameras(4, config.view_size, elevation_deg=55.0))
-            frames = student.render(turntable_cameras(config.turntable_frames, config.view_size))
-        rows += [list(rearrange(x.clamp(0, 1), "v c h w -> v h w c")) for x in (big, high)]
-        video = (rearrange(frames, "f c h w -> f h w c").clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
-        iio.imwrite(folder / "turntable.gif", video, duration=50, loop=0)
-        if config.export and student.export is not None:
-            exported = student.export(folder)
-            metrics.update(exported if k == 0 else {f"particle{k}_{key}": v for key, v in exported.items()})
-    save_png(run.file("views.png"), image_grid(rows))
-    views = torch.cat(views)
-    metrics.update({"saturation": saturation(views), "views_png": str(run.file("views.png")),
-                    "turntable": str(run.file("turntable.gif"))})
-    if config.classifier is not None and config.classifier.is_dir() and isinstance(prior, PixelPrior):
-        classifier, classes = load_classifier(config.classifier)
-        metrics["recognition"] = recognition(classifier, views, classes.index(d.prompt))  # all particles' views
-    run.save_metrics(metrics)
-    run.close()
-    return metrics
+    return fit(ScoreRun(config, prior, guidance, students), run, config.run, d.steps, job_config=config).metrics

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from scene3d.cameras import Cameras
 from scene3d.distill.score.distiller import Target, image_target
-from scene3d.distill.score.views import turntable_cameras
+from scene3d.distill.score.views import orbit_views
 from scene3d.fields import FIELDS, Field, build_field
 from scene3d.gaussians import GaussianScene, rasterize
 from scene3d.gaussians.strategy import DensifyStrategy, DensityController
@@ -183,8 +183,8 @@ def field_student(config: FieldTargetConfig, seed: int = 0) -> Student:
     def export(folder: Path) -> dict[str, str | int]:
         from scene3d.export import save_mesh, tsdf_fusion
 
-        cameras = turntable_cameras(config.mesh_views, config.mesh_size, elevation_deg=30.0)
-        cameras = Cameras.cat([cameras, turntable_cameras(config.mesh_views // 2, config.mesh_size, -10.0)])
+        cameras = orbit_views(config.mesh_views, config.mesh_size, elevation_deg=30.0)
+        cameras = Cameras.cat([cameras, orbit_views(config.mesh_views // 2, config.mesh_size, -10.0)])
         with torch.no_grad():
             out = render_image(scene, cameras, config.samples, background=torch.zeros(3))
         acc = out["accumulation"]

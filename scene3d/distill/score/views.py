@@ -46,8 +46,9 @@ def random_cameras(n: int, size: int, views: ObjectViews | None = None,
     return cameras_at(az, el, r, views.fov_x_deg, size), view_names(az, el)
 
 
-def turntable_cameras(n: int, size: int, elevation_deg: float = 25.0, views: ObjectViews | None = None) -> Cameras:
-    """n cameras evenly spaced in azimuth at one elevation and the band's mean radius."""
+def orbit_views(n: int, size: int, elevation_deg: float = 25.0, views: ObjectViews | None = None) -> Cameras:
+    """n cameras of size x size pixels evenly spaced in azimuth at one elevation and the band's mean radius,
+    looking at the origin."""
     views = views or ObjectViews()
     az = torch.arange(n) * 2 * math.pi / n
     el = torch.full((n,), math.radians(elevation_deg))

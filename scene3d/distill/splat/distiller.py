@@ -2,12 +2,13 @@
 
 Per (context views, target view) tuple of a multi-view world: the teacher's patch features of the
 context views are upsampled to pixels (bilinear or label-edge-aware), optionally PCA-compressed,
-lifted to one Gaussian per pixel (`splat_lift.py`) and splatted to the target camera; the rendered
+lifted to one Gaussian per pixel (`lift.py`) and splatted to the target camera; the rendered
 map, blended with its per-segment means, pooled to the student's patch grid and masked where
 uncovered, is the target of the student on the target image (cosine or MSE). The teacher is an EMA
 of the student (`lora_rank > 0`: only LoRA adapters train). The FiT3D-style baseline
 (`target_source="fit3d"`) instead renders per-world feature Gaussians fitted once to every view's
-teacher features (`splat_fit3d.py`), teacher frozen.
+teacher features (`fit3d.py`), teacher frozen. `SplatDistiller` is a `scene3d.train.Trainable`:
+`scene3d.train.fit` trains it (checkpoints, exact resume, the NaN guard).
 
 `teacher` and `student` are any modules mapping images [B, 3, H, W] in [0, 1] to dense features
 [B, D, h, w]; `scene3d` never builds them (scripts/splat_distill.py does, from avfm.teachers).
@@ -16,16 +17,15 @@ teacher features (`splat_fit3d.py`), teacher frozen.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from scene3d.data.dataset import MultiViewDataset
 from scene3d.distill.splat.data import sample_tuple
@@ -38,9 +38,9 @@ from scene3d.distill.splat.lift import (
     upsample_features,
 )
 from scene3d.distill.splat.supervision import pool_to_grid, segment_blend
-from scene3d.guard import FiniteGuard
+from scene3d.distill.splat.viz import plot_losses
 from scene3d.lora import add_lora
-from scene3d.runs import RunDir
+from scene3d.runs import RunDir, config_to_dict
 
 DepthFn = Callable[[Float[Tensor, "V H W 3"]], Float[Tensor, "V H W"]]
 
@@ -70,7 +70,6 @@ class SplatDistillConfig:
     depth_source: Literal["dataset", "learned"] = "dataset"
     lift: LiftConfig = field(default_factory=LiftConfig)
     seed: int = 0
-    nonfinite: Literal["stop", "skip"] = "stop"  # NaN / inf loss, gradient or parameter: stop naming it, or skip
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -153,7 +152,9 @@ def finish_target(rendered: Float[Tensor, "H W D"], alpha: Float[Tensor, "H W"],
 
 
 class SplatDistiller:
-    """Student, EMA teacher and optimizer; `train_step` runs one step on a batch of sampled tuples.
+    """Student, EMA teacher and optimizer; a `scene3d.train.Trainable`. A step samples a batch of tuples,
+    builds their targets with the current teacher and scores the student on the target images; the
+    update clips the gradients to norm 1, steps AdamW and moves the EMA teacher.
 
     `fit3d_scenes` (one `LiftedGaussians` per world) switch the targets to the FiT3D-style baseline."""
 
@@ -164,7 +165,8 @@ class SplatDistiller:
             raise ValueError("target_source='fit3d' needs the fitted per-world feature Gaussians")
         self.student, self.teacher, self.worlds, self.cfg = student, teacher.eval(), worlds, cfg
         self.fit3d_scenes, self.depth_fn = fit3d_scenes, depth_fn
-        self.guard = FiniteGuard(cfg.nonfinite)
+        self.name = f"splat-distill ({cfg.target_source})"
+        self.losses: list[float] = []  # per step, since the first (restored on resume)
         if cfg.lora_rank > 0:  # the same adapters on both (B = 0: nothing changes yet), student's copied over
             add_lora(student, cfg.lora_rank, cfg.lora_alpha)  # freezes all but the adapters
             add_lora(teacher, cfg.lora_rank, cfg.lora_alpha)
@@ -209,55 +211,53 @@ class SplatDistiller:
         target, mask = self.targets(batch, tuple(pred.shape[-2:]))
         return feature_loss(pred, target, mask, self.cfg.loss), mask
 
-    def train_step(self, step: int) -> dict[str, float]:
-        """Step `step` (1-based): sample, build targets with the current teacher, update student, EMA."""
+    # the Trainable protocol ------------------------------------------------------------------------
+    def loss(self, step: int) -> tuple[Tensor, dict[str, float]]:
+        """Step `step` (from 1): its sampled tuples' loss with targets from the current teacher."""
         loss, mask = self.batch_loss(self.sample_batch(step))
         lr = self.lr_at(step)
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
-        if not self.guard.loss(step, loss):  # mode "skip": no update
-            return {"loss": float("nan"), "coverage": float(mask.float().mean()), "lr": lr}
-        loss.backward()
+        self.losses.append(loss.item())
+        return loss, {"loss": self.losses[-1], "coverage": float(mask.float().mean()), "lr": lr}
+
+    def guarded_parameters(self) -> Iterator[tuple[str, Tensor]]:
+        return self.student.named_parameters()
+
+    def apply(self, step: int) -> dict[str, float]:
+        """Gradients clipped to norm 1, the AdamW step, then the EMA teacher update (splat targets)."""
         torch.nn.utils.clip_grad_norm_(self.student.parameters(), 1.0)
-        if self.guard.gradients(step, self.student.named_parameters()):
-            self.opt.step()
-        self.guard.parameters(step, self.student.named_parameters())
+        self.opt.step()
         if self.cfg.target_source == "splat" and self.cfg.ema_momentum < 1:
             ema_update(self.teacher, self.student, self.cfg.ema_momentum)
-        return {"loss": loss.item(), "coverage": float(mask.float().mean()), "lr": lr}
+        return {}
 
-    def state_dict(self) -> dict:
+    def validate(self) -> dict[str, float]:
+        return {}
+
+    def finish(self, run: RunDir | None) -> dict[str, Any]:
+        """The mean loss over the first and the last tenth of the steps; with a run folder, `loss.png`."""
+        metrics: dict[str, Any] = {"target_source": self.cfg.target_source}
+        if self.losses:
+            k = max(1, len(self.losses) // 10)
+            metrics["loss_first"] = sum(self.losses[:k]) / k
+            metrics["loss_last"] = sum(self.losses[-k:]) / k
+            if run is not None:
+                plot_losses(run.file("loss.png"), {self.cfg.target_source: self.losses})
+        return metrics
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        return {"distill": config_to_dict(self.cfg)}
+
+    def state_dict(self) -> dict[str, Any]:
         return {"student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
-                "optimizer": self.opt.state_dict()}
+                "optimizer": self.opt.state_dict(), "losses": torch.tensor(self.losses, dtype=torch.float64),
+                "rng": {"torch": torch.get_rng_state()}}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.student.load_state_dict(state["student"])
         self.teacher.load_state_dict(state["teacher"])
         self.opt.load_state_dict(state["optimizer"])
-
-
-def distill(distiller: SplatDistiller, run: RunDir | None = None, checkpoint_every: int = 100, log_every: int = 10,
-            progress: bool = True, config: object = None, stop_at: int | None = None) -> list[dict[str, float]]:
-    """Train for `distiller.cfg.steps` steps, resuming from the run's newest checkpoint; `stop_at`
-    ends early (to test resume). Returns the per-step scalars of the steps run here."""
-    start = 0
-    if run is not None:
-        distiller.guard.checkpoint_dir = run.path / "checkpoints"
-    if run is not None and (ckpt := run.load_latest()) is not None:
-        state, _ = ckpt
-        distiller.load_state_dict(state)
-        start = int(state["step"])
-    end = distiller.cfg.steps if stop_at is None else min(stop_at, distiller.cfg.steps)
-    history = []
-    bar = tqdm(range(start + 1, end + 1), desc=f"splat-distill ({distiller.cfg.target_source})", initial=start,
-               total=distiller.cfg.steps, disable=not progress)
-    for step in bar:
-        scalars = distiller.train_step(step)
-        history.append({"step": step, **scalars})
-        if run is not None and (step % log_every == 0 or step == end):
-            run.log_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
-        if run is not None and (step % checkpoint_every == 0 or step == end):
-            run.save_checkpoint(step, distiller.state_dict(), config)
-        bar.set_postfix(loss=f"{scalars['loss']:.4f}")
-    return history
+        self.losses = state["losses"].tolist()
+        torch.set_rng_state(state["rng"]["torch"])

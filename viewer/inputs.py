@@ -1,55 +1,52 @@
-"""What `scripts/view.py PATH` opens: a synthetic world, a dataset folder, a run directory or a PLY.
+"""The viewer's inputs: what `scripts/view.py PATH...` opens (a synthetic world, a dataset folder,
+a run directory or a PLY file).
 
-`open_target` turns the command-line string into `ViewerContent` (a renderable source, a dataset
+`open_input` turns one command-line string into `ViewerContent` (a renderable source, a dataset
 whose cameras are drawn as frustums, a run directory whose scalars are plotted), or raises one
-`DataError` naming the path and what is wrong with it.
+`DataError` naming the path and what is wrong with it; `open_inputs` combines several.
+
+The renderers that live outside this module are listed here, explicitly: `RUN_ADAPTERS` find a
+renderable checkpoint in a run directory (a SceneSource, or None when the run is not theirs) and
+`FILE_ADAPTERS` open a scene file by suffix. To add one, pass your own tables, e.g.
+`open_input(path, run_adapters=(*RUN_ADAPTERS, my_adapter))` or
+`open_inputs(paths, file_adapters={**FILE_ADAPTERS, ".splat": open_splat})`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
 
 from avfm.data import IMAGE_SUFFIXES
 from scene3d.cameras import Cameras, look_at, orbit_cameras
-from scene3d.data.dataset import MultiViewDataset, make_multiview_dataset
+from scene3d.data.dataset import make_multiview_dataset
 from scene3d.data.formats import load_dataset
 from scene3d.data.synthetic import WorldConfig, make_world
 from scene3d.errors import DataError
+from viewer.adapters import fields as field_adapters
+from viewer.adapters import gaussians
+from viewer.content import ViewerContent
 from viewer.sources import SceneSource, SyntheticSource
 
 SYNTHETIC_PREFIX = "synthetic:"
 
-# Extension points for renderers that live outside this module (radiance fields, Gaussian scenes,
-# active-vision checkpoints). Their adapters are viewer modules (scene3d never imports viewer):
-# RUN_ADAPTERS find a renderable checkpoint in a run directory and return a SceneSource or None;
-# FILE_ADAPTERS open a scene file by suffix (".ply": a 3DGS PLY).
-RUN_ADAPTERS: list[Callable[[Path], SceneSource | None]] = []
-FILE_ADAPTERS: dict[str, Callable[[Path], ViewerContent]] = {}
+RunAdapter = Callable[[Path], SceneSource | None]
+FileAdapter = Callable[[Path], ViewerContent]
+
+# The adapters that ship with the viewer (viewer modules: scene3d never imports viewer), tried in order.
+RUN_ADAPTERS: tuple[RunAdapter, ...] = (field_adapters.FieldSource.from_run, gaussians.source_from_run)
+FILE_ADAPTERS: Mapping[str, FileAdapter] = MappingProxyType({".ply": gaussians.open_ply})
 
 
-@dataclass
-class ViewerContent:
-    """Everything one viewer shows. Any part may be missing; `home` is the first camera pose."""
-
-    title: str
-    source: SceneSource | None = None
-    dataset: MultiViewDataset | None = None
-    run_dir: Path | None = None
-    home: Cameras | None = None
-    center: tuple[float, float, float] = (0.0, 0.0, 0.0)  # what the home camera orbits around
-    # Adapter-specific panels, each built as factory(viser_server) -> object with close().
-    extra_panels: list[Callable[[Any], Any]] = field(default_factory=list)
-
-
-def open_target(spec: str | Path, images: Sequence[Path] = ()) -> ViewerContent:
+def open_input(spec: str | Path, images: Sequence[Path] = (), *, run_adapters: Sequence[RunAdapter] = RUN_ADAPTERS,
+               file_adapters: Mapping[str, FileAdapter] = FILE_ADAPTERS) -> ViewerContent:
     """`synthetic:SEED`, a dataset folder (transforms*.json), a run directory (scalars.jsonl,
-    config.json or checkpoints/) or a .ply file. `images`: image files for the Glimpses panel of an
-    active-vision run."""
+    config.json or checkpoints/) or a scene file (.ply). `images`: image files for the Glimpses panel
+    of an active-vision run. `run_adapters` / `file_adapters` replace the shipped tables."""
     text = str(spec)
     if text.startswith(SYNTHETIC_PREFIX):
         return open_synthetic(text)
@@ -60,21 +57,23 @@ def open_target(spec: str | Path, images: Sequence[Path] = ()) -> ViewerContent:
         raise image_without_run(path)
     if path.is_file():
         suffix = path.suffix.lower()
-        if suffix not in FILE_ADAPTERS:
-            known = ", ".join(sorted(FILE_ADAPTERS)) or "none yet: PLY Gaussian scenes arrive with scene3d.gaussians"
+        if suffix not in file_adapters:
+            known = ", ".join(sorted(file_adapters)) or "none"
             raise DataError(path, None, f"the viewer cannot open {suffix or 'suffix-less'} files (it opens: {known})")
-        return FILE_ADAPTERS[suffix](path)
+        return file_adapters[suffix](path)
     if path.is_dir() and (any(path.glob("transforms*.json"))):
         return open_dataset(path)
     if path.is_dir() and any((path / name).exists() for name in ("scalars.jsonl", "config.json", "checkpoints")):
-        return open_run(path, images)
+        return open_run(path, images, run_adapters)
     raise DataError(path, None, "not a dataset folder (transforms*.json), a run directory (scalars.jsonl, "
                     "config.json, checkpoints/), a .ply file or synthetic:SEED")
 
 
-def open_targets(specs: list[str | Path]) -> ViewerContent:
-    """Several targets in one viewer (e.g. a dataset and the run trained on it): the first source,
-    dataset, run directory and home camera found, in the order given."""
+def open_inputs(specs: Sequence[str | Path], *, run_adapters: Sequence[RunAdapter] = RUN_ADAPTERS,
+                file_adapters: Mapping[str, FileAdapter] = FILE_ADAPTERS) -> ViewerContent:
+    """Several inputs in one viewer (e.g. a dataset and the run trained on it): the first source,
+    dataset, run directory and home camera found, in the order given. Image files go to the
+    Glimpses panel of the active-vision run among them."""
     if not specs:
         raise DataError(None, "PATH", "give at least one path or synthetic:SEED")
     images = [Path(str(s)) for s in specs if Path(str(s)).suffix.lower() in IMAGE_SUFFIXES]
@@ -84,7 +83,7 @@ def open_targets(specs: list[str | Path]) -> ViewerContent:
             raise DataError(image, None, "does not exist")
     if images and not any(is_avfm_run(Path(str(s))) for s in others):
         raise image_without_run(images[0])
-    parts = [open_target(spec, images) for spec in others]
+    parts = [open_input(spec, images, run_adapters=run_adapters, file_adapters=file_adapters) for spec in others]
 
     def first(name: str):
         return next((getattr(p, name) for p in parts if getattr(p, name) is not None), None)
@@ -130,10 +129,11 @@ def overview_camera(cameras: Cameras, center, pull_back: float = 2.0) -> Cameras
     return Cameras.from_fov(look_at(eye[None], center), math.radians(55.0), 640, 480)
 
 
-def open_run(path: Path, images: Sequence[Path] = ()) -> ViewerContent:
-    """A run directory: live scalars, a scene when a registered adapter recognises a checkpoint, and
-    glimpse rollouts for an active-vision (avfm) run (on `images`, then its held-out scenes)."""
-    source = next((s for adapter in RUN_ADAPTERS if (s := adapter(path)) is not None), None)
+def open_run(path: Path, images: Sequence[Path] = (), run_adapters: Sequence[RunAdapter] = RUN_ADAPTERS
+             ) -> ViewerContent:
+    """A run directory: live scalars, a scene from the first of `run_adapters` that recognises a
+    checkpoint, and glimpse rollouts for an active-vision (avfm) run (on `images`, then its held-out scenes)."""
+    source = next((s for adapter in run_adapters if (s := adapter(path)) is not None), None)
     content = ViewerContent(f"run {path.name}", source, None, path, None)
     if is_avfm_run(path):
         from viewer.panels.glimpse import glimpse_home, glimpse_panel_for_run
@@ -165,24 +165,3 @@ def _world_from_summary(file: Path):
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise DataError(file, "config", f"cannot rebuild the world from it ({err})") from None
 
-
-def scene_scale(content: ViewerContent) -> float:
-    """A length for sizing frustums: the dataset's mean camera distance to its centre, else 1."""
-    if content.dataset is None:
-        return 1.0
-    centers = content.dataset.cameras.centers
-    spread = float((centers - centers.mean(0)).norm(dim=-1).mean())
-    return spread if math.isfinite(spread) and spread > 0 else 1.0
-
-
-def _register_adapters() -> None:
-    """The adapters that ship with the viewer (imported here, after ViewerContent exists)."""
-    from viewer.adapters import fields, gaussians
-
-    FILE_ADAPTERS.setdefault(".ply", gaussians.open_ply)
-    for adapter in (fields.FieldSource.from_run, gaussians.source_from_run):
-        if adapter not in RUN_ADAPTERS:
-            RUN_ADAPTERS.append(adapter)
-
-
-_register_adapters()
