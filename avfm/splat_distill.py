@@ -38,7 +38,7 @@ from scene3d.distill.splat.fit3d import Fit3DConfig, fit_feature_gaussians
 from scene3d.distill.splat.probes import ProbeConfig, probe_3d_awareness
 from scene3d.distill.splat.viz import save_feature_panel
 from scene3d.runs import RunDir, config_to_dict
-from scene3d.train import RunConfig, fit
+from scene3d.train import FitResult, RunConfig, fit
 
 NUM_CLASSES = 6  # scene3d.data.synthetic.CLASS_NAMES
 
@@ -153,8 +153,8 @@ class SplatDistillRun(SplatDistiller):
     def checkpoint_config(self) -> dict[str, Any]:
         return config_to_dict(self.job)
 
-    def finish(self, run: RunDir | None) -> dict[str, Any]:
-        metrics = super().finish(run)
+    def finish(self, run: RunDir | None, result: FitResult) -> dict[str, Any]:
+        metrics = super().finish(run, result)
         if self.fit3d_losses:
             metrics["fit3d_final_mse"] = sum(self.fit3d_losses) / len(self.fit3d_losses)
         if run is not None and isinstance(self.student.teacher, ViTTeacher):

@@ -203,7 +203,7 @@ class DenseTeacherTrainer:
     def validate(self) -> dict[str, float]:
         return {}
 
-    def finish(self, run: RunDir | None) -> dict[str, Any]:
+    def finish(self, run: RunDir | None, result: FitResult) -> dict[str, Any]:
         return {"first_losses": self.losses[:5], "last_losses": self.losses[-5:]}
 
     def state_dict(self) -> dict[str, Any]:

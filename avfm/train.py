@@ -46,7 +46,7 @@ from avfm.teachers import (
 from scene3d.device import pick_device
 from scene3d.errors import DataError
 from scene3d.runs import RunDir, config_to_dict
-from scene3d.train import RunConfig, fit
+from scene3d.train import FitResult, RunConfig, fit
 
 
 @dataclass
@@ -306,7 +306,7 @@ class Pretrainer:
         val = validation_loss(self.model, self.val_set, self.teacher, self.cfg, self.device)
         return {f"val/{k}": v for k, v in val.items()}
 
-    def finish(self, run: RunDir | None) -> dict[str, Any]:
+    def finish(self, run: RunDir | None, result: FitResult) -> dict[str, Any]:
         """The first and last 5 training losses and the validation loss."""
         return {"first_losses": self.losses[:5], "last_losses": self.losses[-5:], **self.validate()}
 

@@ -97,8 +97,9 @@ class Trainable(Protocol):
     def checkpoint_config(self) -> dict[str, Any]:
         """JSON saved in every checkpoint beside the state (what a reader needs to rebuild the model)."""
 
-    def finish(self, run: RunDir | None) -> dict[str, Any]:
-        """After the last step: final evaluation and artifacts (renders, exports); the final metrics."""
+    def finish(self, run: RunDir | None, result: FitResult) -> dict[str, Any]:
+        """After the last step: final evaluation and artifacts (renders, exports); the final metrics.
+        `result`: what the loop did (steps, this invocation's steps, training seconds, the timeline)."""
 
 
 @dataclass
@@ -251,7 +252,7 @@ def fit(trainable: Trainable, run: RunDir | None, config: RunConfig, steps: int,
     result = FitResult(step, step - start, step >= steps, trained.wall_s, trained.cpu_s, timeline,
                        skipped_steps=guard.skipped)
     if result.complete:
-        final = trainable.finish(writer)
+        final = trainable.finish(writer, result)
         result.metrics = {**final, "steps": step, "train_seconds": trained.wall_s,
                           "train_cpu_seconds": trained.cpu_s, "threads": torch.get_num_threads(),
                           "timeline": timeline, **guard.finish()}

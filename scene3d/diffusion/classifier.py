@@ -24,7 +24,7 @@ from scene3d.data.synthetic import OBJECT_TYPES
 from scene3d.diffusion.data import ObjectImages, ObjectViews, render_objects
 from scene3d.errors import CheckpointError
 from scene3d.runs import RunDir, config_to_dict
-from scene3d.train import RunConfig, fit
+from scene3d.train import FitResult, RunConfig, fit
 
 NONE_CLASS = "none"
 
@@ -159,7 +159,7 @@ class ClassifierTrainer:
         """{'val_accuracy': ...} over the held-out objects and clutter."""
         return {"val_accuracy": float((self.model.predict(self.val.images) == self.val.labels).float().mean())}
 
-    def finish(self, run: RunDir | None) -> dict[str, Any]:
+    def finish(self, run: RunDir | None, result: FitResult) -> dict[str, Any]:
         self.model.eval()
         return self.validate()
 

@@ -25,7 +25,7 @@ from scene3d.device import pick_device
 from scene3d.diffusion.data import ObjectViews, render_objects
 from scene3d.diffusion.pixel import PixelPrior, PixelPriorConfig
 from scene3d.runs import RunDir, config_to_dict
-from scene3d.train import RunConfig, fit
+from scene3d.train import FitResult, RunConfig, fit
 from scene3d.viz import image_grid, save_png
 
 
@@ -145,7 +145,7 @@ class PriorTrainer:
     def validate(self) -> dict[str, float]:
         return {}
 
-    def finish(self, run: RunDir | None) -> dict[str, Any]:
+    def finish(self, run: RunDir | None, result: FitResult) -> dict[str, Any]:
         """With a run folder: `samples_final.png` and the EMA prior in `prior/`."""
         if run is None:
             return {}

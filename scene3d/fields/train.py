@@ -31,7 +31,7 @@ from scene3d.metrics import psnr, ssim
 from scene3d.rays import Rays
 from scene3d.render import OccupancyGrid, OccupancyGridConfig, render_image, render_rays
 from scene3d.runs import RunDir, config_to_dict
-from scene3d.train import RunConfig, fit
+from scene3d.train import FitResult, RunConfig, fit
 from scene3d.viz import depth_to_grey, to_uint8, write_video
 
 
@@ -138,7 +138,7 @@ class FieldTrainer:
     def validate(self) -> dict[str, float]:
         return self.evaluate(self.config.eval_views)[0]
 
-    def finish(self, run: RunDir | None) -> dict[str, Any]:
+    def finish(self, run: RunDir | None, result: FitResult) -> dict[str, Any]:
         """Test metrics on every test view; with a run folder, renders and the turntable video."""
         metrics, out = self.evaluate()
         if run is not None:

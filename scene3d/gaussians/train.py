@@ -33,7 +33,7 @@ from scene3d.gaussians.scene import GaussianScene
 from scene3d.gaussians.strategy import DensifyStrategy, DensityController
 from scene3d.metrics import psnr, ssim
 from scene3d.runs import RunDir, config_to_dict
-from scene3d.train import RunConfig, fit, seconds_to_reach
+from scene3d.train import FitResult, RunConfig, fit, seconds_to_reach
 from scene3d.viz import image_grid, save_png, write_video
 
 
@@ -198,11 +198,14 @@ class SplatTrainer:
         return {"psnr": evaluate(self.scene, self.test_data, eps2d=self.config.eps2d)["psnr"],
                 "num_gaussians": len(self.scene)}
 
-    def finish(self, run: RunDir | None) -> dict[str, Any]:
-        """Test metrics; with a run folder, the test renders, PLY, turntable video and (`export_mesh`) mesh."""
+    def finish(self, run: RunDir | None, result: FitResult) -> dict[str, Any]:
+        """Test metrics and the training seconds (wall, CPU) to each of `psnr_marks` (from the timeline);
+        with a run folder, the test renders, PLY, turntable video and (`export_mesh`) mesh."""
         cfg, train, test = self.config, self.train_data, self.test_data
         ev = evaluate(self.scene, test, eps2d=cfg.eps2d)
         metrics = {"test_psnr": ev["psnr"], "test_ssim": ev["ssim"], "num_gaussians": len(self.scene)}
+        for clock, key in (("seconds", "seconds_to_psnr"), ("cpu_seconds", "cpu_seconds_to_psnr")):
+            metrics[key] = {f"{m:g}": seconds_to_reach(result.timeline, "psnr", m, clock) for m in cfg.psnr_marks}
         if run is None:
             return metrics
         k = min(4, len(test))
@@ -248,19 +251,12 @@ class SplatTrainer:
 def fit_splats(config: FitConfig) -> tuple[SplatTrainer, dict[str, Any]]:
     """Train to `config.steps` in `<output_root>/splats/<name>/` (resuming its latest checkpoint when
     `config.run.resume`), evaluate and export. Returns the trainer and the metrics of metrics.json:
-    `finish`'s, the loop's (steps, training seconds, "timeline" of test PSNR) and the training
-    seconds to each of `psnr_marks` (empty when a limit ended the invocation early)."""
+    `finish`'s and the loop's (steps, training seconds, "timeline" of test PSNR); empty when a limit
+    ended the invocation early."""
     splits = load_splits(config)  # bad data fails before anything is written
     trainer = SplatTrainer(config, splits["train"], splits.get("test", splits["train"]))
     run = config.run.open("splats", "default")
-    result = fit(trainer, run, config.run, config.steps, job_config=config)
-    if not result.complete:
-        return trainer, result.metrics
-    marks = {clock: {f"{m:g}": seconds_to_reach(result.timeline, "psnr", m, clock) for m in config.psnr_marks}
-             for clock in ("seconds", "cpu_seconds")}
-    metrics = {**result.metrics, "seconds_to_psnr": marks["seconds"], "cpu_seconds_to_psnr": marks["cpu_seconds"]}
-    run.save_metrics(metrics)
-    return trainer, metrics
+    return trainer, fit(trainer, run, config.run, config.steps, job_config=config).metrics
 
 
 def cpu_10min_preset() -> FitConfig:

@@ -7,7 +7,7 @@ import torch
 
 from scene3d.gaussians.ply import read_ply
 from scene3d.gaussians.strategy import DensifyStrategy
-from scene3d.gaussians.train import PRESETS, FitConfig, fit_splats
+from scene3d.gaussians.train import PRESETS, FitConfig, SplatTrainer, fit_splats, load_splits
 from scene3d.runs import RunDir
 from scene3d.train import RunConfig
 
@@ -59,19 +59,19 @@ def test_fit_small_world_reaches_high_psnr(tmp_path):
     assert metrics["mesh_vertices"] > 1000
 
 
-def test_seconds_to_psnr_takes_the_first_evaluation_at_or_above_each_mark(tmp_path, monkeypatch):
+def test_seconds_to_psnr_takes_the_first_evaluation_at_or_above_each_mark(tmp_path):
     import scene3d.train
 
     timeline = [{"step": 1, "seconds": 10.0, "cpu_seconds": 1.0, "psnr": 24.0},
                 {"step": 2, "seconds": 20.0, "cpu_seconds": 2.0, "psnr": 26.5},
                 {"step": 3, "seconds": 30.0, "cpu_seconds": 3.0, "psnr": 25.5},
                 {"step": 4, "seconds": 40.0, "cpu_seconds": 4.0, "psnr": 28.0}]
-    fitted = scene3d.train.FitResult(4, 4, True, 40.0, 4.0, timeline, {"timeline": timeline})
-    monkeypatch.setattr("scene3d.gaussians.train.fit", lambda *args, **kwargs: fitted)
-    _, metrics = fit_splats(_cfg(tmp_path, "m", psnr_marks=(25.0, 28.0, 30.0)))
+    cfg = _cfg(tmp_path, "m", psnr_marks=(25.0, 28.0, 30.0))
+    splits = load_splits(cfg)
+    trainer = SplatTrainer(cfg, splits["train"], splits["test"])
+    metrics = trainer.finish(None, scene3d.train.FitResult(4, 4, True, 40.0, 4.0, timeline))
     assert metrics["seconds_to_psnr"] == {"25": 20.0, "28": 40.0, "30": None}
     assert metrics["cpu_seconds_to_psnr"] == {"25": 2.0, "28": 4.0, "30": None}
-    assert json.loads((tmp_path / "splats/m/metrics.json").read_text())["seconds_to_psnr"]["28"] == 40.0
 
 
 def _fit_splats_script():

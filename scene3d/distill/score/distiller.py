@@ -24,6 +24,7 @@ from scene3d.diffusion.data import ObjectViews
 from scene3d.distill.score.guidance import Guidance, clip_pixel_gradients
 from scene3d.distill.score.views import random_cameras
 from scene3d.runs import RunDir, config_to_dict
+from scene3d.train import FitResult
 
 
 @dataclass
@@ -116,7 +117,7 @@ class ScoreDistiller:
     def validate(self) -> dict[str, float]:
         return {}
 
-    def finish(self, run: RunDir | None) -> dict[str, Any]:
+    def finish(self, run: RunDir | None, result: FitResult) -> dict[str, Any]:
         return {}
 
     def checkpoint_config(self) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from typing import Annotated, Any
 import torch
 import tyro
 from einops import rearrange
-from torch import Tensor
 
 from scene3d.diffusion import PixelPrior, load_prior
 from scene3d.diffusion.base import DiffusionPrior
@@ -27,7 +26,7 @@ from scene3d.distill.score.targets import TARGETS, Student, TargetOptions, build
 from scene3d.distill.score.views import orbit_views
 from scene3d.errors import DataError
 from scene3d.runs import RunDir
-from scene3d.train import RunConfig, fit
+from scene3d.train import FitResult, RunConfig, fit
 from scene3d.viz import image_grid, save_png, write_video
 
 
@@ -84,19 +83,15 @@ class ScoreRun(ScoreDistiller):
     def __init__(self, config: DistillScoreConfig, prior: DiffusionPrior, guidance: Guidance, students: list[Student]):
         super().__init__(prior, guidance, [s.target for s in students], config.distill)
         self.run_config, self.students = config, students
-        self.started, self.steps_here = time.perf_counter(), 0  # this invocation's wall clock and steps
+        self.started = time.perf_counter()  # this invocation's wall clock
 
-    def loss(self, step: int) -> tuple[Tensor, dict[str, float]]:
-        self.steps_here += 1
-        return super().loss(step)
-
-    def finish(self, run: RunDir | None) -> dict[str, Any]:
+    def finish(self, run: RunDir | None, result: FitResult) -> dict[str, Any]:
         """Saturation (and recognition, with a classifier) of 8 views per particle; with a run folder,
         `views.png` (8 views and 4 high views per particle), a turntable and the export per particle
         (particle k > 0 in `particle<k>/`)."""
         config, d = self.run_config, self.run_config.distill
         seconds = time.perf_counter() - self.started
-        metrics: dict[str, Any] = {"seconds": round(seconds, 1), "steps_per_second": self.steps_here / seconds}
+        metrics: dict[str, Any] = {"seconds": round(seconds, 1), "steps_per_second": result.steps_this_run / seconds}
         rows, views = [], []
         for k, student in enumerate(self.students):
             with torch.no_grad():

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from scene3d.data.dataset import MultiViewDataset
 from scene3d.runs import RunDir, config_to_dict
-from scene3d.train import RunConfig, fit
+from scene3d.train import FitResult, RunConfig, fit
 
 
 def _block(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -99,7 +99,7 @@ class DepthNetTrainer:
     def validate(self) -> dict[str, float]:
         return {}
 
-    def finish(self, run: RunDir | None) -> dict[str, Any]:
+    def finish(self, run: RunDir | None, result: FitResult) -> dict[str, Any]:
         return {"loss_last": self.losses[-1]} if self.losses else {}
 
     def checkpoint_config(self) -> dict[str, Any]:

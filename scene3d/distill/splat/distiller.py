@@ -41,6 +41,7 @@ from scene3d.distill.splat.supervision import pool_to_grid, segment_blend
 from scene3d.distill.splat.viz import plot_losses
 from scene3d.lora import add_lora
 from scene3d.runs import RunDir, config_to_dict
+from scene3d.train import FitResult
 
 DepthFn = Callable[[Float[Tensor, "V H W 3"]], Float[Tensor, "V H W"]]
 
@@ -236,7 +237,7 @@ class SplatDistiller:
     def validate(self) -> dict[str, float]:
         return {}
 
-    def finish(self, run: RunDir | None) -> dict[str, Any]:
+    def finish(self, run: RunDir | None, result: FitResult) -> dict[str, Any]:
         """The mean loss over the first and the last tenth of the steps; with a run folder, `loss.png`."""
         metrics: dict[str, Any] = {"target_source": self.cfg.target_source}
         if self.losses:

@@ -24,7 +24,7 @@ from scene3d.distill.splat.lift import LiftedGaussians
 from scene3d.gaussians.rasterize import rasterize_gaussians
 from scene3d.gaussians.scene import GaussianScene
 from scene3d.runs import RunDir, config_to_dict
-from scene3d.train import RunConfig, fit
+from scene3d.train import FitResult, RunConfig, fit
 
 
 @dataclass
@@ -87,7 +87,7 @@ class FeatureGaussianFit:
     def validate(self) -> dict[str, float]:
         return {}
 
-    def finish(self, run: RunDir | None) -> dict[str, Any]:
+    def finish(self, run: RunDir | None, result: FitResult) -> dict[str, Any]:
         return {"loss_last": self.losses[-1]} if self.losses else {}
 
     def checkpoint_config(self) -> dict[str, Any]:

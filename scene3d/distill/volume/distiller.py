@@ -49,6 +49,7 @@ from scene3d.metrics import psnr, ssim
 from scene3d.rays import Rays
 from scene3d.render import OccupancyGrid, OccupancyGridConfig, render_image, render_rays
 from scene3d.runs import RunDir, config_to_dict
+from scene3d.train import FitResult
 from scene3d.viz import depth_to_grey, to_uint8
 
 DENSITY_RANGE = (-2.0, 7.0)
@@ -426,7 +427,7 @@ class VolumeDistiller:
     def validate(self) -> dict[str, float]:
         return self.evaluate(self.eval_views)[0] if self.views is not None else {}
 
-    def finish(self, run: RunDir | None) -> dict[str, Any]:
+    def finish(self, run: RunDir | None, result: FitResult) -> dict[str, Any]:
         """Metrics on every evaluation view; with a run folder, renders and `student.safetensors`."""
         metrics, out = self.evaluate() if self.views is not None else ({}, None)
         if run is not None:

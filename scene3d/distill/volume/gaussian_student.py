@@ -32,6 +32,7 @@ from scene3d.gaussians.strategy import DensifyStrategy, DensityController
 from scene3d.gaussians.train import loss_fn, make_optimizer, scene_extent, set_means_lr
 from scene3d.render import OccupancyGrid, OccupancyGridConfig, render_image
 from scene3d.runs import RunDir, config_to_dict
+from scene3d.train import FitResult
 from scene3d.viz import image_grid, save_png
 
 
@@ -175,7 +176,7 @@ class FieldToGaussianDistiller:
     def validate(self) -> dict[str, float]:
         return self.evaluate(self.eval_views)[0] if self.views is not None else {}
 
-    def finish(self, run: RunDir | None) -> dict[str, Any]:
+    def finish(self, run: RunDir | None, result: FitResult) -> dict[str, Any]:
         """Metrics on every evaluation view; with a run folder, `renders/test_grid.png` (rows: ground
         truth when known, teacher, student) and `scene.ply`."""
         metrics, pred = self.evaluate() if self.views is not None else ({}, None)

@@ -22,6 +22,8 @@ from scene3d.gaussians import GaussianScene
 from scene3d.gaussians.rasterize import rasterize
 from scene3d.rays import Rays
 from scene3d.render import render_rays
+from scene3d.runs import RunDir
+from scene3d.train import FitResult
 
 
 @torch.no_grad()
@@ -108,5 +110,5 @@ class GaussianToFieldDistiller:
     def checkpoint_config(self) -> dict:
         return field_spec(self.student)
 
-    def finish(self, run) -> dict:
+    def finish(self, run: RunDir | None, result: FitResult) -> dict:
         return {"student": self.student.name, "params": self.student.parameter_count()}
