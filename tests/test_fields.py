@@ -215,3 +215,31 @@ def test_bad_checkpoints_raise_checkpoint_error(tmp_path):
     save_checkpoint(unknown, {"field": {}}, {"field": "nerfacto", "config": {}})
     with pytest.raises(CheckpointError, match="cannot rebuild"):
         load_field(unknown)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_every_architecture_accepts_an_empty_batch(name):
+    """A chunk of rays with no candidate sample (all background) reaches the field as zero points."""
+    field = tiny_field(name)
+    for shape in ((0,), (0, 5), (3, 0)):
+        sigma, rgb = field.query(torch.zeros(*shape, 3), torch.zeros(*shape, 3))
+        assert sigma.shape == shape and rgb.shape == (*shape, field.config.color_dim)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("size", [64, 384, pytest.param(1024, marks=pytest.mark.slow)])
+def test_every_architecture_renders_an_all_background_view_with_occupancy(name, size):
+    """With an occupancy grid that is empty around the camera's view, whole chunks skip the field."""
+    from scene3d.cameras import Cameras, look_at
+    from scene3d.render import OccupancyGrid, render_image
+
+    field = tiny_field(name)
+    grid = OccupancyGrid(field.aabb)
+    grid.bitfield.zero_()
+    grid.bitfield[0, 0, 0] = True                       # one occupied corner cell: most chunks are empty
+    camera = Cameras.from_fov(look_at(torch.tensor([[0.0, -3.0, 0.0]]), torch.zeros(3)), math.radians(30),
+                              size, size)
+    out = render_image(field, camera, n_samples=4, occupancy=grid, background=(1.0, 1.0, 1.0))
+    assert out["rgb"].shape == (1, size, size, field.config.color_dim)
+    assert torch.isfinite(out["rgb"]).all()
+    torch.testing.assert_close(out["rgb"][0, size // 2, size // 2], torch.ones(field.config.color_dim))

@@ -115,7 +115,7 @@ class TensoRFField(Field):
         coords = (self.normalize(x) * 2 - 1).reshape(-1, 3)
         features = torch.cat([_sample_vm(self.density_planes, self.density_lines, coords),
                               _sample_vm(self.app_planes, self.app_lines, coords)], dim=-1)
-        return features.reshape(*batch, -1)
+        return features.reshape(*batch, features.shape[-1])
 
     def decode_density(self, features: Float[Tensor, "*B F"]) -> Float[Tensor, "*B"]:
         return features[..., : 3 * self.config.density_components].sum(dim=-1) + self.config.density_shift

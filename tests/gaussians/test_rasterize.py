@@ -162,3 +162,17 @@ def test_gsplat_backend_matches_torch_backend_on_cuda():
     out = rasterize(scene.cuda(), cams.to("cuda"), backend="gsplat", background=(0.2, 0.3, 0.4))
     torch.testing.assert_close(out.colors.cpu(), ref.colors, atol=1e-3, rtol=0)
     torch.testing.assert_close(out.alpha.cpu(), ref.alpha, atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("n_gaussians", [0, 50])
+@pytest.mark.parametrize("size", [64, 1024])
+def test_a_view_with_no_gaussian_in_it_is_background(n_gaussians, size):
+    """No Gaussian at all, or a camera looking away from all of them: every pixel is background."""
+    from scene3d.gaussians.scene import GaussianScene
+
+    scene = GaussianScene.random(n_gaussians, torch.tensor([[-1.0, -1, -1], [1, 1, 1]]),
+                                 generator=torch.Generator().manual_seed(0))
+    away = look_at(torch.tensor([[0.0, -3.0, 0.0]]), torch.tensor([0.0, -10.0, 0.0]))
+    out = rasterize(scene, Cameras.from_fov(away, 0.5, size, size), backend="torch", background=(0.1, 0.2, 0.3))
+    assert out.colors.shape == (1, size, size, 3) and out.alpha.eq(0).all()
+    torch.testing.assert_close(out.colors[0, 7, 9], torch.tensor([0.1, 0.2, 0.3]))
