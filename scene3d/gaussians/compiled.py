@@ -1,14 +1,16 @@
-"""The compiled CPU compositing kernel: `csrc/composite.cpp` (C++, OpenMP over tiles), built on first use.
+"""The compiled CPU kernels: `csrc/composite.cpp` (C++, OpenMP over tiles), built on first use.
 
 `torch.utils.cpp_extension.load` compiles it with the system compiler into torch's extension cache
 (`$TORCH_EXTENSIONS_DIR`, default `~/.cache/torch_extensions`) once; later processes load the cached
 library. If the build fails, `kernel()` returns None after one warning line and the torch path
 (composite.py, the reference) is used instead. `SCENE3D_COMPILED=0` disables the kernel.
-Semantics, inputs and outputs are those of `composite.composite_tiled`.
+Semantics, inputs and outputs are those of the torch references: `composite.composite_tiled` and
+`tiles.bin_gaussians` (equal lists, tested).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import warnings
@@ -81,3 +83,16 @@ def composite_compiled(means2d: Float[Tensor, "C N 2"], conics: Float[Tensor, "C
     """Accumulated features [C,H,W,D] and alpha [C,H,W] (no background) with the compiled kernel."""
     return CompiledComposite.apply(means2d.flatten(0, 1), conics.flatten(0, 1), opacities.flatten(0, 1),
                                    feats.flatten(0, 1), bins, width, height)
+
+
+@torch.no_grad()
+def bin_gaussians_compiled(means2d: Float[Tensor, "C N 2"], extent: Float[Tensor, "C N 2"],
+                           depths: Float[Tensor, "C N"], width: int, height: int, tile_size: int = 16) -> TileBins:
+    """`tiles.bin_gaussians` with a counting sort in C++: the same TileBins."""
+    n_img, n = depths.shape
+    tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
+    order = torch.argsort(depths.flatten(), stable=True)
+    ids, start, count = kernel().bin_tiles(means2d.reshape(-1, 2).contiguous(),
+                                           extent.to(means2d.dtype).reshape(-1, 2).contiguous(), order, n,
+                                           tile_size, tiles_x, tiles_y, n_img)
+    return TileBins(tile_size, tiles_x, tiles_y, n_img, ids, start, count)

@@ -18,7 +18,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from scene3d.cameras import Cameras
-from scene3d.gaussians.compiled import composite_compiled, kernel
+from scene3d.gaussians.compiled import bin_gaussians_compiled, composite_compiled, kernel
 from scene3d.gaussians.composite import composite_tiled
 from scene3d.gaussians.projection import covariance_3d, project_gaussians
 from scene3d.gaussians.reference import composite_dense
@@ -102,7 +102,8 @@ def rasterize_gaussians(means: Float[Tensor, "N 3"], quats: Float[Tensor, "N 4"]
                                      width, height, pixel_chunk)
     else:
         ext = screen_extent(proj.radii, proj.cov2d.detach(), opac.detach())
-        bins = bin_gaussians(proj.means2d.detach(), ext, proj.depths.detach(), width, height, tile_size)
+        binner = bin_gaussians_compiled if backend == "compiled" else bin_gaussians
+        bins = binner(proj.means2d.detach(), ext, proj.depths.detach(), width, height, tile_size)
         if backend == "compiled":
             acc, alpha = composite_compiled(proj.means2d, proj.conics, opac, feats, bins, width, height)
         else:

@@ -289,7 +289,66 @@ std::vector<torch::Tensor> composite_backward(torch::Tensor means, torch::Tensor
           g.slice(1, 6, 6 + D).contiguous()};
 }
 
+namespace {
+
+template <typename scalar_t>
+void tile_rects(const scalar_t* means, const scalar_t* extent, int64_t M, int64_t ts, int64_t tiles_x,
+                int64_t tiles_y, int64_t* rect) {
+  const scalar_t size = static_cast<scalar_t>(ts);
+  auto clamp = [](scalar_t v, int64_t n) {
+    return static_cast<int64_t>(std::min(std::max(v, scalar_t(0)), static_cast<scalar_t>(n)));
+  };
+  for (int64_t i = 0; i < M; ++i) {
+    const scalar_t mx = means[2 * i], my = means[2 * i + 1], ex = extent[2 * i], ey = extent[2 * i + 1];
+    int64_t* r = rect + 4 * i;
+    r[0] = clamp(std::floor((mx - ex) / size), tiles_x);
+    r[1] = clamp(std::ceil((mx + ex) / size), tiles_x);
+    r[2] = clamp(std::floor((my - ey) / size), tiles_y);
+    r[3] = clamp(std::ceil((my + ey) / size), tiles_y);
+    if (!(ex > 0 && ey > 0)) r[1] = r[0];  // invisible: an empty rectangle
+  }
+}
+
+}  // namespace
+
+// Tile lists of TileBins: every (tile, Gaussian) overlap, each tile's run in the order of `order` (front to back).
+// means / extent [M,2] flat over (image, Gaussian) with N per image; -> (pair_ids, tile_start, tile_count)
+std::vector<torch::Tensor> bin_tiles(torch::Tensor means, torch::Tensor extent, torch::Tensor order, int64_t n,
+                                     int64_t ts, int64_t tiles_x, int64_t tiles_y, int64_t n_images) {
+  TORCH_CHECK(means.is_contiguous() && extent.is_contiguous() && order.is_contiguous() &&
+                  extent.scalar_type() == means.scalar_type() && order.scalar_type() == torch::kInt64,
+              "bin_tiles: contiguous means and extent of one dtype, int64 order");
+  const int64_t M = means.size(0), per = tiles_x * tiles_y;
+  auto rect = torch::empty({M, 4}, torch::kInt64);
+  int64_t* r = rect.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "bin_tiles", [&] {
+    tile_rects<scalar_t>(means.data_ptr<scalar_t>(), extent.data_ptr<scalar_t>(), M, ts, tiles_x, tiles_y, r);
+  });
+  auto count = torch::zeros({n_images * per}, torch::kInt64);
+  int64_t* c = count.data_ptr<int64_t>();
+  for (int64_t i = 0; i < M; ++i) {
+    const int64_t* q = r + 4 * i;
+    const int64_t base = (i / n) * per;
+    for (int64_t ty = q[2]; ty < q[3]; ++ty)
+      for (int64_t tx = q[0]; tx < q[1]; ++tx) ++c[base + ty * tiles_x + tx];
+  }
+  auto start = count.cumsum(0) - count;
+  auto cursor = start.clone();
+  int64_t* cur = cursor.data_ptr<int64_t>();
+  auto ids = torch::empty({count.sum().item<int64_t>()}, torch::kInt64);
+  int64_t* out = ids.data_ptr<int64_t>();
+  const int64_t* ord = order.data_ptr<int64_t>();
+  for (int64_t k = 0; k < order.numel(); ++k) {
+    const int64_t i = ord[k], base = (i / n) * per;
+    const int64_t* q = r + 4 * i;
+    for (int64_t ty = q[2]; ty < q[3]; ++ty)
+      for (int64_t tx = q[0]; tx < q[1]; ++tx) out[cur[base + ty * tiles_x + tx]++] = i;
+  }
+  return {ids, start, count};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("composite_forward", &composite_forward, "tiled compositing forward (CPU)");
   m.def("composite_backward", &composite_backward, "tiled compositing backward (CPU)");
+  m.def("bin_tiles", &bin_tiles, "tile lists of every (tile, Gaussian) overlap (CPU)");
 }
