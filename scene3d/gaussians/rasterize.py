@@ -20,7 +20,7 @@ from torch import Tensor
 from scene3d.cameras import Cameras
 from scene3d.gaussians.compiled import bin_gaussians_compiled, composite_compiled, kernel
 from scene3d.gaussians.composite import composite_tiled
-from scene3d.gaussians.projection import covariance_3d, project_gaussians
+from scene3d.gaussians.projection import Projected, covariance_3d, project_gaussians
 from scene3d.gaussians.reference import composite_dense
 from scene3d.gaussians.scene import GaussianScene
 from scene3d.gaussians.tiles import bin_gaussians, screen_extent
@@ -97,22 +97,27 @@ def rasterize_gaussians(means: Float[Tensor, "N 3"], quats: Float[Tensor, "N 4"]
         colors = colors[None].expand(n_cams, -1, -1)
     feats = torch.cat([colors, proj.depths[..., None]], dim=-1)  # depth rides along as a channel
     opac = opacities[None].expand(n_cams, -1)
-    if backend == "dense":
-        acc, alpha = composite_dense(proj.means2d, proj.conics, opac, feats, proj.depths, proj.radii.all(-1) > 0,
-                                     width, height, pixel_chunk)
-    else:
-        ext = screen_extent(proj.radii, proj.cov2d.detach(), opac.detach())
-        binner = bin_gaussians_compiled if backend == "compiled" else bin_gaussians
-        bins = binner(proj.means2d.detach(), ext, proj.depths.detach(), width, height, tile_size)
-        if backend == "compiled":
-            acc, alpha = composite_compiled(proj.means2d, proj.conics, opac, feats, bins, width, height)
-        else:
-            acc, alpha = composite_tiled(proj.means2d, proj.conics, opac, feats, bins, width, height, chunk,
-                                         max_chunk)
+    acc, alpha = composite(proj, opac, feats, width, height, backend, tile_size=tile_size, chunk=chunk,
+                           max_chunk=max_chunk, pixel_chunk=pixel_chunk)
     bg = _background(background, n_cams, colors.shape[-1], colors)
     out_colors = acc[..., :-1] + (1.0 - alpha)[..., None] * bg[:, None, None, :]
     depth = acc[..., -1] / alpha.clamp(min=1e-10)
     return RenderOutput(out_colors, depth, alpha, proj.means2d, proj.radii)
+
+
+def composite(proj: Projected, opacities: Float[Tensor, "C N"], feats: Float[Tensor, "C N D"], width: int,
+              height: int, backend: Literal["compiled", "torch", "dense"], *, tile_size: int = 8, chunk: int = 32,
+              max_chunk: int = 256, pixel_chunk: int | None = None) -> tuple[Tensor, Tensor]:
+    """Accumulated features [C,H,W,D] and alpha [C,H,W] (no background) of projected Gaussians."""
+    if backend == "dense":
+        return composite_dense(proj.means2d, proj.conics, opacities, feats, proj.depths, proj.radii.all(-1) > 0,
+                               width, height, pixel_chunk)
+    ext = screen_extent(proj.radii, proj.cov2d.detach(), opacities.detach())
+    binner = bin_gaussians_compiled if backend == "compiled" else bin_gaussians
+    bins = binner(proj.means2d.detach(), ext, proj.depths.detach(), width, height, tile_size)
+    if backend == "compiled":
+        return composite_compiled(proj.means2d, proj.conics, opacities, feats, bins, width, height)
+    return composite_tiled(proj.means2d, proj.conics, opacities, feats, bins, width, height, chunk, max_chunk)
 
 
 def _rasterize_gsplat(scene: GaussianScene, cameras: Cameras, background, sh_degree, features, near_plane,
