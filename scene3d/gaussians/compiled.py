@@ -14,6 +14,8 @@ import math
 import os
 import shutil
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -53,6 +55,18 @@ def kernel() -> ModuleType | None:
                               "using the torch path", RuntimeWarning, stacklevel=2)
                 _STATE["module"] = None
     return _STATE["module"]
+
+
+@contextmanager
+def disabled() -> Iterator[None]:
+    """Inside the block, `kernel()` is None, so "auto" picks the torch path (side-by-side comparisons)."""
+    kernel()
+    saved = _STATE["module"]
+    _STATE["module"] = None
+    try:
+        yield
+    finally:
+        _STATE["module"] = saved
 
 
 class CompiledComposite(torch.autograd.Function):

@@ -139,3 +139,9 @@ def test_compiled_binning_equals_torch_binning(tile_size):
     for name in ("pair_ids", "tile_start", "tile_count"):
         assert torch.equal(getattr(ours, name), getattr(ref, name)), name
     assert (ours.tile_size, ours.tiles_x, ours.tiles_y, ours.n_images) == (tile_size, ref.tiles_x, ref.tiles_y, 2)
+
+
+def test_disabled_block_selects_torch_then_restores():
+    with compiled.disabled():
+        assert resolve_backend("auto", torch.device("cpu")) == "torch"
+    assert resolve_backend("auto", torch.device("cpu")) == "compiled"
