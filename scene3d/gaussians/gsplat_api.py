@@ -65,7 +65,7 @@ def rasterization(means: Float[Tensor, "N 3"], quats: Float[Tensor, "N 4"], scal
         raise ValueError(f"rasterization: unknown render_mode {render_mode!r}")
     if rasterize_mode not in ("classic", "antialiased"):
         raise ValueError(f"rasterization: unknown rasterize_mode {rasterize_mode!r}")
-    kind = resolve_backend(backend, means.device, gsplat=False)
+    kind = resolve_backend(backend, means.device, gsplat=False, dtype=means.dtype)
     if kind == "gsplat":
         raise ValueError("rasterization: backend 'gsplat' is gsplat.rasterization itself; call it directly")
     n_cams = len(viewmats)

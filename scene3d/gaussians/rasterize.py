@@ -37,18 +37,20 @@ class RenderOutput:
     radii: Int[Tensor, "C N 2"]  # 0 where a Gaussian is culled
 
 
-def resolve_backend(backend: Backend, device: torch.device, gsplat: bool = True) -> str:
-    """The backend "auto" means on `device` (gsplat only where `gsplat` allows it); checks the others."""
+def resolve_backend(backend: Backend, device: torch.device, gsplat: bool = True,
+                    dtype: torch.dtype = torch.float32) -> str:
+    """The backend "auto" means on `device` for `dtype` (gsplat only where `gsplat` allows it); checks the others."""
+    compiled_ok = device.type == "cpu" and dtype in (torch.float32, torch.float64)
     if backend == "auto":
         if device.type == "cuda" and gsplat:
             return "gsplat"
-        return "compiled" if device.type == "cpu" and kernel() is not None else "torch"
+        return "compiled" if compiled_ok and kernel() is not None else "torch"
     if backend == "gsplat" and device.type != "cuda":
         raise RuntimeError("backend='gsplat' needs the scene and cameras on a CUDA device (gsplat's kernels are "
                            "CUDA-only); use backend='compiled' or 'torch' on CPU")
-    if backend == "compiled" and (device.type != "cpu" or kernel() is None):
-        raise RuntimeError("backend='compiled' needs CPU tensors and a built kernel (scene3d/gaussians/compiled.py); "
-                           "use backend='torch'")
+    if backend == "compiled" and (not compiled_ok or kernel() is None):
+        raise RuntimeError("backend='compiled' needs float32/float64 CPU tensors and a built kernel "
+                           "(scene3d/gaussians/compiled.py); use backend='torch'")
     if backend not in ("compiled", "torch", "gsplat", "dense"):
         raise ValueError(f"unknown rasterizer backend {backend!r}; choose auto, compiled, torch, gsplat or dense")
     return backend
@@ -69,7 +71,7 @@ def rasterize(scene: GaussianScene, cameras: Cameras, backend: Backend = "auto",
     `sh_degree` limits the SH degree used (progressive SH training). `tile_size`, `chunk` and `max_chunk`
     tune the tiled backends (8x8 tiles are fastest on CPU for small Gaussians); gsplat uses its own 16x16 tiles."""
     cameras = cameras.to(scene.means.device, scene.means.dtype)
-    kind = resolve_backend(backend, scene.means.device)
+    kind = resolve_backend(backend, scene.means.device, dtype=scene.means.dtype)
     if kind == "gsplat":
         return _rasterize_gsplat(scene, cameras, background, sh_degree, features, near_plane, far_plane, eps2d)
     colors = scene.colors(cameras.centers, sh_degree) if features is None else features
@@ -87,7 +89,7 @@ def rasterize_gaussians(means: Float[Tensor, "N 3"], quats: Float[Tensor, "N 4"]
                         chunk: int = 32, max_chunk: int = 256, pixel_chunk: int | None = None) -> RenderOutput:
     """The functional core of the CPU backends on raw (activated) Gaussian parameters ("auto": compiled
     on CPU when it builds, else torch; gsplat is not offered here)."""
-    backend = resolve_backend(backend, means.device, gsplat=False)
+    backend = resolve_backend(backend, means.device, gsplat=False, dtype=means.dtype)
     if backend == "gsplat":
         raise ValueError("rasterize_gaussians runs the compiled, torch or dense backend; use rasterize() for gsplat")
     n_cams, width, height = len(cameras), cameras.width, cameras.height

@@ -145,3 +145,9 @@ def test_disabled_block_selects_torch_then_restores():
     with compiled.disabled():
         assert resolve_backend("auto", torch.device("cpu")) == "torch"
     assert resolve_backend("auto", torch.device("cpu")) == "compiled"
+
+
+def test_auto_keeps_other_dtypes_on_the_torch_path():
+    assert resolve_backend("auto", torch.device("cpu"), dtype=torch.bfloat16) == "torch"
+    with pytest.raises(RuntimeError, match="float32/float64"):
+        resolve_backend("compiled", torch.device("cpu"), dtype=torch.float16)
