@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEBIAN_PACKAGES := libusb-1.0-0 chromium
+DEBIAN_PACKAGES := libusb-1.0-0 chromium g++
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PYTHONUNBUFFERED := 1
 
@@ -12,7 +12,8 @@ export PYTHONUNBUFFERED := 1
 
 setup: system-deps $(STAMP)
 
-# open3d needs libusb at import time, the viewer's browser tests chromium; install only what is missing.
+# open3d needs libusb at import time, the viewer's browser tests chromium, the compiled CPU rasterizer g++;
+# install only what is missing.
 system-deps:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

@@ -1,9 +1,11 @@
-"""`rasterize(scene, cameras)`: one entry point, three backends.
+"""`rasterize(scene, cameras)`: one entry point, four backends.
 
-- "torch": our tiled pure-torch rasterizer (projection.py -> tiles.py -> composite.py), any device.
+- "compiled": projection.py -> tiles.py -> the C++/OpenMP compositing kernel (compiled.py); CPU only.
+- "torch": our tiled pure-torch rasterizer (projection.py -> tiles.py -> composite.py), any device;
+  the reference of "compiled" and its fallback.
 - "gsplat": `gsplat.rasterization` (CUDA kernels), same conventions and outputs; CUDA only.
 - "dense": the brute-force reference (reference.py), for tests and benchmarks.
-"auto" picks gsplat when the data is on a CUDA device, else torch.
+"auto" picks gsplat on a CUDA device, else compiled when its kernel builds, else torch.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from scene3d.cameras import Cameras
+from scene3d.gaussians.compiled import bin_gaussians_compiled, composite_compiled, kernel
 from scene3d.gaussians.composite import composite_tiled
-from scene3d.gaussians.projection import covariance_3d, project_gaussians
+from scene3d.gaussians.projection import Projected, covariance_3d, project_gaussians
 from scene3d.gaussians.reference import composite_dense
 from scene3d.gaussians.scene import GaussianScene
 from scene3d.gaussians.tiles import bin_gaussians, screen_extent
 
-Backend = Literal["auto", "torch", "gsplat", "dense"]
+Backend = Literal["auto", "compiled", "torch", "gsplat", "dense"]
 
 
 @dataclass
@@ -34,14 +37,22 @@ class RenderOutput:
     radii: Int[Tensor, "C N 2"]  # 0 where a Gaussian is culled
 
 
-def resolve_backend(backend: Backend, device: torch.device) -> str:
+def resolve_backend(backend: Backend, device: torch.device, gsplat: bool = True,
+                    dtype: torch.dtype = torch.float32) -> str:
+    """The backend "auto" means on `device` for `dtype` (gsplat only where `gsplat` allows it); checks the others."""
+    compiled_ok = device.type == "cpu" and dtype in (torch.float32, torch.float64)
     if backend == "auto":
-        return "gsplat" if device.type == "cuda" else "torch"
+        if device.type == "cuda" and gsplat:
+            return "gsplat"
+        return "compiled" if compiled_ok and kernel() is not None else "torch"
     if backend == "gsplat" and device.type != "cuda":
         raise RuntimeError("backend='gsplat' needs the scene and cameras on a CUDA device (gsplat's kernels are "
-                           "CUDA-only); use backend='torch' on CPU")
-    if backend not in ("torch", "gsplat", "dense"):
-        raise ValueError(f"unknown rasterizer backend {backend!r}; choose auto, torch, gsplat or dense")
+                           "CUDA-only); use backend='compiled' or 'torch' on CPU")
+    if backend == "compiled" and (not compiled_ok or kernel() is None):
+        raise RuntimeError("backend='compiled' needs float32/float64 CPU tensors and a built kernel "
+                           "(scene3d/gaussians/compiled.py); use backend='torch'")
+    if backend not in ("compiled", "torch", "gsplat", "dense"):
+        raise ValueError(f"unknown rasterizer backend {backend!r}; choose auto, compiled, torch, gsplat or dense")
     return backend
 
 
@@ -58,9 +69,9 @@ def rasterize(scene: GaussianScene, cameras: Cameras, backend: Backend = "auto",
               eps2d: float = 0.3, tile_size: int = 8, chunk: int = 32, max_chunk: int = 256) -> RenderOutput:
     """Render `scene` from every camera. `features` [N,D] or [C,N,D] overrides the scene's colours;
     `sh_degree` limits the SH degree used (progressive SH training). `tile_size`, `chunk` and `max_chunk`
-    tune the torch backend (8x8 tiles are fastest on CPU for small Gaussians); gsplat uses its own 16x16 tiles."""
+    tune the tiled backends (8x8 tiles are fastest on CPU for small Gaussians); gsplat uses its own 16x16 tiles."""
     cameras = cameras.to(scene.means.device, scene.means.dtype)
-    kind = resolve_backend(backend, scene.means.device)
+    kind = resolve_backend(backend, scene.means.device, dtype=scene.means.dtype)
     if kind == "gsplat":
         return _rasterize_gsplat(scene, cameras, background, sh_degree, features, near_plane, far_plane, eps2d)
     colors = scene.colors(cameras.centers, sh_degree) if features is None else features
@@ -72,11 +83,15 @@ def rasterize(scene: GaussianScene, cameras: Cameras, backend: Backend = "auto",
 
 def rasterize_gaussians(means: Float[Tensor, "N 3"], quats: Float[Tensor, "N 4"], scales: Float[Tensor, "N 3"],
                         opacities: Float[Tensor, " N"], colors: Float[Tensor, "N D"] | Float[Tensor, "C N D"],
-                        cameras: Cameras, backend: Literal["torch", "dense"] = "torch",
+                        cameras: Cameras, backend: Backend = "auto",
                         background: Tensor | float | tuple | None = None, near_plane: float = 0.01,
                         far_plane: float = 1e10, eps2d: float = 0.3, tile_size: int = 8,
                         chunk: int = 32, max_chunk: int = 256, pixel_chunk: int | None = None) -> RenderOutput:
-    """The functional core of the torch backends on raw (activated) Gaussian parameters."""
+    """The functional core of the CPU backends on raw (activated) Gaussian parameters ("auto": compiled
+    on CPU when it builds, else torch; gsplat is not offered here)."""
+    backend = resolve_backend(backend, means.device, gsplat=False, dtype=means.dtype)
+    if backend == "gsplat":
+        raise ValueError("rasterize_gaussians runs the compiled, torch or dense backend; use rasterize() for gsplat")
     n_cams, width, height = len(cameras), cameras.width, cameras.height
     proj = project_gaussians(means, covariance_3d(quats, scales), cameras.w2c, cameras.K, width, height,
                              eps2d=eps2d, near_plane=near_plane, far_plane=far_plane)
@@ -84,17 +99,27 @@ def rasterize_gaussians(means: Float[Tensor, "N 3"], quats: Float[Tensor, "N 4"]
         colors = colors[None].expand(n_cams, -1, -1)
     feats = torch.cat([colors, proj.depths[..., None]], dim=-1)  # depth rides along as a channel
     opac = opacities[None].expand(n_cams, -1)
-    if backend == "dense":
-        acc, alpha = composite_dense(proj.means2d, proj.conics, opac, feats, proj.depths, proj.radii.all(-1) > 0,
-                                     width, height, pixel_chunk)
-    else:
-        ext = screen_extent(proj.radii, proj.cov2d.detach(), opac.detach())
-        bins = bin_gaussians(proj.means2d.detach(), ext, proj.depths.detach(), width, height, tile_size)
-        acc, alpha = composite_tiled(proj.means2d, proj.conics, opac, feats, bins, width, height, chunk, max_chunk)
+    acc, alpha = composite(proj, opac, feats, width, height, backend, tile_size=tile_size, chunk=chunk,
+                           max_chunk=max_chunk, pixel_chunk=pixel_chunk)
     bg = _background(background, n_cams, colors.shape[-1], colors)
     out_colors = acc[..., :-1] + (1.0 - alpha)[..., None] * bg[:, None, None, :]
     depth = acc[..., -1] / alpha.clamp(min=1e-10)
     return RenderOutput(out_colors, depth, alpha, proj.means2d, proj.radii)
+
+
+def composite(proj: Projected, opacities: Float[Tensor, "C N"], feats: Float[Tensor, "C N D"], width: int,
+              height: int, backend: Literal["compiled", "torch", "dense"], *, tile_size: int = 8, chunk: int = 32,
+              max_chunk: int = 256, pixel_chunk: int | None = None) -> tuple[Tensor, Tensor]:
+    """Accumulated features [C,H,W,D] and alpha [C,H,W] (no background) of projected Gaussians."""
+    if backend == "dense":
+        return composite_dense(proj.means2d, proj.conics, opacities, feats, proj.depths, proj.radii.all(-1) > 0,
+                               width, height, pixel_chunk)
+    ext = screen_extent(proj.radii, proj.cov2d.detach(), opacities.detach())
+    binner = bin_gaussians_compiled if backend == "compiled" else bin_gaussians
+    bins = binner(proj.means2d.detach(), ext, proj.depths.detach(), width, height, tile_size)
+    if backend == "compiled":
+        return composite_compiled(proj.means2d, proj.conics, opacities, feats, bins, width, height)
+    return composite_tiled(proj.means2d, proj.conics, opacities, feats, bins, width, height, chunk, max_chunk)
 
 
 def _rasterize_gsplat(scene: GaussianScene, cameras: Cameras, background, sh_degree, features, near_plane,

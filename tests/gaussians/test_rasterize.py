@@ -7,6 +7,7 @@ import torch
 from scene3d.cameras import Cameras, look_at, orbit_cameras
 from scene3d.gaussians import rasterize, rasterize_gaussians
 from scene3d.gaussians.composite import composite_tiled
+from scene3d.gaussians.rasterize import resolve_backend
 from scene3d.gaussians.sh import eval_sh
 from scene3d.gaussians.tiles import bin_gaussians
 from tests.gaussians.helpers import random_scene, two_cameras
@@ -143,7 +144,8 @@ def test_gsplat_backend_without_cuda_is_a_clear_error(scene, cameras):
         rasterize(scene, cameras, backend="gsplat")
 
 
-def test_auto_backend_on_cpu_is_torch(scene, cameras):
+def test_auto_backend_on_cpu_is_compiled(scene, cameras):
+    assert resolve_backend("auto", torch.device("cpu")) == "compiled"
     torch.testing.assert_close(rasterize(scene, cameras).colors, rasterize(scene, cameras, backend="torch").colors)
 
 
@@ -164,15 +166,16 @@ def test_gsplat_backend_matches_torch_backend_on_cuda():
     torch.testing.assert_close(out.alpha.cpu(), ref.alpha, atol=1e-3, rtol=0)
 
 
+@pytest.mark.parametrize("backend", ["torch", "compiled"])
 @pytest.mark.parametrize("n_gaussians", [0, 50])
 @pytest.mark.parametrize("size", [64, 1024])
-def test_a_view_with_no_gaussian_in_it_is_background(n_gaussians, size):
+def test_a_view_with_no_gaussian_in_it_is_background(n_gaussians, size, backend):
     """No Gaussian at all, or a camera looking away from all of them: every pixel is background."""
     from scene3d.gaussians.scene import GaussianScene
 
     scene = GaussianScene.random(n_gaussians, torch.tensor([[-1.0, -1, -1], [1, 1, 1]]),
                                  generator=torch.Generator().manual_seed(0))
     away = look_at(torch.tensor([[0.0, -3.0, 0.0]]), torch.tensor([0.0, -10.0, 0.0]))
-    out = rasterize(scene, Cameras.from_fov(away, 0.5, size, size), backend="torch", background=(0.1, 0.2, 0.3))
+    out = rasterize(scene, Cameras.from_fov(away, 0.5, size, size), backend=backend, background=(0.1, 0.2, 0.3))
     assert out.colors.shape == (1, size, size, 3) and out.alpha.eq(0).all()
     torch.testing.assert_close(out.colors[0, 7, 9], torch.tensor([0.1, 0.2, 0.3]))

@@ -106,7 +106,7 @@ def lift_views(cameras: Cameras, depth: Float[Tensor, "V H W"], features: Float[
 
 
 def splat_features(gaussians: LiftedGaussians, cameras: Cameras, eps2d: float = 0.3,
-                   backend: Literal["torch", "dense"] = "torch"
+                   backend: Literal["auto", "compiled", "torch", "dense"] = "auto"
                    ) -> tuple[Float[Tensor, "C H W D"], Float[Tensor, "C H W"]]:
     """Render the Gaussians' features into every camera; features are divided by the accumulated
     opacity (the alpha-normalised feature), which is returned alongside (0 = uncovered)."""

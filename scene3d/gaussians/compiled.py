@@ -1,0 +1,112 @@
+"""The compiled CPU kernels: `csrc/composite.cpp` (C++, OpenMP over tiles), built on first use.
+
+`torch.utils.cpp_extension.load` compiles it with the system compiler into torch's extension cache
+(`$TORCH_EXTENSIONS_DIR`, default `~/.cache/torch_extensions`) once; later processes load the cached
+library. If the build fails, `kernel()` returns None after one warning line and the torch path
+(composite.py, the reference) is used instead. `SCENE3D_COMPILED=0` disables the kernel.
+Semantics, inputs and outputs are those of the torch references: `composite.composite_tiled` and
+`tiles.bin_gaussians` (equal lists, tested).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from scene3d.gaussians.tiles import TileBins
+
+SOURCE = Path(__file__).parent / "csrc" / "composite.cpp"
+NAME = "scene3d_composite_cpu"
+_STATE: dict[str, ModuleType | None] = {}
+
+
+def _build(source: Path, name: str) -> ModuleType:
+    from torch.utils.cpp_extension import load
+
+    if shutil.which("ninja") is None:  # the `ninja` wheel ships the binary beside Python, maybe off PATH
+        import ninja
+
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+    return load(name=name, sources=[str(source)], extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
+                verbose=False)
+
+
+def kernel() -> ModuleType | None:
+    """The built extension module, or None (with a one-line warning) when it cannot be built."""
+    if "module" not in _STATE:
+        if os.environ.get("SCENE3D_COMPILED", "1") == "0":
+            _STATE["module"] = None
+        else:
+            try:
+                _STATE["module"] = _build(SOURCE, NAME)
+            except Exception as err:  # noqa: BLE001 - any build failure means: use the torch path
+                reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                warnings.warn(f"scene3d: compiled CPU rasterizer unavailable ({reason[:200]}); "
+                              "using the torch path", RuntimeWarning, stacklevel=2)
+                _STATE["module"] = None
+    return _STATE["module"]
+
+
+@contextmanager
+def disabled() -> Iterator[None]:
+    """Inside the block, `kernel()` is None, so "auto" picks the torch path (side-by-side comparisons)."""
+    kernel()
+    saved = _STATE["module"]
+    _STATE["module"] = None
+    try:
+        yield
+    finally:
+        _STATE["module"] = saved
+
+
+class CompiledComposite(torch.autograd.Function):
+    """(means2d [M,2], conics [M,3], opacities [M], feats [M,D]) over flat ids image * N + gaussian
+    -> (accumulated features [C,H,W,D], alpha [C,H,W]); background is added by the caller."""
+
+    @staticmethod
+    def forward(ctx, means2d, conics, opacities, feats, bins: TileBins, width: int, height: int):
+        inputs = [x.contiguous() for x in (means2d, conics, opacities, feats)]
+        tiling = (bins.tile_size, bins.tiles_x, bins.tiles_y)
+        lists = (bins.pair_ids.contiguous(), bins.tile_start.contiguous(), bins.tile_count.contiguous())
+        acc, trans = kernel().composite_forward(*inputs, *lists, *tiling, bins.n_images, width, height)
+        ctx.save_for_backward(*inputs, *lists, acc, trans)
+        ctx.cfg = (*tiling, width, height)
+        return acc, 1.0 - trans
+
+    @staticmethod
+    def backward(ctx, g_acc, g_alpha):
+        saved = ctx.saved_tensors
+        grads = kernel().composite_backward(*saved[:7], *ctx.cfg, *saved[7:], g_acc.contiguous(),
+                                            g_alpha.contiguous())
+        return *grads, None, None, None
+
+
+def composite_compiled(means2d: Float[Tensor, "C N 2"], conics: Float[Tensor, "C N 3"],
+                       opacities: Float[Tensor, "C N"], feats: Float[Tensor, "C N D"], bins: TileBins,
+                       width: int, height: int) -> tuple[Tensor, Tensor]:
+    """Accumulated features [C,H,W,D] and alpha [C,H,W] (no background) with the compiled kernel."""
+    return CompiledComposite.apply(means2d.flatten(0, 1), conics.flatten(0, 1), opacities.flatten(0, 1),
+                                   feats.flatten(0, 1), bins, width, height)
+
+
+@torch.no_grad()
+def bin_gaussians_compiled(means2d: Float[Tensor, "C N 2"], extent: Float[Tensor, "C N 2"],
+                           depths: Float[Tensor, "C N"], width: int, height: int, tile_size: int = 16) -> TileBins:
+    """`tiles.bin_gaussians` with a counting sort in C++: the same TileBins."""
+    n_img, n = depths.shape
+    tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
+    order = torch.argsort(depths.flatten(), stable=True)
+    ids, start, count = kernel().bin_tiles(means2d.reshape(-1, 2).contiguous(),
+                                           extent.to(means2d.dtype).reshape(-1, 2).contiguous(), order, n,
+                                           tile_size, tiles_x, tiles_y, n_img)
+    return TileBins(tile_size, tiles_x, tiles_y, n_img, ids, start, count)
