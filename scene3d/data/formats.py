@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from scene3d.cameras import Cameras, opencv_to_opengl, opengl_to_opencv
 from scene3d.checkpoint import atomic_write_json
 from scene3d.data.dataset import MultiViewDataset
+from scene3d.data.lens_fields import frame_lens, lens_fields, stack_lenses
 from scene3d.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -66,6 +67,12 @@ def _intrinsics_dict(cameras: Cameras) -> dict[str, float]:
             "w": cameras.width, "h": cameras.height}
 
 
+def _lens_dict(cameras: Cameras) -> dict[str, Any]:
+    """`camera_model` and distortion keys of the first camera."""
+    dist = None if cameras.distortion is None else cameras.distortion[0]
+    return lens_fields(cameras.lens, dist)
+
+
 def _scene_fields(ds: MultiViewDataset) -> dict[str, Any]:
     """Scene bounds, background, and the depth scale (our .npy depths are already in scene units)."""
     extra = {"depth_unit_scale_factor": 1.0} if ds.depths is not None else {}
@@ -75,6 +82,8 @@ def _scene_fields(ds: MultiViewDataset) -> dict[str, Any]:
 def save_blender(splits: dict[str, MultiViewDataset], root: str | Path, progress: bool = False) -> Path:
     """Write `transforms_{split}.json` + `{split}/NAME.png` (+ buffers) per split."""
     root = Path(root)
+    if any(not ds.cameras.is_pinhole for ds in splits.values()):
+        raise ValueError("the Blender layout has no lens distortion fields: write distorted cameras with save_nerfstudio")
     for split, ds in splits.items():
         frames = []
         for i, name in enumerate(tqdm(ds.names, desc=f"writing {split}", disable=not progress)):
@@ -93,6 +102,9 @@ def save_nerfstudio(splits: dict[str, MultiViewDataset], root: str | Path, progr
     root = Path(root)
     frames, split_lists = [], {}
     first = next(iter(splits.values()))
+    top_lens = _lens_dict(first.cameras[0])
+    if len({ds.cameras.lens for ds in splits.values()}) != 1:
+        raise ValueError("every split of a nerfstudio dataset must have the same lens model")
     for split, ds in splits.items():
         names = []
         for i, name in enumerate(tqdm(ds.names, desc=f"writing {split}", disable=not progress)):
@@ -100,10 +112,13 @@ def save_nerfstudio(splits: dict[str, MultiViewDataset], root: str | Path, progr
             entry["transform_matrix"] = opencv_to_opengl(ds.cameras.c2w[i]).tolist()
             if not torch.allclose(ds.cameras.K[i], first.cameras.K[0]):
                 entry.update({k: v for k, v in _intrinsics_dict(ds.cameras[i]).items() if k not in ("w", "h")})
+            lens = _lens_dict(ds.cameras[i])
+            if lens != top_lens:
+                entry.update({k: v for k, v in lens.items() if k != "camera_model"})
             frames.append(entry)
             names.append(entry["file_path"])
         split_lists[f"{split}_filenames"] = names
-    doc = {"camera_model": "OPENCV", **_intrinsics_dict(first.cameras), **_scene_fields(first),
+    doc = {**top_lens, **_intrinsics_dict(first.cameras), **_scene_fields(first),
            **split_lists, "frames": frames}
     atomic_write_json(root / "transforms.json", doc)
     return root
@@ -361,7 +376,7 @@ def load_dataset(path: str | Path, split: str = "train", downscale: int = 1) -> 
     depth_scale = doc.number(doc.data, "depth_unit_scale_factor", "depth_unit_scale_factor", default=1e-3,
                              positive=True)
 
-    images, masks, c2ws, intrinsics, names = [], [], [], [], []
+    images, masks, c2ws, intrinsics, names, lenses = [], [], [], [], [], []
     buffers: dict[str, list[np.ndarray]] = {}
     size: tuple[int, int] | None = None
     for i, frame in _split_frames(doc, split, blender):
@@ -378,6 +393,7 @@ def load_dataset(path: str | Path, split: str = "train", downscale: int = 1) -> 
         size = (w, h)
         c2ws.append(opengl_to_opencv(doc.matrix(frame, "transform_matrix", f"{where}.transform_matrix")))
         intrinsics.append(_frame_intrinsics(doc, frame, where, w, h))
+        lenses.append((where, *frame_lens(path, doc.data, frame, where)))
         images.append(rgb)
         masks.append(alpha)
         names.append(Path(frame["file_path"]).stem)
@@ -400,7 +416,7 @@ def load_dataset(path: str | Path, split: str = "train", downscale: int = 1) -> 
     w, h = size
     if w % downscale or h % downscale:
         raise DataError(path, "downscale", f"{w}x{h} images are not divisible by {downscale}")
-    cameras = Cameras(torch.stack(c2ws), torch.stack(intrinsics), w, h)
+    cameras = Cameras(torch.stack(c2ws), torch.stack(intrinsics), w, h, *stack_lenses(path, lenses))
     aabb = _aabb(doc, cameras)
     cameras = cameras.scaled(1.0 / downscale)
     data = {kind: _downscale(torch.from_numpy(np.stack(arrs)), downscale, kind) for kind, arrs in buffers.items()}

@@ -79,13 +79,14 @@ def load_splits(cfg: FitConfig) -> dict[str, MultiViewDataset]:
     """train and test splits from `cfg.data`, or the default synthetic world rendered in memory."""
     if cfg.data is not None:
         from scene3d.data.formats import load_dataset
+        from scene3d.data.undistort import undistort_dataset
 
         splits = {"train": load_dataset(cfg.data, "train")}
         try:
             splits["test"] = load_dataset(cfg.data, "test")
         except Exception:  # noqa: BLE001 - a dataset without a test split evaluates on train views
             splits["test"] = splits["train"]
-        return splits
+        return {name: undistort_dataset(ds) for name, ds in splits.items()}  # Gaussians render pinhole
     from scene3d.data.dataset import make_multiview_dataset
     from scene3d.data.synthetic import make_world
 
