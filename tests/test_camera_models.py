@@ -88,9 +88,9 @@ def test_rays_of_a_distorted_dataset_hit_known_points(model, tmp_path):
         for p, (u, v) in enumerate(uv):
             # the camera-space point at depth z whose projection is this pixel centre: solved by least squares
             target = np.array([(u - cx) / fx, (v - cy) / fy])
-            sol = least_squares(lambda q: _forward_np(q[None], lens, values)[0] - target, target, xtol=1e-15,
+            sol = least_squares(lambda q, t=target: _forward_np(q[None], lens, values)[0] - t, target, xtol=1e-15,
                                 ftol=1e-15, gtol=1e-15)
-            z = 1.5 + 0.1 * p % 2
+            z = 1.5 + 0.1 * (p % 2)
             point = c2w[:3, :3] @ np.array([sol.x[0] * z, sol.x[1] * z, z]) + c2w[:3, 3]
             index = np.unravel_index(p * 7, (H, W))
             o = rays.origins[cam][index].double().numpy()

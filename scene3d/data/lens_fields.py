@@ -47,8 +47,8 @@ def frame_lens(path: Any, top: dict, frame: dict, where: str) -> tuple[str, Tens
                 raise DataError(path, prefix + key, f"must be a finite number, got {str(value)[:100]}")
             if key not in allowed:
                 if value != 0:
-                    raise DataError(path, prefix + key, f"distortion key not supported by camera model {model or 'none'}"
-                                    f" (it has {', '.join(allowed) or 'no distortion'})")
+                    raise DataError(path, prefix + key, f"distortion key not supported by camera model "
+                                    f"{model or 'none'} (it has {', '.join(allowed) or 'no distortion'})")
                 continue
             values[key] = float(value)
     dist = distortion_vector(values)

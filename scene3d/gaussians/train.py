@@ -26,7 +26,7 @@ from torch import Tensor
 
 from scene3d.cameras import Cameras, turntable_cameras
 from scene3d.data.dataset import MultiViewDataset
-from scene3d.errors import CheckpointError
+from scene3d.errors import CheckpointError, DataError
 from scene3d.gaussians.ply import write_ply
 from scene3d.gaussians.rasterize import RenderOutput, rasterize
 from scene3d.gaussians.scene import GaussianScene
@@ -54,7 +54,7 @@ class FitConfig:
 
     data: Path | None = None  # dataset folder (Blender / nerfstudio transforms.json); None: default synthetic world
     steps: int = 2000
-    init: str = "depth"  # "depth" (unproject dataset depth when present) or "random" (uniform in the bounds)
+    init: str = "depth"  # "depth" (dataset depth, else sparse points), "points" (COLMAP's), "random" (in the bounds)
     n_init: int = 5000
     init_opacity: float = 0.1
     sh_degree: int = 3
@@ -101,7 +101,11 @@ def scene_extent(cameras: Cameras) -> float:
 
 
 def initial_scene(ds: MultiViewDataset, cfg: FitConfig, g: torch.Generator) -> GaussianScene:
-    """Random points in the bounds, or points unprojected from the dataset's depth maps with their colours."""
+    """Points unprojected from the dataset's depth maps ("depth"), its sparse reconstruction (every COLMAP point
+    with its colour, as 3DGS: "points", and "depth"'s fallback without depths), or random in the bounds."""
+    sparse = ds.points is not None and len(ds.points) > 0
+    if cfg.init == "points" and not sparse:
+        raise DataError(cfg.data, "init", "'points' needs a dataset with sparse points (a COLMAP model)")
     if cfg.init == "depth" and ds.depths is not None and (ds.depths > 0).any():
         n, h, w = ds.depths.shape
         valid = torch.nonzero(ds.depths.reshape(-1) > 0).squeeze(1)
@@ -111,12 +115,14 @@ def initial_scene(ds: MultiViewDataset, cfg: FitConfig, g: torch.Generator) -> G
         depth = ds.depths.reshape(n, -1)[view, pix]
         pts = ds.cameras[view].unproject(uv[:, None, :], depth[:, None])[:, 0]
         colors = ds.images.reshape(n, -1, 3)[view, pix]
+    elif cfg.init in ("depth", "points") and sparse:
+        pts, colors = ds.points, ds.point_colors
     elif cfg.init in ("depth", "random"):
         lo, hi = ds.aabb[0], ds.aabb[1]
         pts = lo + (hi - lo) * torch.rand(cfg.n_init, 3, generator=g)
         colors = torch.rand(cfg.n_init, 3, generator=g)
     else:
-        raise ValueError(f"FitConfig.init must be 'depth' or 'random', got {cfg.init!r}")
+        raise ValueError(f"FitConfig.init must be 'depth', 'points' or 'random', got {cfg.init!r}")
     return GaussianScene.from_points(pts, colors, sh_degree=cfg.sh_degree, opacity=cfg.init_opacity)
 
 
