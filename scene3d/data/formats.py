@@ -31,7 +31,7 @@ from scene3d.checkpoint import atomic_write_json
 from scene3d.data import colmap
 from scene3d.data.dataset import MultiViewDataset
 from scene3d.data.lens_fields import frame_lens, lens_fields, stack_lenses
-from scene3d.data.normalize import Normalization, normalize_dataset
+from scene3d.data.normalize import Normalization, normalize_dataset, to_original
 from scene3d.data.points_ply import read_points_ply
 from scene3d.errors import DataError
 
@@ -85,6 +85,7 @@ def _scene_fields(ds: MultiViewDataset) -> dict[str, Any]:
 def save_blender(splits: dict[str, MultiViewDataset], root: str | Path, progress: bool = False) -> Path:
     """Write `transforms_{split}.json` + `{split}/NAME.png` (+ buffers) per split."""
     root = Path(root)
+    splits = {name: to_original(ds) for name, ds in splits.items()}
     if any(not ds.cameras.is_pinhole for ds in splits.values()):
         raise ValueError("the Blender layout has no lens distortion fields: use save_nerfstudio for distorted cameras")
     for split, ds in splits.items():
@@ -103,6 +104,7 @@ def save_blender(splits: dict[str, MultiViewDataset], root: str | Path, progress
 def save_nerfstudio(splits: dict[str, MultiViewDataset], root: str | Path, progress: bool = False) -> Path:
     """Write one `transforms.json` (nerfstudio layout, `{split}_filenames` lists) + `images/`."""
     root = Path(root)
+    splits = {name: to_original(ds) for name, ds in splits.items()}
     frames, split_lists = [], {}
     first = next(iter(splits.values()))
     top_lens = _lens_dict(first.cameras[0])

@@ -8,11 +8,14 @@ rotation R @ R_c2w, centre s * (R c + t).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
+
+from scene3d.checkpoint import atomic_write_json
 
 
 @dataclass
@@ -56,6 +59,11 @@ class SceneTransform:
         out[:, :3, 3] = self.points_back(c2w[:, :3, 3])
         return out
 
+    def inverse(self) -> SceneTransform:
+        """The transform back: x = (1 / s) (R^T x' - s R^T t)."""
+        rot_t = self.rotation.T
+        return SceneTransform(torch.cat([rot_t, -self.scale * (rot_t @ self.translation)[:, None]], 1), 1 / self.scale)
+
     def matrix_back(self) -> Float[Tensor, "4 4"]:
         """The 4x4 similarity working -> original (for meshes and other tools)."""
         m = torch.eye(4, dtype=torch.float64)
@@ -70,3 +78,8 @@ class SceneTransform:
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> SceneTransform:
         return cls(torch.tensor(obj["transform"], dtype=torch.float32), float(obj["scale"]))
+
+
+def write_frame(path: str | Path, frame: SceneTransform | None) -> Path:
+    """A run's `dataparser_transforms.json` (the identity when the data was used in its own frame)."""
+    return atomic_write_json(path, (frame or SceneTransform()).to_json())

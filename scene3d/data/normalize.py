@@ -37,7 +37,7 @@ def rotation_between(a: Float[Tensor, "3"], b: Float[Tensor, "3"]) -> Float[Tens
     perpendicular to a when they are opposite)."""
     a, b = a / a.norm(), b / b.norm()
     v, c = torch.linalg.cross(a, b), torch.dot(a, b)
-    if c < -1 + 1e-8:
+    if c < -1 + 1e-6:
         axis = torch.linalg.cross(a, torch.eye(3, dtype=a.dtype)[int(torch.argmin(a.abs()))])
         axis = axis / axis.norm()
         return 2 * torch.outer(axis, axis) - torch.eye(3, dtype=a.dtype)
@@ -124,3 +124,10 @@ def normalize_dataset(ds: MultiViewDataset, config: Normalization | None = None,
     frame = fit_normalization(ds.cameras.c2w if poses is None else poses, config)
     half = config.scale_factor
     return apply_frame(ds, frame, None if has_box else torch.tensor([[-half] * 3, [half] * 3]))
+
+
+def to_original(ds: MultiViewDataset) -> MultiViewDataset:
+    """`ds` back in its capture's original frame (unchanged when it has no `frame`)."""
+    if ds.frame is None:
+        return ds
+    return replace(apply_frame(ds, ds.frame.inverse()), frame=None)
