@@ -22,6 +22,7 @@ from scene3d.data.normalize import (
     focus_of_attention,
     rotation_between,
 )
+from scene3d.errors import DataError
 from scene3d.fields import build_field
 from scene3d.fields.train import FieldTrainer
 from scene3d.gaussians.ply import read_ply, write_ply
@@ -77,6 +78,11 @@ def test_normalization_matches_nerfstudio_definitions():
     a, b = torch.tensor([0.3, -0.2, 0.9]), torch.tensor([0.0, 0.0, 1.0])
     torch.testing.assert_close(rotation_between(a, b) @ (a / a.norm()), b, atol=1e-6, rtol=0)
     torch.testing.assert_close(rotation_between(-b, b) @ -b, b, atol=1e-6, rtol=0)
+    # cameras whose up vectors cancel out cannot be oriented by "up": one line, not NaN poses
+    rolled = moved[:1].clone()
+    rolled[:, :3, :2] *= -1  # the same camera rolled by 180 degrees
+    with pytest.raises(DataError, match="capture: normalize.orientation: the cameras' up vectors cancel out"):
+        fit_normalization(torch.cat([moved[:1], rolled]), Normalization(), "capture")
 
 
 def _capture_files(tmp_path, frame: SceneTransform, box: bool = False):

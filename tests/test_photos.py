@@ -16,7 +16,7 @@ from viewer.glimpse import GlimpseSession  # noqa: E402
 def test_photos_source():
     s = load_scenes("photos", 10, 48, seed=0)
     assert s.images.shape == (10, 3, 48, 48) and s.labels is None
-    assert 0 <= s.images.min() and s.images.max() <= 1
+    assert s.images.min() >= 0 and s.images.max() <= 1
     means = s.images.mean((1, 2, 3))
     assert len({round(float(m), 3) for m in means}) == 10  # ten different pictures (8 photos, 2 crops)
     torch.testing.assert_close(photos(10, 48, seed=0).images, s.images)  # deterministic

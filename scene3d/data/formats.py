@@ -377,7 +377,7 @@ def load_dataset(path: str | Path, split: str = "train", downscale: int = 1,
         return ds
     if normalize != "auto" and not isinstance(normalize, Normalization):
         raise DataError(path, "normalize", f"must be 'auto', 'none' or a Normalization, got {normalize!r}")
-    return normalize_dataset(ds, normalize if isinstance(normalize, Normalization) else None, poses, has_box)
+    return normalize_dataset(ds, normalize if isinstance(normalize, Normalization) else None, poses, has_box, path)
 
 
 def _json_path(path: Path, split: str) -> Path:

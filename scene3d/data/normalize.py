@@ -12,7 +12,7 @@ inverts it.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
@@ -20,6 +20,7 @@ from torch import Tensor
 
 from scene3d.data.dataset import MultiViewDataset
 from scene3d.data.frame import SceneTransform
+from scene3d.errors import DataError
 
 
 @dataclass
@@ -61,8 +62,9 @@ def focus_of_attention(c2w: Float[Tensor, "N 4 4"], initial: Float[Tensor, "3"])
     return focus
 
 
-def fit_normalization(c2w: Float[Tensor, "N 4 4"], config: Normalization) -> SceneTransform:
-    """The transform that orients, centres and scales poses `c2w` (OpenCV axes) as `config` says."""
+def fit_normalization(c2w: Float[Tensor, "N 4 4"], config: Normalization, source: Any = None) -> SceneTransform:
+    """The transform that orients, centres and scales poses `c2w` (OpenCV axes) as `config` says (`source`:
+    the capture, named by errors)."""
     c2w = c2w.double()
     origins = c2w[:, :3, 3]
     mean = origins.mean(0)
@@ -73,7 +75,7 @@ def fit_normalization(c2w: Float[Tensor, "N 4 4"], config: Normalization) -> Sce
     elif config.center == "none":
         center = torch.zeros(3, dtype=c2w.dtype)
     else:
-        raise ValueError(f"Normalization.center must be poses, focus or none, got {config.center!r}")
+        raise DataError(source, "normalize.center", f"must be poses, focus or none, got {config.center!r}")
     if config.orientation == "pca":
         diff = origins - mean
         _, eigvec = torch.linalg.eigh(diff.T @ diff)
@@ -83,11 +85,14 @@ def fit_normalization(c2w: Float[Tensor, "N 4 4"], config: Normalization) -> Sce
         if (rot @ c2w[:, :3, 1].mean(0))[2] > 0:  # cameras upside down (their down axis points up): half turn
             rot[1:3] = -rot[1:3]
     elif config.orientation == "up":
-        rot = rotation_between(-c2w[:, :3, 1].mean(0), torch.tensor([0.0, 0.0, 1.0], dtype=c2w.dtype))
+        up = -c2w[:, :3, 1].mean(0)
+        if up.norm() < 1e-6:
+            raise DataError(source, "normalize.orientation", "the cameras' up vectors cancel out; use 'pca' or 'none'")
+        rot = rotation_between(up, torch.tensor([0.0, 0.0, 1.0], dtype=c2w.dtype))
     elif config.orientation == "none":
         rot = torch.eye(3, dtype=c2w.dtype)
     else:
-        raise ValueError(f"Normalization.orientation must be up, pca or none, got {config.orientation!r}")
+        raise DataError(source, "normalize.orientation", f"must be up, pca or none, got {config.orientation!r}")
     transform = torch.cat([rot, (rot @ -center)[:, None]], dim=1)
     scale = config.scale_factor
     if config.auto_scale:
@@ -117,11 +122,12 @@ def apply_frame(ds: MultiViewDataset, frame: SceneTransform, aabb: Tensor | None
 
 
 def normalize_dataset(ds: MultiViewDataset, config: Normalization | None = None,
-                      poses: Float[Tensor, "M 4 4"] | None = None, has_box: bool = False) -> MultiViewDataset:
+                      poses: Float[Tensor, "M 4 4"] | None = None, has_box: bool = False,
+                      source: Any = None) -> MultiViewDataset:
     """`ds` in the frame fitted to `poses` (default its own; a loader passes every pose of the capture so all
     splits share one frame). The box is the unit box times `scale_factor`, or the file's (`has_box`) moved."""
     config = config or Normalization()
-    frame = fit_normalization(ds.cameras.c2w if poses is None else poses, config)
+    frame = fit_normalization(ds.cameras.c2w if poses is None else poses, config, source)
     half = config.scale_factor
     return apply_frame(ds, frame, None if has_box else torch.tensor([[-half] * 3, [half] * 3]))
 
