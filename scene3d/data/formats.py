@@ -365,7 +365,7 @@ def load_dataset(path: str | Path, split: str = "train", downscale: int = 1,
     """
     path = Path(path)
     if path.is_dir() and not any(path.glob("transforms*.json")) and colmap.find_model(path) is not None:
-        ds, model = _load_colmap(path, split, downscale), colmap.read_model(path)
+        ds, model = _load_colmap(path, split, downscale)
         poses, has_box = colmap.model_cameras(model, list(model.images.values())).c2w, False
     else:
         ds = _load_transforms(_json_path(path, split), split, downscale)
@@ -496,8 +496,8 @@ def _aabb(doc: _Doc, cameras: Cameras) -> torch.Tensor:
     return torch.stack([-half.expand(3), half.expand(3)])
 
 
-def _load_colmap(path: Path, split: str, downscale: int) -> MultiViewDataset:
-    """A COLMAP project (scene3d.data.colmap): nerfstudio's every-8th-image split, sparse points kept."""
+def _load_colmap(path: Path, split: str, downscale: int) -> tuple[MultiViewDataset, colmap.ColmapModel]:
+    """A COLMAP project (scene3d.data.colmap) and its model: nerfstudio's every-8th-image split, points kept."""
     if not isinstance(downscale, int) or downscale < 1:
         raise DataError(path, "downscale", f"must be a positive integer, got {downscale!r}")
     model = colmap.read_model(path)
@@ -520,14 +520,16 @@ def _load_colmap(path: Path, split: str, downscale: int) -> MultiViewDataset:
     points = torch.from_numpy(model.points).float()
     if len(points):
         lo, hi = torch.quantile(points, torch.tensor([0.01, 0.99]), dim=0)
-        aabb = torch.stack([lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo)])
+        pad = 0.1 * (hi - lo) + 1e-3  # a flat or single-point cloud still gets a box
+        aabb = torch.stack([lo - pad, hi + pad])
     else:
         half = 0.5 * cameras.centers.norm(dim=-1).mean()
         aabb = torch.stack([-half.expand(3), half.expand(3)])
     extra = {}
     if all(m is not None for m in masks):
         extra["masks"] = _downscale(torch.from_numpy(np.stack(masks)), downscale, "masks")
-    return MultiViewDataset(cameras=cameras.scaled(1.0 / downscale), aabb=aabb,
-                            names=[Path(im.name).stem for im in chosen],
-                            images=_downscale(torch.from_numpy(np.stack(images)), downscale, "images"),
-                            points=points, point_colors=torch.from_numpy(model.colors).float() / 255, **extra)
+    ds = MultiViewDataset(cameras=cameras.scaled(1.0 / downscale), aabb=aabb,
+                          names=[Path(im.name).stem for im in chosen],
+                          images=_downscale(torch.from_numpy(np.stack(images)), downscale, "images"),
+                          points=points, point_colors=torch.from_numpy(model.colors).float() / 255, **extra)
+    return ds, model
