@@ -12,7 +12,8 @@ from scene3d.data.colmap import colmap_to_transforms
 
 
 def main(project: Path, /, out: Path | None = None) -> None:
-    """project: the COLMAP folder (or its sparse/0); out: where transforms.json goes (default: the project)."""
+    """project: the COLMAP folder (or its sparse/0); out: where transforms.json goes (default: the folder
+    holding images/)."""
     path = colmap_to_transforms(project, out)
     print(f"wrote {path}")
 
