@@ -228,6 +228,8 @@ def read_model(path: str | Path) -> ColmapModel:
         cameras = _read_cameras_txt(folder / "cameras.txt")
         images = _read_images_txt(folder / "images.txt")
         points, colors = _read_points_txt(folder / "points3D.txt")
+    if not np.isfinite(points).all():
+        raise DataError(folder / f"points3D{ext}", "xyz", "points contain NaN or infinity")
     for image in images.values():
         if image.camera_id not in cameras:
             raise DataError(folder / f"images{ext}", f"image {image.id}.camera_id",
@@ -271,6 +273,9 @@ def camera_intrinsics(model: ColmapModel, cam: ColmapCamera) -> tuple[Tensor, st
                         f"unsupported camera model {cam.model}; supported: {', '.join(PARAMS)}")
     p = dict(zip(PARAMS[cam.model], cam.params, strict=True))
     fx, fy = p.get("fx", p.get("f")), p.get("fy", p.get("f"))
+    if not np.isfinite(cam.params).all() or fx <= 0 or fy <= 0:
+        raise DataError(model.path / "cameras", f"camera {cam.id}.params",
+                        f"must be finite with positive focal lengths, got {cam.params}"[:200])
     K = torch.tensor([[fx, 0.0, p["cx"]], [0.0, fy, p["cy"]], [0.0, 0.0, 1.0]], dtype=torch.float64)
     return K, MODELS[cam.model][0], distortion_vector(p).double()
 
@@ -286,6 +291,10 @@ def model_cameras(model: ColmapModel, images: list[ColmapImage]) -> Cameras:
     lenses = {lens for _, lens, _ in intr}
     if len(lenses) != 1:
         raise DataError(model.path / "cameras", "model", f"cameras with several lenses {sorted(lenses)}")
+    for im in images:
+        if not np.isfinite([*im.qvec, *im.tvec]).all() or np.linalg.norm(im.qvec) < 1e-8:
+            raise DataError(model.path / "images", f"image {im.id}.pose",
+                            "qvec and tvec must be finite, qvec non-zero")
     w2c = torch.eye(4, dtype=torch.float64).repeat(len(images), 1, 1)
     w2c[:, :3, :3] = qvec_to_rotation(torch.tensor([im.qvec for im in images], dtype=torch.float64))
     w2c[:, :3, 3] = torch.tensor([im.tvec for im in images], dtype=torch.float64)
