@@ -1,7 +1,8 @@
 """Scene datasets for active vision: `SceneSet` (images [N, 3, H, W] in [0, 1], optional dense labels
 [N, H, W] and scene classes [N]), from the synthetic 2D scenes of `scene3d.data.scenes2d`, from an
-image folder (ADE20K-style `images/` + `annotations/` layout or a flat folder), or from `toy_scenes`
-(a tiny self-contained generator used by the tests).
+image folder (ADE20K-style `images/` + `annotations/` layout or a flat folder), from the real
+photographs scikit-image ships (`photos`, no labels), or from `toy_scenes` (a tiny self-contained
+generator used by the tests).
 
 Teacher targets are computed once (`precompute_targets`), written shard by shard to safetensors
 files (`write_target_shards`) and streamed from them during training (`TargetShards`).
@@ -134,7 +135,47 @@ def image_folder(root: str | Path, resolution: int, limit: int | None = None) ->
     return SceneSet(images.clamp(0, 1), labels, None, num_classes)
 
 
-SOURCES = {"synthetic": synthetic_scenes, "toy": toy_scenes}
+# scikit-image's bundled colour photographs: name -> file in skimage.data.data_dir (inside the package, no download)
+PHOTOS = {"astronaut": "astronaut.png", "coffee": "coffee.png", "chelsea": "chelsea.png", "rocket": "rocket.jpg",
+          "hubble_deep_field": "hubble_deep_field.jpg", "immunohistochemistry": "ihc.png",
+          "motorcycle_left": "motorcycle_left.png", "retina": "retina.jpg"}
+
+
+def photo_paths(names: tuple[str, ...] = tuple(PHOTOS)) -> list[Path]:
+    """The files of scikit-image's photographs `names` (scikit-image must be installed)."""
+    try:
+        from skimage.data import data_dir
+    except ImportError:
+        raise DataError(None, "photos", "the photographs come with scikit-image: pip install scikit-image") from None
+    unknown = [n for n in names if n not in PHOTOS]
+    if unknown:
+        raise DataError(None, "photos", f"unknown photographs {unknown}; known: {', '.join(PHOTOS)}")
+    paths = [Path(data_dir) / PHOTOS[n] for n in names]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise DataError(data_dir, "photos", f"this scikit-image has no bundled {missing}")
+    return paths
+
+
+def photos(n: int, resolution: int, seed: int = 0) -> SceneSet:
+    """Real photographs: the first `len(PHOTOS)` are the photographs centre-cropped square; more are random
+    square crops (half to full side, seeded) of them, for training on real images."""
+    paths = photo_paths()
+    g = torch.Generator().manual_seed(seed)
+    full = [read_square_image(p, 4 * resolution) for p in paths]
+    images = []
+    for i in range(n):
+        image = full[i % len(full)]
+        if i >= len(full):
+            side = int(image.shape[-1] * float(torch.empty(1).uniform_(0.5, 1.0, generator=g)))
+            y, x = (torch.randint(image.shape[-1] - side + 1, (2,), generator=g)).tolist()
+            image = image[:, y : y + side, x : x + side]
+        images.append(F.interpolate(image[None], size=(resolution, resolution), mode="bilinear", antialias=True,
+                                    align_corners=False)[0])
+    return SceneSet(torch.stack(images).clamp(0, 1))
+
+
+SOURCES = {"synthetic": synthetic_scenes, "toy": toy_scenes, "photos": photos}
 
 
 def load_scenes(source: str, n: int, resolution: int, seed: int = 0, path: str | None = None) -> SceneSet:

@@ -51,7 +51,7 @@ from scene3d.train import FitResult, RunConfig, fit
 
 @dataclass
 class DataConfig:
-    source: str = "synthetic"  # synthetic | toy | folder
+    source: str = "synthetic"  # synthetic | toy | photos (scikit-image's, no labels) | folder
     path: str | None = None
     n_train: int = 256
     n_val: int = 64

@@ -1,4 +1,4 @@
-"""Batched pinhole cameras.
+"""Batched cameras: pinhole intrinsics plus an optional lens distortion (`scene3d.camera_models`).
 
 Conventions (the whole library): OpenCV camera axes (x right, y down, z forward), camera-to-world
 matrices `c2w`, pixel centres at +0.5 (pixel (0, 0) covers [0, 1) x [0, 1)), depth maps hold the
@@ -17,6 +17,7 @@ from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor
 
+from scene3d.camera_models import LENSES, distort, undistort
 from scene3d.rays import Rays
 
 # Flips the camera y and z axes; its own inverse, so it converts both ways.
@@ -50,15 +51,18 @@ def intrinsics_from_fov(fov_x: float, width: int, height: int, fov_y: float | No
 
 @dataclass
 class Cameras:
-    """N pinhole cameras sharing one image size.
+    """N cameras sharing one image size and one lens model.
 
-    c2w: [N,4,4] camera-to-world (OpenCV axes); K: [N,3,3] intrinsics in pixels.
+    c2w: [N,4,4] camera-to-world (OpenCV axes); K: [N,3,3] intrinsics in pixels; lens: "PINHOLE",
+    "OPENCV" or "OPENCV_FISHEYE"; distortion: [N,6] = [k1, k2, k3, k4, p1, p2] (None for PINHOLE).
     """
 
     c2w: Float[Tensor, "N 4 4"]
     K: Float[Tensor, "N 3 3"]
     width: int
     height: int
+    lens: str = "PINHOLE"
+    distortion: Float[Tensor, "N 6"] | None = None
 
     def __post_init__(self) -> None:
         if self.c2w.ndim == 2:
@@ -71,6 +75,20 @@ class Cameras:
             raise ValueError(f"Cameras.K must be [N,3,3] with N={len(self.c2w)}, got {tuple(self.K.shape)}")
         self.K = self.K.to(self.c2w)
         self.width, self.height = int(self.width), int(self.height)
+        if self.lens not in LENSES:
+            raise ValueError(f"Cameras.lens must be one of {LENSES}, got {self.lens!r}")
+        if self.lens == "PINHOLE":
+            if self.distortion is not None:
+                raise ValueError("Cameras.distortion must be None for a PINHOLE lens")
+            return
+        if self.distortion is None:
+            raise ValueError(f"Cameras.distortion [N,6] is required for a {self.lens} lens")
+        if self.distortion.ndim == 1:
+            self.distortion = self.distortion[None].repeat(len(self.c2w), 1)
+        if self.distortion.shape != (len(self.c2w), 6):
+            raise ValueError(f"Cameras.distortion must be [N,6] with N={len(self.c2w)}, "
+                             f"got {tuple(self.distortion.shape)}")
+        self.distortion = self.distortion.to(self.c2w)
 
     # construction ----------------------------------------------------------------------------
     @classmethod
@@ -83,8 +101,13 @@ class Cameras:
         sizes = {(c.width, c.height) for c in cameras}
         if len(sizes) != 1:
             raise ValueError(f"cannot concatenate cameras of different image sizes {sorted(sizes)}")
+        lenses = {c.lens for c in cameras}
+        if len(lenses) != 1:
+            raise ValueError(f"cannot concatenate cameras of different lenses {sorted(lenses)}")
+        lens = cameras[0].lens
+        dist = None if lens == "PINHOLE" else torch.cat([c.distortion for c in cameras])
         return Cameras(torch.cat([c.c2w for c in cameras]), torch.cat([c.K for c in cameras]),
-                       cameras[0].width, cameras[0].height)
+                       cameras[0].width, cameras[0].height, lens, dist)
 
     # batch behaviour ------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -94,14 +117,25 @@ class Cameras:
         """Index the batch; an integer keeps a batch of one."""
         if isinstance(index, int):
             index = slice(index, index + 1 if index != -1 else None)
-        return Cameras(self.c2w[index], self.K[index], self.width, self.height)
+        dist = None if self.distortion is None else self.distortion[index]
+        return Cameras(self.c2w[index], self.K[index], self.width, self.height, self.lens, dist)
 
     @property
     def device(self) -> torch.device:
         return self.c2w.device
 
     def to(self, *args, **kwargs) -> Cameras:
-        return Cameras(self.c2w.to(*args, **kwargs), self.K.to(*args, **kwargs), self.width, self.height)
+        dist = None if self.distortion is None else self.distortion.to(*args, **kwargs)
+        return Cameras(self.c2w.to(*args, **kwargs), self.K.to(*args, **kwargs), self.width, self.height,
+                       self.lens, dist)
+
+    @property
+    def is_pinhole(self) -> bool:
+        return self.lens == "PINHOLE"
+
+    def with_c2w(self, c2w: Float[Tensor, "N 4 4"]) -> Cameras:
+        """The same intrinsics and lens at other poses."""
+        return Cameras(c2w, self.K, self.width, self.height, self.lens, self.distortion)
 
     # geometry ---------------------------------------------------------------------------------
     @property
@@ -129,7 +163,7 @@ class Cameras:
         """The same cameras at `factor` times the resolution (intrinsics rescaled exactly)."""
         width, height = round(self.width * factor), round(self.height * factor)
         scale = torch.tensor([width / self.width, height / self.height, 1.0]).to(self.K)
-        return Cameras(self.c2w, self.K * scale[None, :, None], width, height)
+        return Cameras(self.c2w, self.K * scale[None, :, None], width, height, self.lens, self.distortion)
 
     def pixel_centers(self) -> Float[Tensor, "H W 2"]:
         """(u, v) pixel-centre coordinates (+0.5) of every pixel, as [H, W, 2]."""
@@ -139,11 +173,14 @@ class Cameras:
         return torch.stack([u, v], dim=-1)
 
     def pixel_dirs_camera(self, uv: Float[Tensor, "N P 2"]) -> Float[Tensor, "N P 3"]:
-        """Camera-space directions with z = 1 through pixel coordinates uv."""
+        """Camera-space directions with z = 1 through pixel coordinates uv (lens distortion undone)."""
         fx, fy = self.K[:, 0, 0, None], self.K[:, 1, 1, None]
         cx, cy = self.K[:, 0, 2, None], self.K[:, 1, 2, None]
         x = (uv[..., 0] - cx) / fx
         y = (uv[..., 1] - cy) / fy
+        if not self.is_pinhole:
+            xy = undistort(torch.stack([x, y], dim=-1), self.distortion[:, None, :], self.lens)
+            x, y = xy[..., 0], xy[..., 1]
         return torch.stack([x, y, torch.ones_like(x)], dim=-1)
 
     def rays(self, near: float = 0.0, far: float = 1e10) -> Rays:
@@ -168,7 +205,10 @@ class Cameras:
             points = points[None].expand(len(self), -1, -1)
         cam = self.world_to_camera(points)
         z = cam[..., 2]
-        uv = torch.einsum("nij,npj->npi", self.K[:, :2, :2], cam[..., :2] / z[..., None]) + self.K[:, None, :2, 2]
+        xy = cam[..., :2] / z[..., None]
+        if not self.is_pinhole:
+            xy = distort(xy, self.distortion[:, None, :], self.lens)
+        uv = torch.einsum("nij,npj->npi", self.K[:, :2, :2], xy) + self.K[:, None, :2, 2]
         return uv, z
 
     def unproject(self, uv: Float[Tensor, "N P 2"], depth: Float[Tensor, "N P"]) -> Float[Tensor, "N P 3"]:

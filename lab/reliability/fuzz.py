@@ -490,7 +490,63 @@ def _image_folder_case(draw, folder: Path) -> Callable[[], Any]:
     return lambda: image_folder(folder, resolution)
 
 
+def _seed_colmap(folder: Path) -> None:
+    """A 3-image COLMAP project (OPENCV camera, 20 points) in both encodings: sparse/0 (.bin), text/ (.txt)."""
+    import imageio.v3 as iio
+    import torch
+
+    from scene3d.cameras import look_at
+    from scene3d.data.colmap import ColmapCamera, ColmapImage, rotation_to_qvec, write_model
+
+    rng = np.random.default_rng(0)
+    (folder / "images").mkdir()
+    c2w = look_at(torch.tensor([[3.0, 0.0, 1.0], [0.0, 3.0, 1.0], [-3.0, 0.0, 1.0]]), torch.zeros(3))
+    images = []
+    for i in range(3):
+        iio.imwrite(folder / "images" / f"{i}.png", rng.integers(0, 255, (6, 8, 3), dtype=np.uint8))
+        w2c = torch.linalg.inv(c2w[i].double())
+        images.append(ColmapImage(i + 1, tuple(rotation_to_qvec(w2c[:3, :3]).tolist()), tuple(w2c[:3, 3].tolist()),
+                                  1, f"{i}.png"))
+    cameras = [ColmapCamera(1, "OPENCV", 8, 6, (7.0, 7.0, 4.0, 3.0, -0.1, 0.01, 0.0, 0.0))]
+    points, colors = rng.normal(size=(20, 3)), rng.integers(0, 255, (20, 3)).astype(np.uint8)
+    write_model(folder / "sparse" / "0", cameras, images, points, colors, binary=True)
+    write_model(folder / "text", cameras, images, points, colors, binary=False)
+
+
+def _colmap_case(draw, folder: Path) -> Callable[[], Any]:
+    """Damage one file of the binary or the text model (bytes, or text lines), or an image it names."""
+    from scene3d.data.formats import load_dataset
+
+    binary = draw(st.booleans())
+    if not binary:  # the text model takes the binary one's place
+        shutil.rmtree(folder / "sparse")
+        (folder / "text").rename(folder / "sparse")
+    ext = ".bin" if binary else ".txt"
+    victim = folder / "sparse" / "0" / f"{draw(st.sampled_from(['cameras', 'images', 'points3D']))}{ext}" \
+        if binary else folder / "sparse" / f"{draw(st.sampled_from(['cameras', 'images', 'points3D']))}{ext}"
+    kind = draw(st.sampled_from(["bytes", "bytes", "lines", "remove", "image"]))
+    if kind == "bytes" or (kind == "lines" and binary):
+        victim.write_bytes(draw(damaged_bytes(victim.read_bytes())))
+    elif kind == "lines":
+        lines = victim.read_text().splitlines()
+        at = draw(st.integers(0, len(lines) - 1))
+        words = lines[at].split()
+        if words:
+            words[draw(st.integers(0, len(words) - 1))] = draw(st.sampled_from(
+                ["nan", "inf", "-1", "0", "x", "1e400", "99999999999999999999", "FULL_OPENCV", "../0.png", ""]))
+        lines[at] = " ".join(words)
+        victim.write_text("\n".join(lines) + "\n")
+    elif kind == "remove":
+        victim.unlink()
+    else:
+        image = folder / "images" / f"{draw(st.integers(0, 2))}.png"
+        image.write_bytes(draw(damaged_bytes(image.read_bytes())))
+    split = draw(st.sampled_from(["train", "test"]))
+    return lambda: load_dataset(folder, split)
+
+
 READERS: dict[str, FuzzReader] = {
+    "colmap": FuzzReader("colmap", _seed_colmap, _colmap_case),
     "blender": FuzzReader("blender", _seed_blender, _transforms_case("transforms_train.json")),
     "nerfstudio": FuzzReader("nerfstudio", _seed_nerfstudio, _transforms_case("transforms.json")),
     "images_depth_masks": FuzzReader("images_depth_masks", _seed_blender, _buffers_case),

@@ -9,6 +9,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from scene3d.cameras import Cameras, orbit_cameras, random_sphere_cameras
+from scene3d.data.frame import SceneTransform
 from scene3d.data.synthetic import World, render_world
 
 
@@ -18,7 +19,9 @@ class MultiViewDataset:
 
     images [N,H,W,3] float in [0,1]; depths [N,H,W] camera z (0 = unknown); masks [N,H,W] bool
     (foreground / valid); normals [N,H,W,3] world; semantic, instance [N,H,W] long; aabb [2,3]
-    scene bounds; background [3] the colour of empty pixels; names one per image.
+    scene bounds; background [3] the colour of empty pixels; names one per image; points [P,3] and
+    point_colors [P,3] in [0,1]: a sparse reconstruction (COLMAP's points3D) to initialise Gaussians;
+    frame: the transform from the capture's original world frame to this one (None: the original frame).
     """
 
     cameras: Cameras
@@ -31,6 +34,9 @@ class MultiViewDataset:
     semantic: Int[Tensor, "N H W"] | None = None
     instance: Int[Tensor, "N H W"] | None = None
     names: list[str] = field(default_factory=list)
+    points: Float[Tensor, "P 3"] | None = None
+    point_colors: Float[Tensor, "P 3"] | None = None
+    frame: SceneTransform | None = None
 
     def __post_init__(self) -> None:
         n, h, w = len(self.cameras), self.cameras.height, self.cameras.width

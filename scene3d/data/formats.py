@@ -28,7 +28,11 @@ from tqdm.auto import tqdm
 
 from scene3d.cameras import Cameras, opencv_to_opengl, opengl_to_opencv
 from scene3d.checkpoint import atomic_write_json
+from scene3d.data import colmap
 from scene3d.data.dataset import MultiViewDataset
+from scene3d.data.lens_fields import frame_lens, lens_fields, stack_lenses
+from scene3d.data.normalize import Normalization, normalize_dataset, to_original
+from scene3d.data.points_ply import read_points_ply
 from scene3d.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -66,6 +70,12 @@ def _intrinsics_dict(cameras: Cameras) -> dict[str, float]:
             "w": cameras.width, "h": cameras.height}
 
 
+def _lens_dict(cameras: Cameras) -> dict[str, Any]:
+    """`camera_model` and distortion keys of the first camera."""
+    dist = None if cameras.distortion is None else cameras.distortion[0]
+    return lens_fields(cameras.lens, dist)
+
+
 def _scene_fields(ds: MultiViewDataset) -> dict[str, Any]:
     """Scene bounds, background, and the depth scale (our .npy depths are already in scene units)."""
     extra = {"depth_unit_scale_factor": 1.0} if ds.depths is not None else {}
@@ -75,6 +85,9 @@ def _scene_fields(ds: MultiViewDataset) -> dict[str, Any]:
 def save_blender(splits: dict[str, MultiViewDataset], root: str | Path, progress: bool = False) -> Path:
     """Write `transforms_{split}.json` + `{split}/NAME.png` (+ buffers) per split."""
     root = Path(root)
+    splits = {name: to_original(ds) for name, ds in splits.items()}
+    if any(not ds.cameras.is_pinhole for ds in splits.values()):
+        raise ValueError("the Blender layout has no lens distortion fields: use save_nerfstudio for distorted cameras")
     for split, ds in splits.items():
         frames = []
         for i, name in enumerate(tqdm(ds.names, desc=f"writing {split}", disable=not progress)):
@@ -91,8 +104,12 @@ def save_blender(splits: dict[str, MultiViewDataset], root: str | Path, progress
 def save_nerfstudio(splits: dict[str, MultiViewDataset], root: str | Path, progress: bool = False) -> Path:
     """Write one `transforms.json` (nerfstudio layout, `{split}_filenames` lists) + `images/`."""
     root = Path(root)
+    splits = {name: to_original(ds) for name, ds in splits.items()}
     frames, split_lists = [], {}
     first = next(iter(splits.values()))
+    top_lens = _lens_dict(first.cameras[0])
+    if len({ds.cameras.lens for ds in splits.values()}) != 1:
+        raise ValueError("every split of a nerfstudio dataset must have the same lens model")
     for split, ds in splits.items():
         names = []
         for i, name in enumerate(tqdm(ds.names, desc=f"writing {split}", disable=not progress)):
@@ -100,10 +117,13 @@ def save_nerfstudio(splits: dict[str, MultiViewDataset], root: str | Path, progr
             entry["transform_matrix"] = opencv_to_opengl(ds.cameras.c2w[i]).tolist()
             if not torch.allclose(ds.cameras.K[i], first.cameras.K[0]):
                 entry.update({k: v for k, v in _intrinsics_dict(ds.cameras[i]).items() if k not in ("w", "h")})
+            lens = _lens_dict(ds.cameras[i])
+            if lens != top_lens:
+                entry.update({k: v for k, v in lens.items() if k != "camera_model"})
             frames.append(entry)
             names.append(entry["file_path"])
         split_lists[f"{split}_filenames"] = names
-    doc = {"camera_model": "OPENCV", **_intrinsics_dict(first.cameras), **_scene_fields(first),
+    doc = {**top_lens, **_intrinsics_dict(first.cameras), **_scene_fields(first),
            **split_lists, "frames": frames}
     atomic_write_json(root / "transforms.json", doc)
     return root
@@ -333,21 +353,48 @@ def _split_frames(doc: _Doc, split: str, blender: bool) -> list[tuple[int, dict]
     return chosen
 
 
-def load_dataset(path: str | Path, split: str = "train", downscale: int = 1) -> MultiViewDataset:
-    """Load a Blender (`transforms_{split}.json`) or nerfstudio (`transforms.json`) dataset.
+def load_dataset(path: str | Path, split: str = "train", downscale: int = 1,
+                 normalize: str | Normalization = "auto") -> MultiViewDataset:
+    """Load a Blender (`transforms_{split}.json`), nerfstudio (`transforms.json`) or COLMAP dataset.
 
-    `path` is the dataset folder or the JSON file itself; `downscale` is an integer factor.
+    `path` is the dataset folder or the JSON file itself (a COLMAP project or its `sparse/0`); `downscale`
+    is an integer factor. `normalize` (scene3d.data.normalize): "auto" normalises captures, files that
+    declare no `aabb` (COLMAP models always), with nerfstudio's defaults, and keeps the frame of files that
+    declare their scene box; "none" never; a `Normalization` always, as it says. The frame is fitted to
+    every pose of the capture (Blender: the train file's), so all splits share it; `dataset.frame` keeps it.
     """
     path = Path(path)
+    if path.is_dir() and not any(path.glob("transforms*.json")) and colmap.find_model(path) is not None:
+        ds, model = _load_colmap(path, split, downscale)
+        poses, has_box = colmap.model_cameras(model, list(model.images.values())).c2w, False
+    else:
+        ds = _load_transforms(_json_path(path, split), split, downscale)
+        doc = _Doc(_json_path(path, "train") if path.is_dir() else _json_path(path, split))
+        has_box = "aabb" in doc.data
+        poses = torch.stack([opengl_to_opencv(doc.matrix(fr, "transform_matrix", f"frames[{i}].transform_matrix"))
+                             for i, fr in _split_frames(doc, "train", True)])
+    if normalize == "none" or (normalize == "auto" and has_box):
+        return ds
+    if normalize != "auto" and not isinstance(normalize, Normalization):
+        raise DataError(path, "normalize", f"must be 'auto', 'none' or a Normalization, got {normalize!r}")
+    return normalize_dataset(ds, normalize if isinstance(normalize, Normalization) else None, poses, has_box, path)
+
+
+def _json_path(path: Path, split: str) -> Path:
+    """The transforms file of `split` for a dataset folder or file."""
     if path.is_dir():
         if (path / f"transforms_{split}.json").is_file():
-            path = path / f"transforms_{split}.json"
-        elif (path / "transforms.json").is_file():
-            path = path / "transforms.json"
-        else:
-            raise DataError(path, "path", f"no transforms_{split}.json or transforms.json in this folder")
-    elif not path.is_file():
+            return path / f"transforms_{split}.json"
+        if (path / "transforms.json").is_file():
+            return path / "transforms.json"
+        raise DataError(path, "path", f"no transforms_{split}.json or transforms.json in this folder")
+    if not path.is_file():
         raise DataError(path, "path", "dataset path does not exist")
+    return path
+
+
+def _load_transforms(path: Path, split: str, downscale: int) -> MultiViewDataset:
+    """A Blender or nerfstudio transforms file in its own frame."""
     if not isinstance(downscale, int) or downscale < 1:
         raise DataError(path, "downscale", f"must be a positive integer, got {downscale!r}")
     doc = _Doc(path)
@@ -361,7 +408,7 @@ def load_dataset(path: str | Path, split: str = "train", downscale: int = 1) -> 
     depth_scale = doc.number(doc.data, "depth_unit_scale_factor", "depth_unit_scale_factor", default=1e-3,
                              positive=True)
 
-    images, masks, c2ws, intrinsics, names = [], [], [], [], []
+    images, masks, c2ws, intrinsics, names, lenses = [], [], [], [], [], []
     buffers: dict[str, list[np.ndarray]] = {}
     size: tuple[int, int] | None = None
     for i, frame in _split_frames(doc, split, blender):
@@ -378,6 +425,7 @@ def load_dataset(path: str | Path, split: str = "train", downscale: int = 1) -> 
         size = (w, h)
         c2ws.append(opengl_to_opencv(doc.matrix(frame, "transform_matrix", f"{where}.transform_matrix")))
         intrinsics.append(_frame_intrinsics(doc, frame, where, w, h))
+        lenses.append((where, *frame_lens(path, doc.data, frame, where)))
         images.append(rgb)
         masks.append(alpha)
         names.append(Path(frame["file_path"]).stem)
@@ -400,10 +448,15 @@ def load_dataset(path: str | Path, split: str = "train", downscale: int = 1) -> 
     w, h = size
     if w % downscale or h % downscale:
         raise DataError(path, "downscale", f"{w}x{h} images are not divisible by {downscale}")
-    cameras = Cameras(torch.stack(c2ws), torch.stack(intrinsics), w, h)
+    cameras = Cameras(torch.stack(c2ws), torch.stack(intrinsics), w, h, *stack_lenses(path, lenses))
     aabb = _aabb(doc, cameras)
     cameras = cameras.scaled(1.0 / downscale)
     data = {kind: _downscale(torch.from_numpy(np.stack(arrs)), downscale, kind) for kind, arrs in buffers.items()}
+    if "ply_file_path" in doc.data:  # nerfstudio's sparse points (colmap_to_json's sparse_pc.ply)
+        points, colors = read_points_ply(doc.file(doc.data, "ply_file_path", "ply_file_path"))
+        data["points"] = torch.from_numpy(points)
+        data["point_colors"] = torch.from_numpy(colors).float() / 255 if colors is not None else torch.full_like(
+            data["points"], 0.5)
     return MultiViewDataset(cameras=cameras, images=_downscale(torch.from_numpy(np.stack(images)), downscale, "images"),
                             aabb=aabb, background=torch.from_numpy(background), names=names, **data)
 
@@ -441,3 +494,42 @@ def _aabb(doc: _Doc, cameras: Cameras) -> torch.Tensor:
     centers = cameras.centers
     half = 0.5 * centers.norm(dim=-1).mean()
     return torch.stack([-half.expand(3), half.expand(3)])
+
+
+def _load_colmap(path: Path, split: str, downscale: int) -> tuple[MultiViewDataset, colmap.ColmapModel]:
+    """A COLMAP project (scene3d.data.colmap) and its model: nerfstudio's every-8th-image split, points kept."""
+    if not isinstance(downscale, int) or downscale < 1:
+        raise DataError(path, "downscale", f"must be a positive integer, got {downscale!r}")
+    model = colmap.read_model(path)
+    chosen = colmap.split_images(model, split)
+    cameras = colmap.model_cameras(model, chosen)
+    folder = colmap.image_folder(model, path)
+    images, masks = [], []
+    for im in chosen:
+        file = (folder / im.name).resolve()
+        if not file.is_relative_to(folder.resolve()) or not file.is_file():
+            raise DataError(folder / im.name, f"image {im.id}.name", "image file does not exist in images/")
+        rgb, alpha = _load_rgb(file, f"image {im.id}.name", np.ones(3, np.float32))
+        if rgb.shape[:2] != (cameras.height, cameras.width):
+            raise DataError(file, f"image {im.id}.name", f"image is {rgb.shape[1]}x{rgb.shape[0]} but its camera "
+                            f"is {cameras.width}x{cameras.height}")
+        images.append(rgb)
+        masks.append(alpha)
+    if cameras.width % downscale or cameras.height % downscale:
+        raise DataError(path, "downscale", f"{cameras.width}x{cameras.height} images are not divisible by {downscale}")
+    points = torch.from_numpy(model.points).float()
+    if len(points):
+        lo, hi = torch.quantile(points, torch.tensor([0.01, 0.99]), dim=0)
+        pad = 0.1 * (hi - lo) + 1e-3  # a flat or single-point cloud still gets a box
+        aabb = torch.stack([lo - pad, hi + pad])
+    else:
+        half = 0.5 * cameras.centers.norm(dim=-1).mean()
+        aabb = torch.stack([-half.expand(3), half.expand(3)])
+    extra = {}
+    if all(m is not None for m in masks):
+        extra["masks"] = _downscale(torch.from_numpy(np.stack(masks)), downscale, "masks")
+    ds = MultiViewDataset(cameras=cameras.scaled(1.0 / downscale), aabb=aabb,
+                          names=[Path(im.name).stem for im in chosen],
+                          images=_downscale(torch.from_numpy(np.stack(images)), downscale, "images"),
+                          points=points, point_colors=torch.from_numpy(model.colors).float() / 255, **extra)
+    return ds, model

@@ -11,7 +11,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import imageio.v3 as iio
 import torch
@@ -23,6 +23,7 @@ from torch import Tensor
 from scene3d.cameras import Cameras, turntable_cameras
 from scene3d.data.dataset import MultiViewDataset, make_multiview_dataset
 from scene3d.data.formats import load_dataset
+from scene3d.data.frame import write_frame
 from scene3d.data.synthetic import WorldConfig, make_world
 from scene3d.device import pick_device
 from scene3d.errors import CheckpointError
@@ -44,6 +45,7 @@ class FitConfig:
     field: str = "hashgrid"
     preset: str = "default"
     data: Path | None = None
+    normalize: Literal["auto", "none"] = "auto"  # "auto": captures without an aabb normalised as nerfstudio's
     steps: int = 2000
     batch_rays: int = 1024
     n_samples: int = 64
@@ -139,9 +141,11 @@ class FieldTrainer:
         return self.evaluate(self.config.eval_views)[0]
 
     def finish(self, run: RunDir | None, result: FitResult) -> dict[str, Any]:
-        """Test metrics on every test view; with a run folder, renders and the turntable video."""
+        """Test metrics on every test view; with a run folder, the data's frame (dataparser_transforms.json),
+        renders and the turntable video."""
         metrics, out = self.evaluate()
         if run is not None:
+            write_frame(run.file("dataparser_transforms.json"), self.train_data.frame)
             save_test_renders(run, out, self.test_data.images)
             if self.config.turntable_frames:
                 save_turntable(self, run, self.config.turntable_frames)
@@ -219,7 +223,8 @@ def save_turntable(trainer: FieldTrainer, run: RunDir, n_frames: int) -> Path:
 def load_data(config: FitConfig) -> tuple[MultiViewDataset, MultiViewDataset]:
     """(train, test) splits: from `config.data`, or rendered from the synthetic world."""
     if config.data is not None:
-        return load_dataset(config.data, "train"), load_dataset(config.data, "test")
+        return (load_dataset(config.data, "train", normalize=config.normalize),
+                load_dataset(config.data, "test", normalize=config.normalize))
     world = make_world(config.world_seed, WorldConfig())
     splits = make_multiview_dataset(world, n_train=config.n_train_views, n_val=0, n_test=config.n_test_views,
                                     width=config.image_size, height=config.image_size, seed=config.world_seed)

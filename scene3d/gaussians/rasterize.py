@@ -69,7 +69,11 @@ def rasterize(scene: GaussianScene, cameras: Cameras, backend: Backend = "auto",
               eps2d: float = 0.3, tile_size: int = 8, chunk: int = 32, max_chunk: int = 256) -> RenderOutput:
     """Render `scene` from every camera. `features` [N,D] or [C,N,D] overrides the scene's colours;
     `sh_degree` limits the SH degree used (progressive SH training). `tile_size`, `chunk` and `max_chunk`
-    tune the tiled backends (8x8 tiles are fastest on CPU for small Gaussians); gsplat uses its own 16x16 tiles."""
+    tune the tiled backends (8x8 tiles are fastest on CPU for small Gaussians); gsplat uses its own 16x16 tiles.
+    Cameras must be pinhole: undistort a dataset once with `scene3d.data.undistort.undistort_dataset`."""
+    if not cameras.is_pinhole:
+        raise ValueError(f"Gaussians render pinhole cameras, got a {cameras.lens} lens: undistort the dataset first "
+                         "(scene3d.data.undistort.undistort_dataset)")
     cameras = cameras.to(scene.means.device, scene.means.dtype)
     kind = resolve_backend(backend, scene.means.device, dtype=scene.means.dtype)
     if kind == "gsplat":

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 import tyro
@@ -26,11 +26,13 @@ from torch import Tensor
 
 from scene3d.cameras import Cameras, turntable_cameras
 from scene3d.data.dataset import MultiViewDataset
-from scene3d.errors import CheckpointError
+from scene3d.data.frame import write_frame
+from scene3d.errors import CheckpointError, DataError
 from scene3d.gaussians.ply import write_ply
 from scene3d.gaussians.rasterize import RenderOutput, rasterize
 from scene3d.gaussians.scene import GaussianScene
 from scene3d.gaussians.strategy import DensifyStrategy, DensityController
+from scene3d.gaussians.transform import transform_scene
 from scene3d.metrics import psnr, ssim
 from scene3d.runs import RunDir, config_to_dict
 from scene3d.train import FitResult, RunConfig, fit, seconds_to_reach
@@ -52,9 +54,10 @@ class FitConfig:
     resume from their latest checkpoint; the test PSNR every `run.eval_every` steps is metrics.json's
     "timeline"."""
 
-    data: Path | None = None  # dataset folder (Blender / nerfstudio transforms.json); None: default synthetic world
+    data: Path | None = None  # Blender / nerfstudio / COLMAP dataset folder; None: the default synthetic world
+    normalize: Literal["auto", "none"] = "auto"  # "auto": captures without an aabb normalised as nerfstudio's
     steps: int = 2000
-    init: str = "depth"  # "depth" (unproject dataset depth when present) or "random" (uniform in the bounds)
+    init: str = "depth"  # "depth" (dataset depth, else sparse points), "points" (COLMAP's), "random" (in the bounds)
     n_init: int = 5000
     init_opacity: float = 0.1
     sh_degree: int = 3
@@ -68,6 +71,7 @@ class FitConfig:
     psnr_marks: tuple[float, ...] = (25.0, 28.0)  # metrics.json "seconds_to_psnr": training time to first reach each
     turntable_frames: int = 36
     export_mesh: bool = True  # TSDF-fuse rendered RGB-D of the training views into mesh.ply
+    export_frame: Literal["original", "normalized"] = "original"  # the frame of scene.ply and mesh.ply
     seed: int = 0
     world_views: tuple[int, int, int] = (60, 4, 8)  # train/val/test views for the default world
     world_size: int = 64  # image size of the default world
@@ -79,13 +83,14 @@ def load_splits(cfg: FitConfig) -> dict[str, MultiViewDataset]:
     """train and test splits from `cfg.data`, or the default synthetic world rendered in memory."""
     if cfg.data is not None:
         from scene3d.data.formats import load_dataset
+        from scene3d.data.undistort import undistort_dataset
 
-        splits = {"train": load_dataset(cfg.data, "train")}
+        splits = {"train": load_dataset(cfg.data, "train", normalize=cfg.normalize)}
         try:
-            splits["test"] = load_dataset(cfg.data, "test")
+            splits["test"] = load_dataset(cfg.data, "test", normalize=cfg.normalize)
         except Exception:  # noqa: BLE001 - a dataset without a test split evaluates on train views
             splits["test"] = splits["train"]
-        return splits
+        return {name: undistort_dataset(ds) for name, ds in splits.items()}  # Gaussians render pinhole
     from scene3d.data.dataset import make_multiview_dataset
     from scene3d.data.synthetic import make_world
 
@@ -100,7 +105,11 @@ def scene_extent(cameras: Cameras) -> float:
 
 
 def initial_scene(ds: MultiViewDataset, cfg: FitConfig, g: torch.Generator) -> GaussianScene:
-    """Random points in the bounds, or points unprojected from the dataset's depth maps with their colours."""
+    """Points unprojected from the dataset's depth maps ("depth"), its sparse reconstruction (every COLMAP point
+    with its colour, as 3DGS: "points", and "depth"'s fallback without depths), or random in the bounds."""
+    sparse = ds.points is not None and len(ds.points) > 0
+    if cfg.init == "points" and not sparse:
+        raise DataError(cfg.data, "init", "'points' needs a dataset with sparse points (a COLMAP model)")
     if cfg.init == "depth" and ds.depths is not None and (ds.depths > 0).any():
         n, h, w = ds.depths.shape
         valid = torch.nonzero(ds.depths.reshape(-1) > 0).squeeze(1)
@@ -110,12 +119,14 @@ def initial_scene(ds: MultiViewDataset, cfg: FitConfig, g: torch.Generator) -> G
         depth = ds.depths.reshape(n, -1)[view, pix]
         pts = ds.cameras[view].unproject(uv[:, None, :], depth[:, None])[:, 0]
         colors = ds.images.reshape(n, -1, 3)[view, pix]
+    elif cfg.init in ("depth", "points") and sparse:
+        pts, colors = ds.points, ds.point_colors
     elif cfg.init in ("depth", "random"):
         lo, hi = ds.aabb[0], ds.aabb[1]
         pts = lo + (hi - lo) * torch.rand(cfg.n_init, 3, generator=g)
         colors = torch.rand(cfg.n_init, 3, generator=g)
     else:
-        raise ValueError(f"FitConfig.init must be 'depth' or 'random', got {cfg.init!r}")
+        raise ValueError(f"FitConfig.init must be 'depth', 'points' or 'random', got {cfg.init!r}")
     return GaussianScene.from_points(pts, colors, sh_degree=cfg.sh_degree, opacity=cfg.init_opacity)
 
 
@@ -200,7 +211,8 @@ class SplatTrainer:
 
     def finish(self, run: RunDir | None, result: FitResult) -> dict[str, Any]:
         """Test metrics and the training seconds (wall, CPU) to each of `psnr_marks` (from the timeline);
-        with a run folder, the test renders, PLY, turntable video and (`export_mesh`) mesh."""
+        with a run folder, the test renders, PLY, turntable video and (`export_mesh`) mesh, the PLY and mesh in the
+        capture's original frame (`export_frame`), and the frame itself (dataparser_transforms.json)."""
         cfg, train, test = self.config, self.train_data, self.test_data
         ev = evaluate(self.scene, test, eps2d=cfg.eps2d)
         metrics = {"test_psnr": ev["psnr"], "test_ssim": ev["ssim"], "num_gaussians": len(self.scene)}
@@ -210,7 +222,9 @@ class SplatTrainer:
             return metrics
         k = min(4, len(test))
         save_png(run.file("renders", "test_grid.png"), image_grid([list(test.images[:k]), list(ev["renders"][:k])]))
-        write_ply(run.file("scene.ply"), self.scene)
+        frame = train.frame if cfg.export_frame == "original" else None
+        write_frame(run.file("dataparser_transforms.json"), train.frame)
+        write_ply(run.file("scene.ply"), self.scene if frame is None else transform_scene(self.scene, frame.inverse()))
         metrics["ply"] = str(run.file("scene.ply"))
         cameras = turntable_cameras(train.cameras, (train.aabb[0] + train.aabb[1]) / 2, cfg.turntable_frames)
         with torch.no_grad():
@@ -222,6 +236,8 @@ class SplatTrainer:
 
             voxel = float((train.aabb[1] - train.aabb[0]).max()) / 128
             mesh = gaussians_to_mesh(self.scene, train.cameras, train.aabb, voxel_size=voxel)
+            if frame is not None:
+                mesh.transform(frame.matrix_back().numpy())
             metrics["mesh"] = str(save_mesh(run.file("mesh.ply"), mesh))
             metrics["mesh_vertices"] = len(mesh.vertices)
         return metrics
