@@ -26,7 +26,7 @@ from scene3d.data.dataset import MultiViewDataset, make_multiview_dataset
 from scene3d.data.formats import load_dataset
 from scene3d.data.synthetic import WorldConfig, make_world
 from scene3d.device import pick_device
-from scene3d.errors import CheckpointError
+from scene3d.errors import CheckpointError, DataError
 from scene3d.fields.base import FIELDS, Field, build_field, field_spec, load_field_state
 from scene3d.metrics import psnr, ssim
 from scene3d.rays import Rays
@@ -90,6 +90,8 @@ class FieldTrainer:
                           if config.use_occupancy else None)
         self.generator = torch.Generator(self.device).manual_seed(config.seed)
         rays = train.cameras.rays().flatten()
+        if not (torch.isfinite(rays.origins).all() and torch.isfinite(rays.dirs).all()):  # NaN rays hit nothing:
+            raise DataError(None, "cameras", "training rays are not finite in float32 (intrinsics or poses overflow)")
         self.origins, self.dirs = rays.origins.to(self.device), rays.dirs.to(self.device)
         self.targets = rearrange(train.images, "n h w c -> (n h w) c").to(self.device)
         self.masks = (rearrange(train.masks, "n h w -> (n h w)").to(self.device).float()
