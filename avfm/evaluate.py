@@ -10,6 +10,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,7 @@ from avfm.probes import entropy_map, fit_cls_probe, fit_seg_probe, top1
 from avfm.teachers import Teacher, ViTTeacher
 from avfm.train import DataConfig, OptimConfig, TeacherConfig, TrainConfig, setup
 from scene3d.checkpoint import restoring
+from scene3d.config import Range, check
 from scene3d.errors import CheckpointError
 from scene3d.metrics import miou
 from scene3d.runs import OUTPUTS, RunDir
@@ -34,13 +36,16 @@ from scene3d.train import RunConfig
 class EvalConfig:
     run_dir: str = "outputs/avfm/avfm"
     policies: tuple[str, ...] = ("c2f", "eg_c2f", "full_first", "random", "repeated_full", "f2c")
-    steps: int = 10
-    probe_rollout: int = 10  # R-IID glimpses per probe-training scene (as the paper)
-    probe_steps: int = 400
-    canvas_grid: int | None = None
+    steps: Annotated[int, Range(1)] = 10
+    probe_rollout: Annotated[int, Range(1)] = 10  # R-IID glimpses per probe-training scene (as the paper)
+    probe_steps: Annotated[int, Range(1)] = 400
+    canvas_grid: Annotated[int | None, Range(1, 1024)] = None
     seed: int = 0
     name: str = "eval"  # results go to <output_root>/avfm_eval/<name>/
     output_root: Path = OUTPUTS
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 def train_config_from_dict(d: dict) -> TrainConfig:

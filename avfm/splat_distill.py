@@ -30,6 +30,7 @@ from avfm.teachers import (
     save_vit_teacher,
     train_dense_teacher,
 )
+from scene3d.config import Range, check
 from scene3d.data.dataset import MultiViewDataset
 from scene3d.distill.splat.data import make_world_views
 from scene3d.distill.splat.depth import DepthNetConfig, depth_fn, train_depth_net
@@ -59,12 +60,12 @@ class DenseFeatures(nn.Module):
 class WorldsConfig:
     """Seeds 0.. are distillation worlds; probe-training and probe-test worlds are disjoint from them."""
 
-    n_distill: int = 8
-    n_views: int = 24
-    size: int = 64
-    n_probe_train: int = 4
-    n_probe_test: int = 4
-    probe_views: int = 12
+    n_distill: Annotated[int, Range(1)] = 8
+    n_views: Annotated[int, Range(2)] = 24
+    size: Annotated[int, Range(8, 4096)] = 64
+    n_probe_train: Annotated[int, Range(1)] = 4
+    n_probe_test: Annotated[int, Range(1)] = 4
+    probe_views: Annotated[int, Range(2)] = 12
     probe_train_seed: int = 10_000
     probe_test_seed: int = 20_000
 
@@ -93,6 +94,9 @@ class SplatRunConfig:
     run_probes: bool = True  # probe the teacher and the student on held-out worlds at the end
     # --name, --output-root, --checkpoint-every, --resume, ... (scene3d.train.RunConfig)
     run: Annotated[RunConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=run_defaults)
+
+    def __post_init__(self) -> None:
+        check(self)
 
     @property
     def run_name(self) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from avfm.data import load_scenes
 from avfm.vit import ViT, ViTConfig, interpolate_tokens
 from scene3d.checkpoint import load_checkpoint, save_checkpoint
+from scene3d.config import Range, check
 from scene3d.errors import CheckpointError, DataError
 from scene3d.runs import RunDir
 from scene3d.train import FitResult, RunConfig, fit
@@ -123,14 +124,14 @@ def random_vit_teacher(
 class DenseTeacherConfig:
     """Training of the small dense teacher (CPU-sized defaults)."""
 
-    dim: int = 96
-    depth: int = 4
-    heads: int = 3
-    patch_size: int = 8
-    steps: int = 300
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 0.05
+    dim: Annotated[int, Range(1)] = 96
+    depth: Annotated[int, Range(1)] = 4
+    heads: Annotated[int, Range(1)] = 3
+    patch_size: Annotated[int, Range(1)] = 8
+    steps: Annotated[int, Range(1)] = 300
+    batch_size: Annotated[int, Range(1)] = 16
+    lr: Annotated[float, Range(0, above=True)] = 1e-3
+    weight_decay: Annotated[float, Range(0)] = 0.05
     seed: int = 0
 
 
@@ -245,14 +246,17 @@ class TeacherRunConfig:
     """A teacher trained on its own (`scripts/train_teacher.py`): `n` scenes of `source` at `resolution`
     px (scene seed `seed`), in `<output_root>/teachers/<name>/` (name: "dense")."""
 
-    source: str = "synthetic"
-    n: int = 256
-    resolution: int = 64
+    source: Literal["synthetic", "toy", "folder"] = "synthetic"
+    n: Annotated[int, Range(1)] = 256
+    resolution: Annotated[int, Range(8, 4096)] = 64
     seed: int = 0
     teacher: DenseTeacherConfig = field(default_factory=DenseTeacherConfig)
     # --name, --output-root, --checkpoint-every, --log-every, --stop-after, ... (scene3d.train.RunConfig)
     run: Annotated[RunConfig, tyro.conf.OmitArgPrefixes] = field(
         default_factory=lambda: RunConfig(log_every=10, eval_every=0, checkpoint_every=100))
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 def train_teacher_run(config: TeacherRunConfig) -> tuple[DenseTeacherTrainer, FitResult, Path | None]:

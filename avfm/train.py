@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -43,6 +43,7 @@ from avfm.teachers import (
     save_vit_teacher,
     train_dense_teacher,
 )
+from scene3d.config import Range, check
 from scene3d.device import pick_device
 from scene3d.errors import DataError
 from scene3d.runs import RunDir, config_to_dict
@@ -51,11 +52,11 @@ from scene3d.train import FitResult, RunConfig, fit
 
 @dataclass
 class DataConfig:
-    source: str = "synthetic"  # synthetic | toy | photos (scikit-image's, no labels) | folder
+    source: Literal["synthetic", "toy", "photos", "folder"] = "synthetic"  # photos: scikit-image's, no labels
     path: str | None = None
-    n_train: int = 256
-    n_val: int = 64
-    resolution: int = 64
+    n_train: Annotated[int, Range(1)] = 256
+    n_val: Annotated[int, Range(0)] = 64
+    resolution: Annotated[int, Range(8, 4096)] = 64
     seed: int = 0
 
 
@@ -69,11 +70,11 @@ class TeacherConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3  # paper: 4e-4 at batch 64 for CanViT-B
-    warmup_steps: int = 50  # paper: 100k
-    weight_decay: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    clip: float = 1.0
+    lr: Annotated[float, Range(0, above=True)] = 1e-3  # paper: 4e-4 at batch 64 for CanViT-B
+    warmup_steps: Annotated[int, Range(0)] = 50  # paper: 100k
+    weight_decay: Annotated[float, Range(0)] = 1e-4
+    betas: Annotated[tuple[float, float], Range(0, 1)] = (0.9, 0.999)
+    clip: Annotated[float, Range(0, above=True)] = 1.0
 
 
 @dataclass
@@ -82,13 +83,13 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    steps: int = 400
-    batch_size: int = 16
-    chunk: int = 2
-    p_stop: float = 0.5
-    s_min: float = 0.05
-    canvas_grid: int | None = None  # default: the model config's
-    standardizer_scenes: int = 256
+    steps: Annotated[int, Range(1)] = 400
+    batch_size: Annotated[int, Range(1)] = 16
+    chunk: Annotated[int, Range(1)] = 2
+    p_stop: Annotated[float, Range(0, 1, above=True)] = 0.5
+    s_min: Annotated[float, Range(0, 1, above=True)] = 0.05
+    canvas_grid: Annotated[int | None, Range(1, 1024)] = None  # default: the model config's
+    standardizer_scenes: Annotated[int, Range(1)] = 256
     seed: int = 0
     device: str = "auto"
     amp: bool = False  # bf16 autocast for the forward (canvas, RoPE and VPE stay fp32); backward outside
@@ -96,6 +97,9 @@ class TrainConfig:
     # --eval-every N adds the validation loss every N steps (0: only at the end)
     run: Annotated[RunConfig, tyro.conf.OmitArgPrefixes] = field(
         default_factory=lambda: RunConfig(log_every=10, eval_every=0, checkpoint_every=100))
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 # --------------------------------------------------------------------------------------------------

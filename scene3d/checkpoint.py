@@ -22,7 +22,9 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from scene3d.errors import CheckpointError, OutputError
+from scene3d.files import read_bytes
 
+MAX_CHECKPOINT_BYTES = 2**36  # 64 GiB: only regular files up to this size are read as checkpoints
 _TENSOR = "__tensor__"
 _TUPLE = "__tuple__"
 
@@ -135,14 +137,10 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], config: dict[str, A
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict, dict]:
-    """Load `(state, config)` from `save_checkpoint`'s file, or raise CheckpointError naming it."""
+    """Load `(state, config)` from `save_checkpoint`'s file, or raise CheckpointError naming it (also for
+    a FIFO, a device or a folder named like a checkpoint, and for files over MAX_CHECKPOINT_BYTES)."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(path, "file", "checkpoint file does not exist") from None
-    except OSError as err:
-        raise CheckpointError(path, "file", f"cannot read ({err.strerror or err})") from None
+    raw = read_bytes(path, "file", MAX_CHECKPOINT_BYTES, CheckpointError)
     try:
         metadata = _read_metadata(raw)
         tensors = load_safetensors_bytes(raw)

@@ -34,11 +34,23 @@ class OutputError(DataError, OSError):
     """An output that cannot be written (disk full, file-size limit, folder not writable)."""
 
 
+class MissingSplitError(DataError):
+    """A dataset without the split asked for (no `transforms_test.json`, no `test_filenames`)."""
+
+
+class ConfigError(Scene3DError):
+    """A configuration value out of its range or choices (`scene3d.config.check`): `--flag: problem`."""
+
+    def __init__(self, field: str, problem: str):
+        self.field, self.problem = field, one_line(problem)
+        super().__init__(f"{field}: {self.problem}")
+
+
 class NonFiniteError(Scene3DError):
     """A training step produced NaN or infinity in a loss or a parameter (`scene3d.guard`)."""
 
     def __init__(self, step: int, name: str, kind: str = "tensor", checkpoint: str | Path | None = None):
         self.step, self.name, self.checkpoint = step, name, None if checkpoint is None else str(checkpoint)
-        kept = f"; last good checkpoint kept: {checkpoint}" if checkpoint else "; no checkpoint written yet"
+        kept = f"; last good checkpoint kept: {checkpoint}" if checkpoint else "; no good checkpoint on disk"
         super().__init__(f"step {step}: {kind} '{name}' is NaN or infinite, training stopped{kept} "
                          "(the 'nonfinite' option set to 'skip' skips such steps)")

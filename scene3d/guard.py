@@ -10,9 +10,10 @@
     opt.zero_grad()
 
 In mode "stop" the first non-finite loss, gradient or parameter raises `NonFiniteError` naming the
-step and the tensor; the loop raises before its next checkpoint, so the last checkpoint on disk is
-the last good one. In mode "skip" a non-finite loss or gradient skips the optimizer step (a warning
-on stderr); more than `max_consecutive_skips` in a row stops the run as in mode "stop".
+step, the tensor and the last good checkpoint: the newest one on disk that loads and holds only
+finite tensors (the loop raises before its next checkpoint, so that is normally the newest). In
+mode "skip" a non-finite loss or gradient skips the optimizer step (a warning on stderr); more than
+`max_consecutive_skips` in a row stops the run as in mode "stop".
 
 Fault injection for tests: `SCENE3D_FAULT_NAN_STEP=K` makes the loss of step K NaN.
 """
@@ -27,7 +28,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from scene3d.errors import NonFiniteError
+from scene3d.checkpoint import flatten_state, load_checkpoint
+from scene3d.errors import CheckpointError, NonFiniteError
 
 MODES = ("stop", "skip")
 
@@ -60,10 +62,17 @@ class FiniteGuard:
         self._run = 0
 
     def _last_checkpoint(self) -> Path | None:
+        """The newest checkpoint that loads and holds only finite tensors (None: there is none)."""
         if self.checkpoint_dir is None:
             return None
-        found = sorted(Path(self.checkpoint_dir).glob("step_*.safetensors"))
-        return found[-1] if found else None
+        for path in sorted(Path(self.checkpoint_dir).glob("step_*.safetensors"), reverse=True):
+            try:
+                tensors, _ = flatten_state(load_checkpoint(path)[0])
+            except CheckpointError:
+                continue
+            if first_nonfinite(tensors.items()) is None:
+                return path
+        return None
 
     def _fail(self, step: int, name: str, kind: str) -> bool:
         if self.mode == "stop" or self._run >= self.max_consecutive_skips:

@@ -28,10 +28,13 @@ def _gaussian_window(size: int, sigma: float, device, dtype) -> Tensor:
 
 def ssim_map(pred: Float[Tensor, "*B H W C"], target: Float[Tensor, "*B H W C"], data_range: float = 1.0,
              window: int = 11, sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> Float[Tensor, "B C h w"]:
-    """Local SSIM at every valid window position (differentiable; D-SSIM losses use its mean)."""
+    """Local SSIM at every valid window position (differentiable; D-SSIM losses use its mean). Images
+    smaller than the window use the largest odd window that fits (1x1 images: a 1-pixel window)."""
     x = rearrange(pred.float(), "... h w c -> (...) c h w")
     y = rearrange(target.float(), "... h w c -> (...) c h w")
     channels = x.shape[1]
+    window = min(window, *x.shape[-2:])
+    window -= 1 - window % 2
     g = _gaussian_window(window, sigma, x.device, x.dtype)
     kernel_h = g.view(1, 1, 1, -1).expand(channels, 1, 1, window)
     kernel_v = g.view(1, 1, -1, 1).expand(channels, 1, window, 1)
@@ -48,7 +51,7 @@ def ssim_map(pred: Float[Tensor, "*B H W C"], target: Float[Tensor, "*B H W C"],
 
 
 def ssim(pred: Float[Tensor, "*B H W C"], target: Float[Tensor, "*B H W C"], data_range: float = 1.0) -> Tensor:
-    """Mean structural similarity (one number); images need at least 11x11 pixels."""
+    """Mean structural similarity (one number) with an 11-pixel Gaussian window (smaller for smaller images)."""
     return ssim_map(pred, target, data_range).mean()
 
 

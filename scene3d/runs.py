@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from scene3d.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
 from scene3d.errors import CheckpointError, OutputError
+
+Loaded = TypeVar("Loaded")
 
 OUTPUTS = Path("outputs")
 _CKPT = re.compile(r"step_(\d+)\.safetensors$")
@@ -33,6 +37,31 @@ def config_to_dict(config: Any) -> Any:
     return config
 
 
+def checkpoint_files(run_path: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of a run folder's `checkpoints/step_*.safetensors`, oldest first (creates nothing)."""
+    folder = Path(run_path) / "checkpoints"
+    found = [(int(m.group(1)), p) for p in folder.glob("step_*.safetensors") if (m := _CKPT.search(p.name))]
+    return sorted(found)
+
+
+def newest_loadable(run_path: str | Path, load: Callable[[Path], Loaded] = load_checkpoint
+                    ) -> tuple[Path, Loaded] | None:
+    """`(path, load(path))` for the newest checkpoint of a run folder that loads, None when it has none.
+    A newer one that does not load (damaged after it was written) is reported on stderr and skipped;
+    when none loads, the newest one's `CheckpointError` is raised. Changes nothing on disk, so the
+    viewer uses it on runs still training."""
+    first_error = None
+    for _, path in reversed(checkpoint_files(run_path)):
+        try:
+            return path, load(path)
+        except CheckpointError as err:
+            first_error = first_error or err
+            print(f"warning: skipping unreadable checkpoint: {err}", file=sys.stderr)
+    if first_error is not None:
+        raise first_error
+    return None
+
+
 class RunDir:
     """One run's folder. Checkpoints are `checkpoints/step_XXXXXXX.safetensors`, newest kept."""
 
@@ -44,6 +73,7 @@ class RunDir:
             raise OutputError(self.path, None, f"cannot create the run folder ({err.strerror or err})") from None
         self.keep_checkpoints = keep_checkpoints
         self._writer = None
+        self._purge_step: int | None = None
 
     @classmethod
     def create(cls, kind: str, name: str, root: str | Path = OUTPUTS, **kwargs) -> RunDir:
@@ -70,7 +100,7 @@ class RunDir:
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(self.path / "tb"))
+            self._writer = SummaryWriter(str(self.path / "tb"), purge_step=self._purge_step)
         for key, value in scalars.items():
             self._writer.add_scalar(key, value, step)
         path = self.file("scalars.jsonl")
@@ -80,6 +110,30 @@ class RunDir:
         except OSError as err:
             raise OutputError(path, None, f"cannot append ({err.strerror or err})") from None
 
+    def scalars_bytes(self) -> int:
+        """The length of `scalars.jsonl` now (0 when there is none); a checkpoint records it."""
+        path = self.path / "scalars.jsonl"
+        return path.stat().st_size if path.is_file() else 0
+
+    def continue_logs(self, step: int, scalars_bytes: int | None) -> None:
+        """Logs go on from `step` (0: a fresh start): `scalars.jsonl` is cut back to the `scalars_bytes`
+        it held when that step's checkpoint was written (None: lines of later steps dropped), and
+        TensorBoard discards the events of later steps, so no line is logged twice across resumes."""
+        path = self.path / "scalars.jsonl"
+        self._purge_step = step + 1
+        if not path.is_file():
+            return
+        try:
+            if scalars_bytes is not None:
+                if scalars_bytes < path.stat().st_size:
+                    os.truncate(path, scalars_bytes)
+                return
+            kept = [line for line in path.read_text(errors="replace").splitlines(keepends=True)
+                    if line.endswith("\n") and (logged := _logged_step(line)) is not None and logged <= step]
+            atomic_write_text(path, "".join(kept))
+        except OSError as err:
+            raise OutputError(path, None, f"cannot cut back to step {step} ({err.strerror or err})") from None
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
@@ -87,9 +141,7 @@ class RunDir:
 
     # checkpoints ---------------------------------------------------------------------------
     def checkpoints(self) -> list[tuple[int, Path]]:
-        folder = self.path / "checkpoints"
-        found = [(int(m.group(1)), p) for p in folder.glob("step_*.safetensors") if (m := _CKPT.search(p.name))]
-        return sorted(found)
+        return checkpoint_files(self.path)
 
     def save_checkpoint(self, step: int, state: dict[str, Any], config: Any = None) -> Path:
         path = save_checkpoint(self.file("checkpoints", f"step_{step:07d}.safetensors"),
@@ -102,20 +154,23 @@ class RunDir:
         found = self.checkpoints()
         return found[-1][1] if found else None
 
-    def load_latest(self, map_location: str = "cpu") -> tuple[dict, dict] | None:
-        """The newest checkpoint that loads (state, config), or None when there is none. A newer
-        unreadable one (damaged after it was written) is reported on stderr and skipped; when none
-        loads, the newest one's CheckpointError is raised. Leftover temporary files of a write that
-        was killed are removed."""
+    def remove_killed_writes(self) -> None:
+        """Remove the temporary files of checkpoint writes that were killed."""
         for tmp in (self.path / "checkpoints").glob(".step_*.tmp"):
             tmp.unlink(missing_ok=True)
-        first_error = None
-        for _, path in reversed(self.checkpoints()):
-            try:
-                return load_checkpoint(path, map_location)
-            except CheckpointError as err:
-                first_error = first_error or err
-                print(f"warning: skipping unreadable checkpoint: {err}", file=sys.stderr)
-        if first_error is not None:
-            raise first_error
+
+    def load_latest(self, map_location: str = "cpu") -> tuple[dict, dict] | None:
+        """The newest checkpoint that loads (state, config), or None when there is none (see
+        `newest_loadable`); leftover temporary files of a killed write are removed first."""
+        self.remove_killed_writes()
+        found = newest_loadable(self.path, lambda path: load_checkpoint(path, map_location))
+        return None if found is None else found[1]
+
+
+def _logged_step(line: str) -> int | None:
+    """The step of one scalars.jsonl line (None: not a record)."""
+    try:
+        step = json.loads(line).get("step")
+    except (ValueError, AttributeError):
         return None
+    return step if isinstance(step, int) else None

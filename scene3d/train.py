@@ -10,12 +10,17 @@ drives it.
 - the run folder and exact resume: the newest checkpoint that loads is restored (the trainable's state
   plus the loop's step, evaluation timeline and training seconds), and a killed run resumed ends with
   the same parameters as an uninterrupted one, because every trainable restores its RNG states;
-- the run's identity: a checkpoint records the job's configuration, and resuming with another
-  configuration is refused in one line naming the first field that differs;
+  `scalars.jsonl` and TensorBoard are cut back to that checkpoint, so no step is logged twice;
+- the run's identity: a checkpoint records the job's configuration and the fingerprint of its input
+  files (`run_identity`), and resuming with another identity is refused in one line naming the first
+  field that differs; a fresh start (`resume` off) moves the folder's checkpoints and scalars to
+  `checkpoints/replaced/`, so no rotation or resume mixes two runs; a checkpoint whose step, loop state
+  or parameters (NaN / inf) do not fit is refused in one line;
 - the NaN/inf guard (`scene3d.guard`): loss, gradients and parameters checked every step;
 - the cadence: scalars every `log_every` steps, validation every `eval_every` steps and at the last step
   (its time paused out of the training seconds), a checkpoint every `checkpoint_every` steps, at the
-  last step and whenever a limit ends the invocation;
+  last step and whenever a limit ends the invocation; a checkpoint is written before its step's
+  validation, so a crash in evaluation keeps it (the resumed run validates that step first);
 - the limits: `steps` (the schedule's length), `stop_after` steps or `max_minutes` of training in this
   invocation (a limit ends it with a checkpoint; rerunning continues);
 - a progress bar, and `metrics.json`: the trainable's final metrics plus steps, training seconds and the
@@ -27,21 +32,24 @@ the checkpoint written then is `step_<step>`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
 from scene3d.checkpoint import restoring
-from scene3d.errors import CheckpointError
-from scene3d.guard import FiniteGuard
-from scene3d.runs import OUTPUTS, RunDir, config_to_dict
+from scene3d.config import Range, check
+from scene3d.errors import CheckpointError, ConfigError
+from scene3d.files import fingerprint
+from scene3d.guard import FiniteGuard, first_nonfinite
+from scene3d.runs import OUTPUTS, RunDir, config_to_dict, newest_loadable
 from scene3d.timing import Stopwatch
 
 
@@ -53,14 +61,19 @@ class RunConfig:
     name: str | None = None  # the run folder's name under <output_root>/<kind>/; None: the job's default name
     output_root: Path = OUTPUTS
     resume: bool = True  # continue from the run folder's newest checkpoint (refused if it is another run's)
-    log_every: int = 50  # scalars to TensorBoard and scalars.jsonl, and the progress bar's numbers
-    eval_every: int = 500  # validation every this many steps and at the last step; 0: never
-    checkpoint_every: int = 500  # checkpoints every this many steps, at the last one and when a limit stops
-    keep_checkpoints: int = 2  # the newest this many checkpoints are kept
-    stop_after: int | None = None  # end this invocation after this many steps (a checkpoint is written)
-    max_minutes: float | None = None  # end this invocation after this many minutes of training
+    log_every: Annotated[int, Range(1)] = 50  # scalars to TensorBoard and scalars.jsonl, and the progress bar's
+    eval_every: Annotated[int, Range(0)] = 500  # validation every this many steps and at the last step; 0: never
+    checkpoint_every: Annotated[int, Range(1)] = 500  # checkpoints every this many steps, at the last one, at limits
+    keep_checkpoints: Annotated[int, Range(1)] = 2  # the newest this many checkpoints are kept
+    stop_after: Annotated[int | None, Range(1)] = None  # end this invocation after this many steps (a checkpoint)
+    max_minutes: Annotated[float | None, Range(0, above=True)] = None  # end it after this many minutes of training
     nonfinite: Literal["stop", "skip"] = "stop"  # a NaN / inf loss, gradient or parameter: stop naming it, or skip
     progress: bool = True  # a progress bar on stderr
+
+    def __post_init__(self) -> None:
+        check(self)
+        if self.name is not None and (self.name in ("", ".", "..") or any(c in self.name for c in "/\\\0")):
+            raise ConfigError("--name", f"must be a plain folder name, got {self.name!r}")
 
     def open(self, kind: str, default_name: str) -> RunDir:
         """The run folder `<output_root>/<kind>/<name or default_name>/`."""
@@ -117,10 +130,29 @@ class FitResult:
 
 
 def run_identity(config: Any, ignore: Iterable[str] = ("run", "steps", "device")) -> dict[str, Any]:
-    """The fields of a job config that make a run what it is: all but the loop's pacing (`run`), the
-    schedule's length (`steps`: a run may be continued for longer) and the device."""
+    """What makes a run what it is: the fields of its job config but the loop's pacing (`run`), the
+    schedule's length (`steps`: a run may be continued for longer) and the device, plus under "inputs"
+    the `scene3d.files.fingerprint` of every file or folder a `Path` field names (its data, a teacher)."""
     data = config_to_dict(config)
-    return {k: v for k, v in data.items() if k not in set(ignore)} if isinstance(data, dict) else {"config": data}
+    if not isinstance(data, dict):
+        return {"config": data}
+    identity = {k: v for k, v in data.items() if k not in set(ignore)}
+    inputs = {name: fingerprint(path) for name, path in _input_paths(config, set(ignore))}
+    return {**identity, "inputs": inputs} if inputs else identity
+
+
+def _input_paths(config: Any, ignore: set[str], prefix: str = "") -> Iterator[tuple[str, Path]]:
+    """(dotted field name, path) of every `Path` field of a (nested) dataclass config."""
+    if not dataclasses.is_dataclass(config):
+        return
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name in ignore:
+            continue
+        if isinstance(value, Path):
+            yield prefix + f.name, value
+        else:
+            yield from _input_paths(value, set(), f"{prefix}{f.name}.")
 
 
 def _first_difference(saved: Any, now: Any, path: str = "") -> str | None:
@@ -167,20 +199,55 @@ def _scalars(logs: dict[str, Any], prefix: str) -> dict[str, float]:
             if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
-def _replace_other_checkpoints(run: RunDir) -> None:
-    """A fresh start in a folder holding checkpoints (`resume` off): they move to `checkpoints/replaced/`
-    (an earlier replaced set is dropped), so the new run's checkpoints are never rotated away by them and
-    the new run never resumes them."""
-    found = run.checkpoints()
+def _replace_other_run(run: RunDir) -> None:
+    """A fresh start in a folder holding another run (`resume` off): its checkpoints and scalars.jsonl
+    move to `checkpoints/replaced/` (an earlier replaced set is dropped), so the new run's checkpoints
+    are never rotated away by them, the new run never resumes them and its logs start empty."""
+    found = [path for _, path in run.checkpoints()]
+    if (run.path / "scalars.jsonl").is_file():
+        found.append(run.path / "scalars.jsonl")
     if not found:
         return
     folder = run.path / "checkpoints" / "replaced"
     if folder.is_dir():
-        for old in folder.glob("step_*.safetensors"):
-            old.unlink()
+        for old in [*folder.glob("step_*.safetensors"), folder / "scalars.jsonl"]:
+            old.unlink(missing_ok=True)
     folder.mkdir(parents=True, exist_ok=True)
-    for _, path in found:
+    for path in found:
         path.replace(folder / path.name)
+
+
+def _resume(trainable: Trainable, run: RunDir, identity: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
+    """Restore the newest checkpoint that loads into `trainable`: (its step, the loop's state saved with
+    it), or (0, {}) when there is none. A checkpoint of another run (identity), one whose step or loop
+    state does not fit, or whose parameters are not finite is one `CheckpointError`."""
+    run.remove_killed_writes()
+    found = newest_loadable(run.path)
+    if found is None:
+        return 0, {}
+    path, (state, _) = found
+    with restoring(path, "loop"):
+        loop = state.get("loop", {})
+        saved_identity = loop.get("identity")
+        if identity is not None and saved_identity is not None and json.loads(saved_identity) != identity:
+            why = _first_difference(json.loads(saved_identity), identity) or "the configuration differs"
+            raise CheckpointError(path, "identity", f"belongs to another run ({why}); choose another --name, or "
+                                  "--no-resume to start this one afresh")
+        step, named = state.get("step"), int(path.stem.removeprefix("step_"))
+        if isinstance(step, bool) or step != named:
+            raise CheckpointError(path, "step", f"must be {named}, the step in the file's name; got {step!r}"[:300])
+        wall, cpu = (float(v) for v in loop.get("elapsed", (0.0, 0.0)))
+        scalars_bytes = loop.get("scalars_bytes")
+        if not (math.isfinite(wall) and math.isfinite(cpu) and wall >= 0 and cpu >= 0) or not (
+                scalars_bytes is None or (isinstance(scalars_bytes, int) and scalars_bytes >= 0)):
+            raise ValueError("elapsed seconds or scalars_bytes out of range")
+        loop = {**loop, "timeline": [dict(entry) for entry in loop.get("timeline", [])], "elapsed": (wall, cpu)}
+    with restoring(path, "training state"):
+        trainable.load_state_dict(state)
+    if (bad := first_nonfinite(trainable.guarded_parameters())) is not None:
+        raise CheckpointError(path, bad, "holds NaN or infinite values; delete this checkpoint to resume from an "
+                              "earlier one, or --no-resume to start afresh")
+    return step, loop
 
 
 def fit(trainable: Trainable, run: RunDir | None, config: RunConfig, steps: int, *,
@@ -193,36 +260,39 @@ def fit(trainable: Trainable, run: RunDir | None, config: RunConfig, steps: int,
     guard = FiniteGuard(config.nonfinite, None if run is None else run.path / "checkpoints")
     identity = None if job_config is None else run_identity(job_config)
     identity_json = json.dumps(identity if identity is not None else {}, sort_keys=True)
-    start, timeline, elapsed = 0, [], (0.0, 0.0)
-    if run is not None and config.resume and (loaded := run.load_latest()) is not None:
-        state, _ = loaded
-        path = run.latest_checkpoint()
-        loop = state.get("loop", {})
-        saved_identity = loop.get("identity")
-        if identity is not None and saved_identity is not None and saved_identity != identity_json:
-            why = _first_difference(json.loads(saved_identity), identity) or "the configuration differs"
-            raise CheckpointError(path, "identity", f"belongs to another run ({why}); choose another --name, or "
-                                  "--no-resume to start this one afresh")
-        with restoring(path, "training state"):
-            trainable.load_state_dict(state)
-            start = int(state["step"])
-            timeline = [dict(entry) for entry in loop.get("timeline", [])]
-            elapsed = tuple(loop.get("elapsed", elapsed))
-    elif writer is not None and not config.resume:
-        _replace_other_checkpoints(writer)
+    start, loop = 0, {}
+    if run is not None and config.resume:
+        start, loop = _resume(trainable, run, identity)
+    elif writer is not None:
+        _replace_other_run(writer)
+    timeline: list[dict[str, float]] = loop.get("timeline", [])
+    elapsed = loop.get("elapsed", (0.0, 0.0))
     if writer is not None:
         writer.keep_checkpoints = config.keep_checkpoints
+        writer.continue_logs(start, loop.get("scalars_bytes", None if start else 0))
         if job_config is not None:
             writer.save_config(job_config)
     clock = Stopwatch(*elapsed)
 
-    def checkpoint(step: int) -> None:
+    def checkpoint(step: int, eval_pending: bool) -> None:
+        """Written before the step's validation (`eval_pending`), so a crash in evaluation keeps it."""
         if writer is None:
             return
         with clock.paused() as now:
-            loop = {"identity": identity_json, "timeline": timeline, "elapsed": [now.wall_s, now.cpu_s]}
+            loop = {"identity": identity_json, "timeline": timeline, "elapsed": [now.wall_s, now.cpu_s],
+                    "scalars_bytes": writer.scalars_bytes(), "eval_pending": eval_pending}
             writer.save_checkpoint(step, {**trainable.state_dict(), "loop": loop}, trainable.checkpoint_config())
 
+    def validate(step: int) -> None:
+        with clock.paused() as now:
+            metrics = trainable.validate()
+        if metrics:
+            timeline.append({"step": step, "seconds": now.wall_s, "cpu_seconds": now.cpu_s, **metrics})
+            if writer is not None:
+                writer.log_scalars(step, _scalars(metrics, "test"))
+
+    if loop.get("eval_pending") is True:  # the resumed checkpoint's validation did not finish before the stop
+        validate(start)
     last = steps if config.stop_after is None else min(steps, start + config.stop_after)
     bar = tqdm(total=steps, initial=start, desc=trainable.name, disable=not (config.progress and main_process),
                dynamic_ncols=True)
@@ -235,16 +305,12 @@ def fit(trainable: Trainable, run: RunDir | None, config: RunConfig, steps: int,
             bar.set_postfix({k: f"{v:.4g}" for k, v in list(logs.items())[:2]})
             if writer is not None:
                 writer.log_scalars(step, _scalars(logs, "train"))
-        if config.eval_every and (step % config.eval_every == 0 or step == steps):
-            with clock.paused() as now:
-                metrics = trainable.validate()
-            if metrics:
-                timeline.append({"step": step, "seconds": now.wall_s, "cpu_seconds": now.cpu_s, **metrics})
-                if writer is not None:
-                    writer.log_scalars(step, _scalars(metrics, "test"))
+        due = bool(config.eval_every) and (step % config.eval_every == 0 or step == steps)
         out_of_time = minutes_left is not None and clock.read().wall_s - elapsed[0] > 60 * minutes_left
         if step % config.checkpoint_every == 0 or step in (steps, last) or out_of_time:
-            checkpoint(step)
+            checkpoint(step, eval_pending=due)
+        if due:
+            validate(step)
         if out_of_time:
             break
     bar.close()

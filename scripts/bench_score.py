@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import torch
 import tyro
@@ -17,16 +18,20 @@ import tyro
 from lab.eval.score import guidance_speed
 from scene3d.checkpoint import atomic_write_json
 from scene3d.cli import run_cli
+from scene3d.config import Range, check
 from scene3d.diffusion import PixelPrior, PixelPriorConfig, load_prior
 
 
 @dataclass
 class BenchConfig:
     prior: Path | None = None
-    render_size: int = 64
-    batch_size: int = 4
-    steps: int = 10
+    render_size: Annotated[int, Range(1, 4096)] = 64
+    batch_size: Annotated[int, Range(1)] = 4
+    steps: Annotated[int, Range(1)] = 10
     out: Path = Path("outputs/bench/score_guidance.json")
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 def main(config: BenchConfig) -> None:

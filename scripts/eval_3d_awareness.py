@@ -17,6 +17,7 @@ import tyro
 from avfm.splat_distill import SplatRunConfig, run_defaults
 from lab.eval.awareness import compare_3d_awareness, quick_config
 from scene3d.cli import run_cli
+from scene3d.config import check
 
 
 @dataclass
@@ -24,6 +25,9 @@ class EvalConfig:
     quick: bool = False  # the quick preset (replaces `run`)
     output: Path = Path("outputs/bench/3d_awareness.json")
     run: SplatRunConfig = field(default_factory=lambda: SplatRunConfig(run=run_defaults(name="eval")))
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 def main(cfg: EvalConfig) -> None:

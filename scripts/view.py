@@ -9,10 +9,12 @@ Prints the URL and serves until interrupted (Ctrl-C).
 """
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import tyro
 
 from scene3d.cli import run_cli
+from scene3d.config import Range, check
 from viewer.inputs import open_inputs
 from viewer.panels.scene import RenderSettings
 from viewer.server import ViewerConfig, ViewerServer
@@ -24,9 +26,12 @@ class ViewArgs:
     """synthetic:SEED, a dataset folder (transforms*.json), a run directory or a .ply file (one or more)."""
     host: str = "127.0.0.1"
     """Interface to bind; the default is reachable from this machine only."""
-    port: int = 8080
+    port: Annotated[int, Range(0, 65535)] = 8080
     """Port to listen on (the next free one is used if it is taken)."""
     render: RenderSettings = field(default_factory=RenderSettings)
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 def main(args: ViewArgs) -> None:

@@ -35,6 +35,7 @@ from scene3d.distill.volume.distiller import (
 from scene3d.distill.volume.edit import erase_box
 from scene3d.distill.volume.gaussian_teacher import GaussianToFieldDistiller, gaussian_views
 from scene3d.distill.volume.run import DistillVolumeConfig, distill_volume
+from scene3d.errors import ConfigError
 from scene3d.fields import FIELDS, build_field, load_field
 from scene3d.fields.base import field_spec
 from scene3d.gaussians import GaussianScene
@@ -322,9 +323,9 @@ def test_script_reports_a_missing_teacher_in_one_line(tmp_path):
                            str(tmp_path / "nope"), "--output-root", str(tmp_path)],
                           capture_output=True, text=True, cwd=root, timeout=120)
     assert proc.returncode == 2 and "nope" in proc.stderr and "Traceback" not in proc.stderr
-    with pytest.raises(ValueError, match="student: unknown field 'voxels'"):
+    with pytest.raises(ConfigError, match="--student: must be one of .*; got 'voxels'"):
         VolumeDistillConfig(student="voxels")
-    with pytest.raises(ValueError, match="active: unknown"):
+    with pytest.raises(ConfigError, match="--active: unknown"):
         VolumeDistillConfig(active="image,pixels")
 
 

@@ -48,21 +48,29 @@ def matrix_to_quat(rotation: np.ndarray) -> np.ndarray:
     return q if q[0] >= 0 else -q
 
 
+def _bounded(value: float, low: float, high: float, default: float) -> float:
+    value = float(value)
+    return min(max(value, low), high) if math.isfinite(value) else default
+
+
 @dataclass(frozen=True)
 class ViewState:
     """One browser camera as viser reports it: OpenCV T_world_camera, vertical fov (radians),
-    canvas aspect (width / height)."""
+    canvas aspect (width / height). A client sends these, so they are made safe to render here:
+    non-finite values replaced, fov in [0.001, 3.1] radians, aspect in [1/16, 16], |position| <= 1e6,
+    a zero quaternion the identity."""
 
     wxyz: tuple[float, float, float, float]
     position: tuple[float, float, float]
     fov_y: float
     aspect: float
 
-    def __post_init__(self) -> None:  # plain Python floats, whatever array type came in
-        object.__setattr__(self, "wxyz", tuple(float(v) for v in self.wxyz))
-        object.__setattr__(self, "position", tuple(float(v) for v in self.position))
-        object.__setattr__(self, "fov_y", float(self.fov_y))
-        object.__setattr__(self, "aspect", float(self.aspect))
+    def __post_init__(self) -> None:  # plain, bounded Python floats, whatever came in
+        wxyz = tuple(_bounded(v, -1e6, 1e6, 0.0) for v in self.wxyz)
+        object.__setattr__(self, "wxyz", wxyz if len(wxyz) == 4 and any(wxyz) else (1.0, 0.0, 0.0, 0.0))
+        object.__setattr__(self, "position", tuple(_bounded(v, -1e6, 1e6, 0.0) for v in self.position))
+        object.__setattr__(self, "fov_y", _bounded(self.fov_y, 1e-3, 3.1, math.radians(50.0)))
+        object.__setattr__(self, "aspect", _bounded(self.aspect, 1 / 16, 16.0, 1.0))
 
     @classmethod
     def from_handle(cls, camera) -> ViewState:

@@ -26,7 +26,8 @@ from scene3d.cameras import Cameras, look_at, orbit_cameras
 from scene3d.data.dataset import make_multiview_dataset
 from scene3d.data.formats import load_dataset
 from scene3d.data.synthetic import WorldConfig, make_world
-from scene3d.errors import DataError
+from scene3d.errors import ConfigError, DataError
+from scene3d.files import read_text
 from viewer.adapters import fields as field_adapters
 from viewer.adapters import gaussians
 from viewer.content import ViewerContent
@@ -157,11 +158,13 @@ def is_avfm_run(path: Path) -> bool:
 def _world_from_summary(file: Path):
     """The world `scene3d.data.generate.write_world_dataset` described in its world.json."""
     try:
-        config = json.loads(file.read_text())["config"]
+        config = json.loads(read_text(file, "file"))["config"]
         seed = int(config["seed"])
         known = {f.name for f in fields(WorldConfig)}
         world = {k: tuple(v) if isinstance(v, list) else v for k, v in config.get("world", {}).items() if k in known}
         return make_world(seed, WorldConfig(**world))
+    except ConfigError as err:
+        raise DataError(file, f"config.world.{err.field.removeprefix('--').replace('-', '_')}", err.problem) from None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise DataError(file, "config", f"cannot rebuild the world from it ({err})") from None
 

@@ -13,7 +13,6 @@ listed in `viewer.inputs.RUN_ADAPTERS` (see docs/viewer.md).
 from __future__ import annotations
 
 import contextlib
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from torch import Tensor
 from scene3d.cameras import Cameras
 from scene3d.data.synthetic import World, render_world
 from scene3d.errors import Scene3DError
+from scene3d.runs import checkpoint_files
 from scene3d.viz import colorize_depth, colorize_labels, colorize_normals
 from viewer.camera import ViewState, view_to_cameras
 
@@ -69,15 +69,7 @@ def render_view(source: SceneSource, view: ViewState, buffer: str, max_side: int
 
 
 # following a run that is still training ------------------------------------------------------------
-_STEP = re.compile(r"step_(\d+)\.safetensors$")
 Loaded = TypeVar("Loaded")
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest `checkpoints/step_*.safetensors` of a run directory (without creating anything)."""
-    found = [(int(m.group(1)), p) for p in (run_dir / "checkpoints").glob("step_*.safetensors")
-             if (m := _STEP.search(p.name))]
-    return max(found)[1] if found else None
 
 
 class CheckpointFollower(Generic[Loaded]):
@@ -96,7 +88,8 @@ class CheckpointFollower(Generic[Loaded]):
         with self.lock:
             if time.monotonic() - self.checked_at >= self.every_s:
                 self.checked_at = time.monotonic()
-                newest = latest_checkpoint(self.checkpoint.parent.parent)
+                found = checkpoint_files(self.checkpoint.parent.parent)
+                newest = found[-1][1] if found else None
                 if newest is not None and newest != self.checkpoint:
                     with contextlib.suppress(Scene3DError):  # a damaged one: keep showing the last good one
                         self.value, self.checkpoint = self.load(newest), newest

@@ -11,12 +11,15 @@ import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Annotated
 
 import torch
 
+from scene3d.config import Choice, Range, check
 from scene3d.distill.volume.active import Shell
 from scene3d.distill.volume.distiller import EvalViews, LevelWeights, VolumeDistillConfig, VolumeDistiller
 from scene3d.distill.volume.run import load_teacher
+from scene3d.fields.base import FIELDS
 from scene3d.fields.train import FieldTrainer, FitConfig, load_data
 from scene3d.train import Stepper
 
@@ -47,18 +50,21 @@ VARIANTS: dict[str, dict] = {
 @dataclass
 class AblateConfig:
     teacher: Path = Path("outputs/fields/hashgrid")
-    student: str = "mlp"
-    preset: str = "default"
-    variants: tuple[str, ...] = tuple(VARIANTS)
+    student: Annotated[str, Choice(FIELDS)] = "mlp"
+    preset: Annotated[str, Choice(("default", "paper"))] = "default"
+    variants: Annotated[tuple[str, ...], Choice(VARIANTS)] = tuple(VARIANTS)
     scratch: bool = True
     random_background: bool = False  # the variants' base (the first ablation ran with True, the old default)
-    steps: int = 300
-    eval_every: int = 100
-    batch_rays: int = 512
-    n_samples: int = 64
-    image_size: int = 64
+    steps: Annotated[int, Range(1)] = 300
+    eval_every: Annotated[int, Range(1)] = 100
+    batch_rays: Annotated[int, Range(1)] = 512
+    n_samples: Annotated[int, Range(1, 4096)] = 64
+    image_size: Annotated[int, Range(1, 4096)] = 64
     out: Path = Path("outputs/bench/pvd_ablation.json")
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 def run_ablation(c: AblateConfig) -> dict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 
@@ -15,6 +16,7 @@ from avfm.glimpse import Viewpoint, sample_viewpoints
 from avfm.model import CONFIGS, CanViT, build_model, count_params
 from avfm.train import OptimConfig, TrainConfig, train_step
 from avfm.vit import ViT, ViTConfig
+from scene3d.config import Range, check
 from scene3d.timing import time_calls
 
 PAPER = {"canvit_b_params_m": 95.2, "canvit_b_gflops_32": 15.8, "canvas_rw_pair_gflops_64": 2.8}
@@ -24,8 +26,12 @@ PAPER = {"canvit_b_params_m": 95.2, "canvit_b_gflops_32": 15.8, "canvas_rw_pair_
 class BenchConfig:
     quick: bool = False
     out: str = "outputs/bench/avfm.json"
-    threads: int | None = None
-    passive_max_s: float = 900.0  # skip a passive ViT forward predicted (from the last one's FLOP/s) to take longer
+    threads: Annotated[int | None, Range(1, 1024)] = None
+    # skip a passive ViT forward predicted (from the last one's FLOP/s) to take longer
+    passive_max_s: Annotated[float, Range(0, above=True)] = 900.0
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 def matmul_flops_per_s(n: int = 1024, iters: int = 10) -> float:

@@ -13,11 +13,12 @@ import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 
 from scene3d.checkpoint import atomic_write_json
+from scene3d.config import Choice, Range, check
 from scene3d.fields.base import FIELDS
 from scene3d.fields.train import FieldTrainer, FitConfig, load_data, mean_over_views
 from scene3d.metrics import psnr
@@ -32,11 +33,14 @@ class BenchConfig:
     and the 10 minutes per architecture of the targets."""
 
     quick: bool = False
-    fields: tuple[str, ...] = ("mlp", "tensorf", "grid", "hashgrid")
-    seconds_per_field: float | None = None
-    eval_every: int = 100
+    fields: Annotated[tuple[str, ...], Choice(FIELDS)] = ("mlp", "tensorf", "grid", "hashgrid")
+    seconds_per_field: Annotated[float | None, Range(0, above=True)] = None
+    eval_every: Annotated[int, Range(1)] = 100
     out: Path = Path("outputs/bench/fields.json")
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        check(self)
 
     @property
     def budget(self) -> float:

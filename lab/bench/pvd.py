@@ -13,11 +13,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 
 from scene3d.checkpoint import atomic_write_json
+from scene3d.config import Choice, Range, check
 from scene3d.data.dataset import MultiViewDataset
 from scene3d.distill.volume.active import Shell
 from scene3d.distill.volume.distiller import EvalViews, VolumeDistillConfig, VolumeDistiller
@@ -57,21 +58,24 @@ class PVDBenchConfig:
     quick: bool = False
     pairs: tuple[str, ...] = ("hashgrid:mlp", "tensorf:grid", "grid:hashgrid")
     student_preset: str = "default"
-    methods: tuple[str, ...] = METHODS
-    stage_fractions: tuple[float, float] | None = None
+    methods: Annotated[tuple[str, ...], Choice(METHODS)] = METHODS
+    stage_fractions: Annotated[tuple[float, float] | None, Range(0, 1)] = None
     al_levels: str = "image,ray,point"
     reuse: tuple[Path, ...] = ()
-    teacher_seconds: float | None = None
-    student_seconds: float | None = None
-    distill_seconds: float | None = None
-    eval_every_seconds: float | None = None
-    eval_views: int = 4
-    batch_rays: int | None = None
-    n_samples: int | None = None
+    teacher_seconds: Annotated[float | None, Range(0, above=True)] = None
+    student_seconds: Annotated[float | None, Range(0, above=True)] = None
+    distill_seconds: Annotated[float | None, Range(0, above=True)] = None
+    eval_every_seconds: Annotated[float | None, Range(0, above=True)] = None
+    eval_views: Annotated[int, Range(1)] = 4
+    batch_rays: Annotated[int | None, Range(1)] = None
+    n_samples: Annotated[int | None, Range(1, 4096)] = None
     teachers_dir: Path | None = None
     out: Path = Path("outputs/bench/pvd.json")
     device: str = "auto"
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check(self)
 
     def budget(self, which: str) -> float:
         given = {"teacher": self.teacher_seconds, "student": self.student_seconds,

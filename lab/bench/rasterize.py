@@ -19,11 +19,13 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import torch
 
 from scene3d.cameras import Cameras, orbit_cameras
 from scene3d.checkpoint import atomic_write_json
+from scene3d.config import Range, check
 from scene3d.gaussians import GaussianScene, compiled, rasterize
 from scene3d.gaussians.projection import covariance_3d, project_gaussians
 from scene3d.gaussians.reference import composite_dense_image
@@ -35,10 +37,13 @@ from scene3d.train import RunConfig, Stepper
 @dataclass
 class BenchConfig:
     quick: bool = False
-    threads: int = 2
+    threads: Annotated[int, Range(1)] = 2
     out: Path = Path("outputs/bench/rasterize.json")
-    pixel_chunk: int = 256
-    fit_steps: int = 30  # fit_splats steps timed per backend (after 5 untimed)
+    pixel_chunk: Annotated[int, Range(1)] = 256
+    fit_steps: Annotated[int, Range(1)] = 30  # fit_splats steps timed per backend (after 5 untimed)
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 def bench_scene(n: int, channels: int = 3, seed: int = 0) -> GaussianScene:

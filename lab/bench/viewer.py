@@ -8,9 +8,11 @@ import io
 import statistics
 import time
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import imageio.v3 as iio
 
+from scene3d.config import Range, check
 from scene3d.data.synthetic import make_world
 from viewer.camera import cameras_to_view
 from viewer.inputs import open_synthetic
@@ -21,9 +23,12 @@ from viewer.sources import SyntheticSource, render_view
 @dataclass
 class BenchConfig:
     seed: int = 0
-    aspect: float = 16 / 9  # a typical browser canvas
-    repeats: int = 3
+    aspect: Annotated[float, Range(0.01, 100)] = 16 / 9  # a typical browser canvas
+    repeats: Annotated[int, Range(1)] = 3
     settings: RenderSettings = field(default_factory=RenderSettings)
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 def _jpeg_bytes(image, quality: int) -> int:

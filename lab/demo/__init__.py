@@ -12,9 +12,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 from lab.demo import avfm, fields, prior, score, splat_distill, splats, viewer, volume, world
 from scene3d.checkpoint import atomic_write_json
+from scene3d.config import Range, check
 from scene3d.data.formats import read_json_object
 from scene3d.errors import Scene3DError
 
@@ -36,8 +38,11 @@ class DemoConfig:
     out: Path = Path("outputs/demo")
     quick: bool = False  # CI size: smaller images, fewer views, shorter training
     serve: bool = True  # full mode ends by serving the viewer on the outputs (when run from a terminal)
-    port: int = 8080
+    port: Annotated[int, Range(0, 65535)] = 8080
     stages: tuple[str, ...] = ()  # run only these stages (default: all), keeping the others' summary
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 def run_demo(config: DemoConfig) -> dict:

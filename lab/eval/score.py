@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import torch
 from einops import rearrange
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from scene3d.checkpoint import atomic_write_json
+from scene3d.config import Choice, Range, check
 from scene3d.diffusion import PixelPrior, load_prior
 from scene3d.diffusion.base import DiffusionPrior
 from scene3d.diffusion.classifier import NONE_CLASS, ClassifierConfig, clutter_images, load_classifier, train_classifier
@@ -37,22 +39,26 @@ from scene3d.viz import image_grid, save_png
 class EvalScoreConfig:
     prior: Path = Path("outputs/prior/objects32")
     classifier: Path = Path("outputs/classifier/classifier32")  # trained there if missing
-    guidances: tuple[str, ...] = ("sds", "vsd")
+    guidances: Annotated[tuple[str, ...], Choice(GUIDANCES)] = ("sds", "vsd")
     targets: tuple[str, ...] = ("field", "splats")
     prompts: tuple[str, ...] = ()  # empty: every class of the prior
-    seeds: int = 2
+    seeds: Annotated[int, Range(1)] = 2
     first_seed: int = 0  # seeds first_seed .. first_seed + seeds - 1 (split a long evaluation across processes)
-    steps: int = 150
-    batch_size: int = 4
-    render_size: int = 32
-    n_views: int = 8
-    speed_size: int = 64  # guidance steps/s measured on renders of this size
-    speed_steps: int = 5
-    threads: int = 1  # torch threads (0: torch default); 2 spin-wait on a shared 2-core machine (quick: 13.5 vs 3.9 m)
+    steps: Annotated[int, Range(1)] = 150
+    batch_size: Annotated[int, Range(1)] = 4
+    render_size: Annotated[int, Range(1, 4096)] = 32
+    n_views: Annotated[int, Range(1)] = 8
+    speed_size: Annotated[int, Range(1, 4096)] = 64  # guidance steps/s measured on renders of this size
+    speed_steps: Annotated[int, Range(1)] = 5
+    # torch threads (0: torch default); 2 spin-wait on a shared 2-core machine (quick: 13.5 vs 3.9 m)
+    threads: Annotated[int, Range(0)] = 1
     quick: bool = False  # one prompt (torus), 2 seeds (for diversity), 30 steps of 2 views: a few minutes
     out: Path = Path("outputs/bench/score.json")
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     target_options: TargetOptions = field(default_factory=TargetOptions)
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 def guidance_speed(prior: DiffusionPrior, names: tuple[str, ...] = tuple(GUIDANCES), size: int = 64,

@@ -12,6 +12,9 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated
+
+from scene3d.config import Range, check
 
 
 @dataclass
@@ -20,8 +23,11 @@ class ReliabilityConfig:
     out: Path = Path("outputs/bench/reliability.json")
     readers: tuple[str, ...] = ()  # empty: all
     scripts: tuple[str, ...] = ()  # empty: all
-    clients: int = 50
-    waves: int = 3
+    clients: Annotated[int, Range(1)] = 50
+    waves: Annotated[int, Range(1)] = 3
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 def run_reliability_bench(config: ReliabilityConfig) -> dict:

@@ -3,10 +3,13 @@
 Each entry of `READERS` builds a valid input once (`FuzzReader.seed(folder)`), then hypothesis
 damages a copy of it per case (malformed and truncated JSON, missing / extra / wrongly typed
 fields, NaN and inf, wrong shapes and dtypes, truncated and corrupt binaries, wrong PLY headers,
-huge declared sizes, paths that do not exist or point outside the dataset folder) and calls the
-reader. `check_case` accepts a case when it loads, or raises a `Scene3DError` whose one-line
-message names the file and the field; anything else (another exception, a hang past
-`timeout_s`, more than `max_rss_growth_mb` of new peak memory) is a failure.
+huge declared sizes, paths that do not exist or point outside the dataset folder, values that
+overflow or vanish in float32, camera poses that are not rigid, multi-frame images, special files
+(FIFOs, /dev/zero, folders) named like data, and resumes of a run folder with another run's
+configuration, damaged loop state or NaN weights) and calls the reader. `check_case` accepts a
+case when it loads, or raises a `Scene3DError` whose one-line message names the file and the field;
+anything else (another exception, a hang past `timeout_s`, more than `max_rss_growth_mb` of new peak
+memory) is a failure.
 
     failures, cases = fuzz_reader("ply", n_examples=200)      # [] when every case passed
 """
@@ -14,6 +17,7 @@ message names the file and the field; anything else (another exception, a hang p
 from __future__ import annotations
 
 import json
+import os
 import resource
 import shutil
 import signal
@@ -160,7 +164,7 @@ def _json_mutation(draw, doc: dict) -> Any:
     targets = [doc] + [f for f in frames if isinstance(f, dict)]
     target = draw(st.sampled_from(targets))
     keys = sorted(target) or ["x"]
-    kind = draw(st.sampled_from(["drop", "value", "path", "matrix", "extra", "number", "frames", "top"]))
+    kind = draw(st.sampled_from(["drop", "value", "path", "matrix", "pose", "extra", "number", "frames", "top"]))
     if kind == "drop":
         target.pop(draw(st.sampled_from(keys)), None)
     elif kind == "value":
@@ -172,18 +176,46 @@ def _json_mutation(draw, doc: dict) -> Any:
         rows, cols = draw(st.integers(0, 5)), draw(st.integers(0, 5))
         target["transform_matrix"] = [[draw(_SCALARS.filter(lambda v: not isinstance(v, str)) | st.floats())
                                        for _ in range(cols)] for _ in range(rows)]
+    elif kind == "pose":  # a valid pose made non-rigid or too large for float32
+        pose_of = [f for f in frames if isinstance(f, dict) and np.shape(f.get("transform_matrix")) == (4, 4)]
+        if pose_of:
+            frame = draw(st.sampled_from(pose_of))
+            _bend_pose(draw, frame)
     elif kind == "extra":
         target[draw(st.text(max_size=10))] = draw(JSON_VALUES)
     elif kind == "number":
         key = draw(st.sampled_from(["w", "h", "fl_x", "fl_y", "cx", "cy", "camera_angle_x",
                                     "depth_unit_scale_factor", "aabb", "background"]))
         target[key] = draw(st.sampled_from([0, -1, float("nan"), float("inf"), 1e308, 10**400, 2**63, 0.5, "1",
+                                            1e39, -1e39, 3.5e38, 1e-50, 1e-46,
                                             [1, 2], [[0, 0, 0], [0, 0, 0]], [[float("nan")] * 3] * 2]))
     elif kind == "frames":
         doc["frames"] = draw(st.sampled_from([[], {}, None, [1, 2], [[]], frames[:1] * 3, "frames"]))
     else:
         return draw(st.sampled_from([[], 1, "x", None, [doc]]))
     return doc
+
+
+def _bend_pose(draw, frame: dict) -> None:
+    """Shear, scale, mirror, make projective, overflow or shrink the frame's 4x4 `transform_matrix`."""
+    try:
+        m = np.array(frame["transform_matrix"], dtype=float)
+    except (TypeError, ValueError):
+        return
+    change = draw(st.sampled_from(["shear", "scale", "mirror", "projective", "overflow", "tiny"]))
+    if change == "shear":
+        m[0, 1] += draw(st.floats(1e-4, 1.0))
+    elif change == "scale":
+        m[:3, :3] *= draw(st.floats(0.5, 2.0))
+    elif change == "mirror":
+        m[:3, 0] *= -1
+    elif change == "projective":
+        m[3, :3] = draw(st.sampled_from([[0.0, 0.1, 0.0], [1e-3, 0.0, 0.0]]))
+    elif change == "overflow":
+        m[draw(st.integers(0, 2)), 3] = draw(st.sampled_from([1e39, -3.5e38, 1e300]))
+    else:
+        m[:3, :3] *= 1e-50
+    frame["transform_matrix"] = m.tolist()
 
 
 def _transforms_case(json_name: str) -> Callable:
@@ -219,7 +251,7 @@ def _buffers_case(draw, folder: Path) -> Callable[[], Any]:
     files = sorted(p for p in (folder / "train").iterdir() if p.is_file())
     victim = draw(st.sampled_from(files))
     raw = victim.read_bytes()
-    kind = draw(st.sampled_from(["bytes", "bytes", "array", "image", "huge_png", "swap"]))
+    kind = draw(st.sampled_from(["bytes", "bytes", "array", "image", "huge_png", "swap", "frames", "special"]))
     if kind == "bytes":
         victim.write_bytes(draw(damaged_bytes(raw)))
     elif kind == "array":  # a well-formed .npy of the wrong shape, dtype or values
@@ -249,10 +281,32 @@ def _buffers_case(draw, folder: Path) -> Callable[[], Any]:
     elif kind == "huge_png":
         size = draw(st.sampled_from([(100000, 100000), (2**31 - 1, 1), (1, 2**31 - 1), (20000, 20000)]))
         victim.write_bytes(png_with_size(raw, *size))
+    elif kind == "frames":  # an animated PNG or GIF, or a multi-page TIFF, under the image's name
+        from PIL import Image
+
+        frame = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
+        fmt = draw(st.sampled_from(["PNG", "GIF", "TIFF"]))
+        frame.save(victim, format=fmt, save_all=True, append_images=[frame] * draw(st.integers(1, 5)))
+    elif kind == "special":
+        special_file(draw, victim)
     else:
         other = draw(st.sampled_from(files))
         victim.write_bytes(other.read_bytes())
     return lambda: load_dataset(folder, "train")
+
+
+def special_file(draw, path: Path, kinds: tuple[str, ...] = ("fifo", "dev_zero", "folder", "loop")) -> None:
+    """Replace `path` by a FIFO, a symlink to /dev/zero, a folder or a symlink loop (one of `kinds`)."""
+    kind = draw(st.sampled_from(kinds))
+    path.unlink(missing_ok=True)
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev_zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "folder":
+        path.mkdir()
+    else:
+        path.symlink_to(path.name)
 
 
 def _seed_ply(folder: Path) -> None:
@@ -545,6 +599,100 @@ def _colmap_case(draw, folder: Path) -> Callable[[], Any]:
     return lambda: load_dataset(folder, split)
 
 
+# cross-run resumes ----------------------------------------------------------------------------------
+@dataclass
+class ToyJob:
+    """The job config of `ToyTrainable` runs: its identity is these fields and `data`'s fingerprint."""
+
+    data: Path
+    seed: int = 0
+    lr: float = 0.1
+
+
+class ToyTrainable:
+    """Three weights pulled towards 1 by SGD: a `scene3d.train.Trainable` cheap enough to fuzz resumes."""
+
+    name = "toy"
+
+    def __init__(self, job: ToyJob):
+        import torch
+
+        self.w = torch.nn.Parameter(torch.full((3,), float(job.seed)))
+        self.opt = torch.optim.SGD([self.w], lr=job.lr)
+
+    def loss(self, step: int):
+        self.opt.zero_grad()
+        loss = ((self.w - 1) ** 2).sum()
+        return loss, {"loss": loss.item()}
+
+    def guarded_parameters(self):
+        return [("w", self.w)]
+
+    def apply(self, step: int) -> dict[str, float]:
+        self.opt.step()
+        return {}
+
+    def validate(self) -> dict[str, float]:
+        return {"error": float((self.w - 1).abs().max())}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"w": self.w.detach().clone(), "optimizer": self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.w.data.copy_(state["w"])
+        self.opt.load_state_dict(state["optimizer"])
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        return {}
+
+    def finish(self, run, result) -> dict[str, Any]:
+        return self.validate()
+
+
+def toy_fit(folder: Path, job: ToyJob, steps: int) -> Any:
+    """`scene3d.train.fit` of a `ToyTrainable` in `folder/run` (checkpoints every 2 steps)."""
+    from scene3d.runs import RunDir
+    from scene3d.train import RunConfig, fit
+
+    config = RunConfig(checkpoint_every=2, log_every=1, eval_every=2, progress=False)
+    return fit(ToyTrainable(job), RunDir(folder / "run"), config, steps, job_config=job)
+
+
+def _seed_resume(folder: Path) -> None:
+    (folder / "data.json").write_text(json.dumps({"views": [1, 2, 3]}))
+
+
+def _resume_case(draw, folder: Path) -> Callable[[], Any]:
+    """Resume a toy run trained here to step 4 (checkpoints 2 and 4) with another job config or input
+    file, or after its newest checkpoint's step, loop state or weights were changed or it was
+    replaced by a special file."""
+    import torch
+
+    from scene3d.checkpoint import load_checkpoint, save_checkpoint
+
+    job = ToyJob(folder / "data.json")
+    toy_fit(folder, job, 4)
+    newest = folder / "run" / "checkpoints" / "step_0000004.safetensors"
+    kind = draw(st.sampled_from(["config", "data", "loop", "step", "nan", "special"]))
+    if kind == "config":
+        job = ToyJob(job.data, seed=draw(st.sampled_from([0, 1, -7])), lr=draw(st.sampled_from([0.1, 0.2])))
+    elif kind == "data":
+        job.data.write_text(json.dumps(draw(JSON_VALUES)))
+    elif kind in ("loop", "step", "nan"):
+        state, config = load_checkpoint(newest)
+        if kind == "loop":
+            key = draw(st.sampled_from(["identity", "timeline", "elapsed", "scalars_bytes", "eval_pending", "other"]))
+            state["loop"][key] = draw(JSON_VALUES)
+        elif kind == "step":
+            state["step"] = draw(_SCALARS)
+        else:
+            state["w"] = torch.tensor([1.0, draw(st.sampled_from([float("nan"), float("inf")])), 0.0])
+        save_checkpoint(newest, state, config)
+    else:  # (a folder there would block the resumed run's own write: an OutputError, without a field)
+        special_file(draw, newest, ("fifo", "dev_zero", "loop"))
+    return lambda: toy_fit(folder, job, 6)
+
+
 READERS: dict[str, FuzzReader] = {
     "colmap": FuzzReader("colmap", _seed_colmap, _colmap_case),
     "blender": FuzzReader("blender", _seed_blender, _transforms_case("transforms_train.json")),
@@ -554,6 +702,7 @@ READERS: dict[str, FuzzReader] = {
     "checkpoint": FuzzReader("checkpoint", _seed_checkpoint, _checkpoint_case),
     "run_dir": FuzzReader("run_dir", _seed_run_dir, _run_dir_case),
     "image_folder": FuzzReader("image_folder", _seed_image_folder, _image_folder_case),
+    "resume": FuzzReader("resume", _seed_resume, _resume_case),
 }
 
 

@@ -3,8 +3,10 @@
 `load_test(viewer)` keeps a few clients connected and moving their cameras while waves of other
 clients connect, move, sometimes wait for a frame, and leave; it reports the frames every
 staying client received during the churn, and the server's threads, per-client renderers,
-connected clients and resident memory before and after. `traversal_statuses` asks the HTTP side
-for files outside the viewer's own assets.
+connected clients and resident memory before and after. `retained_kb_per_connection` measures
+what the viewer keeps per connection once warm, with allocations traced (stable where resident
+memory is not: it ignores allocator arenas and untouched pages). `traversal_statuses` asks the HTTP
+side for files outside the viewer's own assets.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import http.client
 import math
 import threading
 import time
+import tracemalloc
 from dataclasses import dataclass, field
 
 import msgspec
@@ -190,6 +193,29 @@ def load_test(viewer, clients: int = 50, waves: int = 3, staying: int = 2, moves
     (report.threads_after, report.pool_threads_after), report.rss_mb_after = own_threads(viewer), rss_mb()
     report.renderers_after, report.clients_after = viewer.scene.n_renderers, len(viewer.server.get_clients())
     return report
+
+
+LEAK_KB_PER_CONNECTION = 4.0  # a healthy viewer keeps under 1 KB per connection once warm (traced)
+
+
+def retained_kb_per_connection(viewer, rounds: int = 2, **load_args) -> list[float]:
+    """Per round of `load_test(viewer, **load_args)`: the traced Python allocations (bytes, arrays,
+    objects) still alive after the round, in KB per connection. The viewer is warmed by one untraced
+    round first. A per-client leak shows in every round; one-off growth (a cache filling) in at most
+    one, so `min(...) > LEAK_KB_PER_CONNECTION` is a leak."""
+    load_test(viewer, **load_args)
+    tracemalloc.start()
+    try:
+        out = []
+        for _ in range(rounds):
+            gc.collect()
+            before = tracemalloc.get_traced_memory()[0]
+            report = load_test(viewer, **load_args)
+            gc.collect()
+            out.append((tracemalloc.get_traced_memory()[0] - before) / 1024 / report.connections)
+        return out
+    finally:
+        tracemalloc.stop()
 
 
 def traversal_statuses(host: str, port: int) -> dict[str, tuple[int, bool]]:

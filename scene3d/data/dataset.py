@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
+from typing import Annotated
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from scene3d.cameras import Cameras, orbit_cameras, random_sphere_cameras
+from scene3d.config import Ordered, Range
 from scene3d.data.frame import SceneTransform
 from scene3d.data.synthetic import World, render_world
 
@@ -73,10 +75,10 @@ class MultiViewDataset:
 class ViewSampling:
     """Where the cameras of a generated multi-view dataset sit (z-up, looking at the target)."""
 
-    radius: tuple[float, float] = (3.2, 4.2)
-    elevation_deg: tuple[float, float] = (15.0, 60.0)
-    fov_x_deg: float = 50.0
-    target: tuple[float, float, float] = (0.0, 0.0, 0.2)
+    radius: Annotated[tuple[float, float], Range(0, 1e6, above=True), Ordered()] = (3.2, 4.2)
+    elevation_deg: Annotated[tuple[float, float], Range(-90, 90), Ordered()] = (15.0, 60.0)
+    fov_x_deg: Annotated[float, Range(0, 179, above=True)] = 50.0
+    target: Annotated[tuple[float, float, float], Range(-1e6, 1e6)] = (0.0, 0.0, 0.2)
 
 
 def make_multiview_dataset(world: World, n_train: int = 60, n_val: int = 8, n_test: int = 16,

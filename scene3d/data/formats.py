@@ -16,6 +16,7 @@ import json
 import math
 import tokenize
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,8 @@ from scene3d.data.dataset import MultiViewDataset
 from scene3d.data.lens_fields import frame_lens, lens_fields, stack_lenses
 from scene3d.data.normalize import Normalization, normalize_dataset, to_original
 from scene3d.data.points_ply import read_points_ply
-from scene3d.errors import DataError
+from scene3d.errors import DataError, MissingSplitError
+from scene3d.files import read_text, regular_file_size
 
 SPLITS = ("train", "val", "test")
 _EXTRA_BUFFERS = {"depth_file_path": "depths", "mask_path": "masks", "normal_path": "normals",
@@ -135,12 +137,7 @@ class _Doc:
 
     def __init__(self, path: Path):
         self.path = path
-        try:
-            text = path.read_text()
-        except OSError as err:
-            raise DataError(path, "file", f"cannot read ({err.strerror or err})") from None
-        except UnicodeDecodeError:
-            raise DataError(path, "file", "not a UTF-8 text file") from None
+        text = read_text(path, "file")
         try:
             self.data = json.loads(text)
         except json.JSONDecodeError as err:
@@ -181,11 +178,19 @@ class _Doc:
             m = np.concatenate([m, [[0, 0, 0, 1]]])
         if m.shape != (4, 4):
             raise self.error(where, f"must be a 4x4 array of numbers, got shape {m.shape}")
+        with np.errstate(over="ignore"):
+            m = m.astype(np.float32)  # the dtype every computation uses: checked after the conversion
         if not np.isfinite(m).all():
-            raise self.error(where, "contains NaN or infinity")
-        if abs(np.linalg.det(m[:3, :3])) < 1e-8:
-            raise self.error(where, "rotation part is singular")
-        return torch.from_numpy(m).float()
+            raise self.error(where, "contains NaN or infinity (in float32)")
+        if np.abs(m[3] - [0, 0, 0, 1]).max() > 1e-6:
+            raise self.error(where, f"last row must be 0 0 0 1 (a rigid camera pose), got {m[3].tolist()}")
+        rotation = m[:3, :3].astype(np.float64)
+        error = np.abs(rotation.T @ rotation - np.eye(3)).max()
+        if error > ORTHONORMAL_TOLERANCE or np.linalg.det(rotation) < 0:
+            kind = "a mirror" if np.linalg.det(rotation) < 0 else f"off by {error:.2g}"
+            raise self.error(where, f"rotation part must be orthonormal with determinant +1 (no scale, shear or "
+                             f"mirror); it is {kind}")
+        return torch.from_numpy(m)
 
     def file(self, obj: dict, key: str, where: str, suffixes: tuple[str, ...] = ("",)) -> Path:
         """A file path named by `obj[key]`, relative to the JSON's folder, that must exist inside it."""
@@ -201,6 +206,8 @@ class _Doc:
                     raise self.error(where, f"path '{shown}' points outside the dataset folder")
                 if candidate.is_file():
                     return candidate
+                if candidate.exists():
+                    raise DataError(candidate, where, "is not a regular file")
             except (ValueError, OSError, RuntimeError) as err:  # NUL bytes, names too long, symlink loops
                 if isinstance(err, DataError):
                     raise
@@ -209,6 +216,18 @@ class _Doc:
 
 
 MAX_IMAGE_PIXELS = 2**26  # 8192 x 8192: larger declared sizes are refused before decoding
+MAX_FILE_BYTES = 2**32  # 4 GiB: no image or buffer file of a dataset may be larger
+ORTHONORMAL_TOLERANCE = 1e-3  # max |R^T R - I| of a camera rotation
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one `load_dataset` call may read, summed over its frames: image pixels (as the image
+    headers declare them) and bytes of the files it names (images and buffers). Both are checked
+    before anything is decoded; the error names the budget."""
+
+    pixels: int = 2**29  # 537M pixels: 6 GiB as float32 RGB
+    bytes: int = 2**34  # 16 GiB
 
 
 def read_json_object(path: str | Path) -> dict[str, Any]:
@@ -216,21 +235,25 @@ def read_json_object(path: str | Path) -> dict[str, Any]:
     return _Doc(Path(path)).data
 
 
-def _check_image_size(path: Path, where: str) -> None:
-    """Refuse images whose header declares more than MAX_IMAGE_PIXELS (no decoding, no allocation)."""
+def _check_image_size(path: Path, where: str) -> tuple[int, int] | None:
+    """(width, height) from the image header; refuses more than MAX_IMAGE_PIXELS or more than one frame
+    (an animated PNG / GIF, a multi-page TIFF) without decoding. None: not a format PIL knows."""
     from PIL import Image
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
-                w, h = im.size
+                (w, h), frames = im.size, getattr(im, "n_frames", 1)
     except Image.DecompressionBombError as err:
         raise DataError(path, where, f"image declares too many pixels ({err})") from None
     except Exception:  # noqa: BLE001 - not a format PIL knows: imageio decides below
-        return
+        return None
     if w * h > MAX_IMAGE_PIXELS:
         raise DataError(path, where, f"image declares {w}x{h} pixels, more than the {MAX_IMAGE_PIXELS} allowed")
+    if frames != 1:
+        raise DataError(path, where, f"image holds {frames} frames (an animation or a multi-page file); one expected")
+    return w, h
 
 
 def _read_image(path: Path, where: str) -> np.ndarray:
@@ -340,7 +363,7 @@ def _split_frames(doc: _Doc, split: str, blender: bool) -> list[tuple[int, dict]
     listed = doc.data.get(f"{split}_filenames")
     if listed is None:
         if split != "train":
-            raise doc.error(f"{split}_filenames", f"missing, so the file has no '{split}' split")
+            raise MissingSplitError(doc.path, f"{split}_filenames", f"missing, so the file has no '{split}' split")
         return list(enumerate(frames))
     if not isinstance(listed, list) or not listed or not all(isinstance(n, str) for n in listed):
         raise doc.error(f"{split}_filenames", "must be a non-empty list of file paths")
@@ -353,8 +376,29 @@ def _split_frames(doc: _Doc, split: str, blender: bool) -> list[tuple[int, dict]
     return chosen
 
 
+def _check_budget(doc: _Doc, frames: list[tuple[int, dict]], budget: Budget) -> None:
+    """Refuse frames that declare more pixels (image headers) or name more bytes (file sizes) than
+    `budget`, and files that are not regular: all before anything is decoded."""
+    pixels = size = 0
+    for i, frame in frames:
+        where = f"frames[{i}]"
+        image = doc.file(frame, "file_path", f"{where}.file_path", suffixes=("", ".png"))
+        header = _check_image_size(image, f"{where}.file_path")
+        pixels += 0 if header is None else header[0] * header[1]
+        size += regular_file_size(image, f"{where}.file_path", MAX_FILE_BYTES)
+        for key in _EXTRA_BUFFERS:
+            if key in frame:
+                size += regular_file_size(doc.file(frame, key, f"{where}.{key}"), f"{where}.{key}", MAX_FILE_BYTES)
+        if pixels > budget.pixels:
+            raise doc.error("frames", f"frames up to {where} declare {pixels} pixels, more than this dataset's budget "
+                            f"of {budget.pixels} pixels (scene3d.data.formats.Budget)")
+        if size > budget.bytes:
+            raise doc.error("frames", f"frames up to {where} name {size} bytes of files, more than this dataset's "
+                            f"budget of {budget.bytes} bytes (scene3d.data.formats.Budget)")
+
+
 def load_dataset(path: str | Path, split: str = "train", downscale: int = 1,
-                 normalize: str | Normalization = "auto") -> MultiViewDataset:
+                 normalize: str | Normalization = "auto", budget: Budget = Budget()) -> MultiViewDataset:
     """Load a Blender (`transforms_{split}.json`), nerfstudio (`transforms.json`) or COLMAP dataset.
 
     `path` is the dataset folder or the JSON file itself (a COLMAP project or its `sparse/0`); `downscale`
@@ -362,13 +406,18 @@ def load_dataset(path: str | Path, split: str = "train", downscale: int = 1,
     declare no `aabb` (COLMAP models always), with nerfstudio's defaults, and keeps the frame of files that
     declare their scene box; "none" never; a `Normalization` always, as it says. The frame is fitted to
     every pose of the capture (Blender: the train file's), so all splits share it; `dataset.frame` keeps it.
+
+    `budget` bounds the pixels and file bytes a transforms file's frames read (checked before decoding).
+    Camera values are checked in float32, the dtype training uses: finite intrinsics and poses, rigid
+    poses (orthonormal rotation, last row 0 0 0 1) and finite rays through every image corner. A
+    missing split is a `MissingSplitError`.
     """
     path = Path(path)
     if path.is_dir() and not any(path.glob("transforms*.json")) and colmap.find_model(path) is not None:
         ds, model = _load_colmap(path, split, downscale)
         poses, has_box = colmap.model_cameras(model, list(model.images.values())).c2w, False
     else:
-        ds = _load_transforms(_json_path(path, split), split, downscale)
+        ds = _load_transforms(_json_path(path, split), split, downscale, budget)
         doc = _Doc(_json_path(path, "train") if path.is_dir() else _json_path(path, split))
         has_box = "aabb" in doc.data
         poses = torch.stack([opengl_to_opencv(doc.matrix(fr, "transform_matrix", f"frames[{i}].transform_matrix"))
@@ -387,13 +436,13 @@ def _json_path(path: Path, split: str) -> Path:
             return path / f"transforms_{split}.json"
         if (path / "transforms.json").is_file():
             return path / "transforms.json"
-        raise DataError(path, "path", f"no transforms_{split}.json or transforms.json in this folder")
+        raise MissingSplitError(path, "path", f"no transforms_{split}.json or transforms.json in this folder")
     if not path.is_file():
         raise DataError(path, "path", "dataset path does not exist")
     return path
 
 
-def _load_transforms(path: Path, split: str, downscale: int) -> MultiViewDataset:
+def _load_transforms(path: Path, split: str, downscale: int, budget: Budget) -> MultiViewDataset:
     """A Blender or nerfstudio transforms file in its own frame."""
     if not isinstance(downscale, int) or downscale < 1:
         raise DataError(path, "downscale", f"must be a positive integer, got {downscale!r}")
@@ -411,7 +460,9 @@ def _load_transforms(path: Path, split: str, downscale: int) -> MultiViewDataset
     images, masks, c2ws, intrinsics, names, lenses = [], [], [], [], [], []
     buffers: dict[str, list[np.ndarray]] = {}
     size: tuple[int, int] | None = None
-    for i, frame in _split_frames(doc, split, blender):
+    frames = _split_frames(doc, split, blender)
+    _check_budget(doc, frames, budget)
+    for i, frame in frames:
         where = f"frames[{i}]"
         img_path = doc.file(frame, "file_path", f"{where}.file_path", suffixes=("", ".png"))
         rgb, alpha = _load_rgb(img_path, f"{where}.file_path", background)
@@ -449,6 +500,7 @@ def _load_transforms(path: Path, split: str, downscale: int) -> MultiViewDataset
     if w % downscale or h % downscale:
         raise DataError(path, "downscale", f"{w}x{h} images are not divisible by {downscale}")
     cameras = Cameras(torch.stack(c2ws), torch.stack(intrinsics), w, h, *stack_lenses(path, lenses))
+    _check_rays(doc, cameras, [i for i, _ in frames])
     aabb = _aabb(doc, cameras)
     cameras = cameras.scaled(1.0 / downscale)
     data = {kind: _downscale(torch.from_numpy(np.stack(arrs)), downscale, kind) for kind, arrs in buffers.items()}
@@ -478,7 +530,28 @@ def _frame_intrinsics(doc: _Doc, frame: dict, where: str, w: int, h: int) -> tor
     src = frame if "cx" in frame else top
     cx = doc.number(src, "cx", "cx", default=w / 2)
     cy = doc.number(frame if "cy" in frame else top, "cy", "cy", default=h / 2)
-    return torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+    with np.errstate(over="ignore", under="ignore"):
+        values = np.array([fx, fy, cx, cy], dtype=np.float64).astype(np.float32)
+    for name, value, positive in zip(("fl_x", "fl_y", "cx", "cy"), values, (True, True, False, False), strict=True):
+        if not np.isfinite(value) or (positive and not value > 0):
+            field = f"{where}.{name}" if name in frame else name
+            raise doc.error(field, f"is {value} in float32, the dtype training uses (overflow or underflow)")
+    return torch.tensor([[values[0], 0.0, values[2]], [0.0, values[1], values[3]], [0.0, 0.0, 1.0]])
+
+
+def _check_rays(doc: _Doc, cameras: Cameras, frame_indices: list[int]) -> None:
+    """Every camera's rays through its image corners are finite unit vectors in float32 (rays are affine
+    in the pixel before normalising, so every other ray is then finite too)."""
+    w, h = cameras.width, cameras.height
+    corners = torch.tensor([[0.5, 0.5], [w - 0.5, 0.5], [0.5, h - 0.5], [w - 0.5, h - 0.5]])
+    dirs = torch.einsum("nij,npj->npi", cameras.c2w[:, :3, :3], cameras.pixel_dirs_camera(corners.expand(len(cameras),
+                                                                                                           -1, -1)))
+    dirs = dirs / dirs.norm(dim=-1, keepdim=True)
+    bad = ~torch.isfinite(dirs).all(dim=-1).all(dim=-1)
+    if bad.any():
+        i = frame_indices[int(bad.nonzero()[0, 0])]
+        raise doc.error(f"frames[{i}]", "the camera's rays are not finite in float32 (its intrinsics or pose "
+                        "overflow)")
 
 
 def _aabb(doc: _Doc, cameras: Cameras) -> torch.Tensor:
@@ -493,6 +566,8 @@ def _aabb(doc: _Doc, cameras: Cameras) -> torch.Tensor:
         return box
     centers = cameras.centers
     half = 0.5 * centers.norm(dim=-1).mean()
+    if not torch.isfinite(half) or half <= 0:
+        raise doc.error("aabb", "missing, and the camera positions give no finite scene box to use instead")
     return torch.stack([-half.expand(3), half.expand(3)])
 
 

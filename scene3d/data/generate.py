@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
 
 import torch
 
 from scene3d.checkpoint import atomic_write_json
+from scene3d.config import Range, check
 from scene3d.data.dataset import ViewSampling, make_multiview_dataset
 from scene3d.data.formats import save_blender, save_nerfstudio
 from scene3d.data.synthetic import CLASS_NAMES, WorldConfig, make_world
@@ -23,22 +25,23 @@ class WorldDatasetConfig:
 
     out: Path = Path("outputs/worlds/default")
     seed: int = 0
-    n_train: int = 60
-    n_val: int = 8
-    n_test: int = 16
-    width: int = 64
-    height: int = 64
-    format: str = "blender"  # "blender" (transforms_{split}.json) or "nerfstudio" (transforms.json)
+    n_train: Annotated[int, Range(1, 100_000)] = 60
+    n_val: Annotated[int, Range(0, 100_000)] = 8
+    n_test: Annotated[int, Range(0, 100_000)] = 16
+    width: Annotated[int, Range(1, 8192)] = 64
+    height: Annotated[int, Range(1, 8192)] = 64
+    format: Literal["blender", "nerfstudio"] = "blender"  # transforms_{split}.json, or one transforms.json
     overwrite: bool = False
     world: WorldConfig = field(default_factory=WorldConfig)
     views: ViewSampling = field(default_factory=ViewSampling)
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 def write_world_dataset(config: WorldDatasetConfig, progress: bool = True) -> dict:
     """Render and write the dataset; returns a summary (also written as `world.json`)."""
     out = Path(config.out)
-    if config.format not in ("blender", "nerfstudio"):
-        raise DataError(None, "format", f"must be 'blender' or 'nerfstudio', got {config.format!r}")
     if out.exists() and any(out.iterdir()) and not config.overwrite:
         raise DataError(out, None, "folder exists and is not empty (pass --overwrite to replace files in it)")
     world = make_world(config.seed, config.world)

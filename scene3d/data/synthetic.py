@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
 from einops import rearrange
@@ -22,10 +23,12 @@ from jaxtyping import Float
 from torch import Tensor
 
 from scene3d.cameras import Cameras
+from scene3d.config import Choice, Ordered, Range, check
 
 CLASS_NAMES = ("background", "ground", "sphere", "box", "cylinder", "torus")
 OBJECT_TYPES = ("sphere", "box", "cylinder", "torus")
 MATERIALS = ("solid", "checker", "stripes", "noise")
+MAX_OBJECTS = 64  # each is placed by rejection sampling and intersected by every ray
 _NOISE_WAVES = 6
 _NO_HIT = float("inf")
 
@@ -34,17 +37,17 @@ _NO_HIT = float("inf")
 class WorldConfig:
     """How worlds are drawn. Sizes are in world units; the ground square is centred at the origin."""
 
-    n_objects: tuple[int, int] = (3, 5)  # inclusive range
-    object_types: tuple[str, ...] = OBJECT_TYPES
-    materials: tuple[str, ...] = MATERIALS
-    placement_extent: float = 0.9  # object centres lie in [-e, e]^2
-    object_size: tuple[float, float] = (0.22, 0.38)  # bounding radius range
-    ground_half_size: float = 1.5
-    ground_material: str = "checker"
-    texture_frequency: tuple[float, float] = (2.0, 5.0)  # cycles per world unit
-    ambient: float = 0.35
-    specular: float = 0.0  # Blinn-Phong strength; 0 makes the world Lambertian
-    shininess: float = 32.0
+    n_objects: Annotated[tuple[int, int], Range(0, MAX_OBJECTS), Ordered()] = (3, 5)  # inclusive range
+    object_types: Annotated[tuple[str, ...], Choice(OBJECT_TYPES)] = OBJECT_TYPES
+    materials: Annotated[tuple[str, ...], Choice(MATERIALS)] = MATERIALS
+    placement_extent: Annotated[float, Range(0, 1e3)] = 0.9  # object centres lie in [-e, e]^2
+    object_size: Annotated[tuple[float, float], Range(0, 1e3, above=True), Ordered()] = (0.22, 0.38)  # radius range
+    ground_half_size: Annotated[float, Range(0, 1e3)] = 1.5
+    ground_material: Annotated[str, Choice(MATERIALS)] = "checker"
+    texture_frequency: Annotated[tuple[float, float], Range(0, 1e3), Ordered()] = (2.0, 5.0)  # cycles per unit
+    ambient: Annotated[float, Range(0, 1)] = 0.35
+    specular: Annotated[float, Range(0)] = 0.0  # Blinn-Phong strength; 0 makes the world Lambertian
+    shininess: Annotated[float, Range(0, above=True)] = 32.0
 
 
 @dataclass
@@ -126,6 +129,7 @@ def make_world(seed: int = 0, config: WorldConfig | None = None, object_types: l
     count and the types are drawn. Objects do not overlap (rejection on bounding circles).
     """
     config = config or WorldConfig()
+    check(config)
     g = torch.Generator().manual_seed(seed)
 
     def uniform(lo: float, hi: float) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 from einops import rearrange
@@ -16,6 +17,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from scene3d.cameras import Cameras, look_at, spherical_to_cartesian
+from scene3d.config import Ordered, Range
 from scene3d.data.synthetic import OBJECT_TYPES, WorldConfig, make_world, render_world
 
 
@@ -23,11 +25,11 @@ from scene3d.data.synthetic import OBJECT_TYPES, WorldConfig, make_world, render
 class ObjectViews:
     """Where cameras look at a centred object of bounding radius ~0.5 (world units, z up)."""
 
-    radius: tuple[float, float] = (1.6, 2.1)
-    elevation_deg: tuple[float, float] = (5.0, 60.0)
-    fov_x_deg: float = 40.0
-    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    object_size: tuple[float, float] = (0.42, 0.52)  # bounding radius range of the drawn objects
+    radius: Annotated[tuple[float, float], Range(0, 1e6, above=True), Ordered()] = (1.6, 2.1)
+    elevation_deg: Annotated[tuple[float, float], Range(-90, 90), Ordered()] = (5.0, 60.0)
+    fov_x_deg: Annotated[float, Range(0, 179, above=True)] = 40.0
+    background: Annotated[tuple[float, float, float], Range(0, 1)] = (1.0, 1.0, 1.0)
+    object_size: Annotated[tuple[float, float], Range(0, 1e3, above=True), Ordered()] = (0.42, 0.52)  # radius range
 
 
 def cameras_at(azimuth: Tensor, elevation: Tensor, radius: Tensor, fov_x_deg: float, size: int,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from scene3d.checkpoint import atomic_write_json
+from scene3d.config import Range
 from scene3d.data.synthetic import OBJECT_TYPES
 from scene3d.diffusion.base import DiffusionPrior
 from scene3d.errors import DataError
@@ -28,15 +30,15 @@ class PixelPriorConfig:
     """UNet and schedule of the pixel prior. The default is CPU-sized (0.69M parameters at 32x32);
     `PixelPriorConfig.gpu()` is a DDPM-CIFAR-like size for a GPU."""
 
-    resolution: int = 32
+    resolution: Annotated[int, Range(4, 1024)] = 32
     classes: tuple[str, ...] = OBJECT_TYPES
-    block_out_channels: tuple[int, ...] = (16, 32, 64)
-    layers_per_block: int = 1
+    block_out_channels: Annotated[tuple[int, ...], Range(1)] = (16, 32, 64)
+    layers_per_block: Annotated[int, Range(1)] = 1
     attention: bool = True  # self-attention at the lowest resolution
-    norm_num_groups: int = 8
-    num_train_timesteps: int = 1000
+    norm_num_groups: Annotated[int, Range(1)] = 8
+    num_train_timesteps: Annotated[int, Range(1)] = 1000
     beta_schedule: str = "squaredcos_cap_v2"
-    label_drop: float = 0.1
+    label_drop: Annotated[float, Range(0, 1)] = 0.1
 
     @classmethod
     def gpu(cls) -> PixelPriorConfig:

@@ -21,6 +21,7 @@ import tyro
 from einops import rearrange
 from torch import Tensor
 
+from scene3d.config import Range, check
 from scene3d.device import pick_device
 from scene3d.diffusion.data import ObjectViews, render_objects
 from scene3d.diffusion.pixel import PixelPrior, PixelPriorConfig
@@ -36,24 +37,27 @@ class TrainPriorConfig:
 
     prior: PixelPriorConfig = field(default_factory=PixelPriorConfig)
     views: ObjectViews = field(default_factory=ObjectViews)
-    n_objects_per_class: int = 128
-    views_per_object: int = 8
-    steps: int = 1500
-    batch_size: int = 32
-    lr: float = 2e-3
-    warmup_steps: int = 100
-    weight_decay: float = 0.0
-    ema_decay: float = 0.99
+    n_objects_per_class: Annotated[int, Range(1)] = 128
+    views_per_object: Annotated[int, Range(1)] = 8
+    steps: Annotated[int, Range(1)] = 1500
+    batch_size: Annotated[int, Range(1)] = 32
+    lr: Annotated[float, Range(0, above=True)] = 2e-3
+    warmup_steps: Annotated[int, Range(0)] = 100
+    weight_decay: Annotated[float, Range(0)] = 0.0
+    ema_decay: Annotated[float, Range(0, 1)] = 0.99
     hflip: bool = True
-    sample_every: int = 500  # a grid of EMA samples `samples_<step>.png` every this many steps; 0: only the final one
-    samples_per_class: int = 8
-    sample_steps: int = 50
-    sample_guidance: float = 2.0
+    sample_every: Annotated[int, Range(0)] = 500  # EMA samples `samples_<step>.png` every this many steps; 0: final
+    samples_per_class: Annotated[int, Range(1)] = 8
+    sample_steps: Annotated[int, Range(1)] = 50
+    sample_guidance: Annotated[float, Range(0)] = 2.0
     seed: int = 0
     device: str = "auto"  # auto = cuda when available
     # --name, --output-root, --checkpoint-every, --log-every, --stop-after, ... (scene3d.train.RunConfig)
     run: Annotated[RunConfig, tyro.conf.OmitArgPrefixes] = field(
         default_factory=lambda: RunConfig(log_every=25, eval_every=0, checkpoint_every=500))
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 def _lr_factor(step: int, config: TrainPriorConfig) -> float:

@@ -21,13 +21,14 @@ from jaxtyping import Float
 from torch import Tensor
 
 from scene3d.cameras import Cameras, turntable_cameras
+from scene3d.config import Choice, Range, check
 from scene3d.data.dataset import MultiViewDataset, make_multiview_dataset
 from scene3d.data.formats import load_dataset
 from scene3d.data.frame import write_frame
 from scene3d.data.synthetic import WorldConfig, make_world
 from scene3d.device import pick_device
-from scene3d.errors import CheckpointError
-from scene3d.fields.base import Field, build_field, field_spec, load_field_state
+from scene3d.errors import CheckpointError, DataError
+from scene3d.fields.base import FIELDS, Field, build_field, field_spec, load_field_state
 from scene3d.metrics import psnr, ssim
 from scene3d.rays import Rays
 from scene3d.render import OccupancyGrid, OccupancyGridConfig, render_image, render_rays
@@ -42,28 +43,31 @@ class FitConfig:
     world. Runs go to `<output_root>/fields/<name>/` (name: the field's) and resume from their latest
     checkpoint."""
 
-    field: str = "hashgrid"
-    preset: str = "default"
+    field: Annotated[str, Choice(FIELDS)] = "hashgrid"
+    preset: Literal["default", "paper"] = "default"
     data: Path | None = None
     normalize: Literal["auto", "none"] = "auto"  # "auto": captures without an aabb normalised as nerfstudio's
-    steps: int = 2000
-    batch_rays: int = 1024
-    n_samples: int = 64
-    lr_final_ratio: float | None = None  # None: the architecture's (FieldConfig.lr_final_ratio)
+    steps: Annotated[int, Range(1)] = 2000
+    batch_rays: Annotated[int, Range(1)] = 1024
+    n_samples: Annotated[int, Range(1, 4096)] = 64
+    lr_final_ratio: Annotated[float | None, Range(0, above=True)] = None  # None: the architecture's own
     use_occupancy: bool = True
     occupancy: OccupancyGridConfig = dataclasses.field(default_factory=OccupancyGridConfig)
     random_background: bool = False
-    eval_views: int = 4  # test views of the periodic evaluation (the final one uses all)
-    turntable_frames: int = 24
+    eval_views: Annotated[int, Range(1)] = 4  # test views of the periodic evaluation (the final one uses all)
+    turntable_frames: Annotated[int, Range(0)] = 24
     seed: int = 0
     device: str = "auto"
     # The synthetic world when `data` is None (views per split, image size).
     world_seed: int = 0
-    n_train_views: int = 40
-    n_test_views: int = 8
-    image_size: int = 64
+    n_train_views: Annotated[int, Range(1)] = 40
+    n_test_views: Annotated[int, Range(1)] = 8
+    image_size: Annotated[int, Range(1, 4096)] = 64
     # --name, --output-root, --eval-every, --checkpoint-every, --resume, ... (scene3d.train.RunConfig)
     run: Annotated[RunConfig, tyro.conf.OmitArgPrefixes] = dataclasses.field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        check(self)
 
     @property
     def run_name(self) -> str:
@@ -88,6 +92,8 @@ class FieldTrainer:
                           if config.use_occupancy else None)
         self.generator = torch.Generator(self.device).manual_seed(config.seed)
         rays = train.cameras.rays().flatten()
+        if not (torch.isfinite(rays.origins).all() and torch.isfinite(rays.dirs).all()):  # NaN rays hit nothing:
+            raise DataError(None, "cameras", "training rays are not finite in float32 (intrinsics or poses overflow)")
         self.origins, self.dirs = rays.origins.to(self.device), rays.dirs.to(self.device)
         self.targets = rearrange(train.images, "n h w c -> (n h w) c").to(self.device)
         self.masks = (rearrange(train.masks, "n h w -> (n h w)").to(self.device).float()

@@ -17,7 +17,10 @@ import torch
 
 from scene3d.checkpoint import atomic_write
 from scene3d.errors import DataError
+from scene3d.files import read_bytes
 from scene3d.gaussians.scene import GaussianScene
+
+MAX_PLY_BYTES = 2**36  # 64 GiB: only regular files up to this size are read
 
 _TYPES = {"float": "<f4", "float32": "<f4", "double": "<f8", "float64": "<f8", "uchar": "u1", "uint8": "u1",
           "int": "<i4", "int32": "<i4", "uint": "<u4", "short": "<i2", "ushort": "<u2", "char": "i1"}
@@ -97,10 +100,7 @@ def _parse_header(raw: bytes, path: Path) -> tuple[str, int, list[tuple[str, str
 def read_ply(path: str | Path) -> GaussianScene:
     """Load a 3DGS PLY (ours or any viewer's / trainer's in the standard layout)."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(path, "file", f"cannot read file ({e.strerror})") from e
+    raw = read_bytes(path, "file", MAX_PLY_BYTES)
     fmt, n, props, start = _parse_header(raw, path)
     names = [name for name, _ in props]
     if not props:

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 from torch import Tensor
 
+from scene3d.config import Range
 from scene3d.gaussians.projection import quat_to_rotmat
 from scene3d.gaussians.rasterize import RenderOutput
 from scene3d.gaussians.scene import GaussianScene
@@ -24,17 +26,17 @@ from scene3d.gaussians.scene import GaussianScene
 
 @dataclass
 class DensifyStrategy:
-    prune_opacity: float = 0.005
-    grow_grad2d: float = 0.0002
-    grow_scale3d: float = 0.01
-    prune_scale3d: float = 0.1
-    prune_screen_size: float = 20.0
-    refine_start: int = 500
-    refine_stop: int = 15_000
-    refine_every: int = 100
-    reset_every: int = 3000
-    split_shrink: float = 1.6
-    max_gaussians: int = 3_000_000
+    prune_opacity: Annotated[float, Range(0, 1)] = 0.005
+    grow_grad2d: Annotated[float, Range(0)] = 0.0002
+    grow_scale3d: Annotated[float, Range(0)] = 0.01
+    prune_scale3d: Annotated[float, Range(0)] = 0.1
+    prune_screen_size: Annotated[float, Range(0)] = 20.0
+    refine_start: Annotated[int, Range(0)] = 500
+    refine_stop: Annotated[int, Range(0)] = 15_000
+    refine_every: Annotated[int, Range(1)] = 100
+    reset_every: Annotated[int, Range(1)] = 3000
+    split_shrink: Annotated[float, Range(0, above=True)] = 1.6
+    max_gaussians: Annotated[int, Range(1)] = 3_000_000
 
 
 class DensityController:

@@ -16,6 +16,7 @@ densification 500..15k every 100 and resets every 3k (`DensifyStrategy()` defaul
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,9 +26,10 @@ import tyro
 from torch import Tensor
 
 from scene3d.cameras import Cameras, turntable_cameras
+from scene3d.config import Range, check
 from scene3d.data.dataset import MultiViewDataset
 from scene3d.data.frame import write_frame
-from scene3d.errors import CheckpointError, DataError
+from scene3d.errors import CheckpointError, DataError, MissingSplitError
 from scene3d.gaussians.ply import write_ply
 from scene3d.gaussians.rasterize import RenderOutput, rasterize
 from scene3d.gaussians.scene import GaussianScene
@@ -56,27 +58,30 @@ class FitConfig:
 
     data: Path | None = None  # Blender / nerfstudio / COLMAP dataset folder; None: the default synthetic world
     normalize: Literal["auto", "none"] = "auto"  # "auto": captures without an aabb normalised as nerfstudio's
-    steps: int = 2000
-    init: str = "depth"  # "depth" (dataset depth, else sparse points), "points" (COLMAP's), "random" (in the bounds)
-    n_init: int = 5000
-    init_opacity: float = 0.1
-    sh_degree: int = 3
-    sh_increase_every: int = 500
-    lambda_dssim: float = 0.2
-    means_lr_final_factor: float = 0.01
-    batch_cameras: int = 1
-    eps2d: float = 0.3  # screen-space low-pass added to every 2D covariance (px^2; 3DGS and gsplat: 0.3)
+    steps: Annotated[int, Range(1)] = 2000
+    init: Literal["depth", "points", "random"] = "depth"  # depth: dataset depth, else sparse points; points: COLMAP's
+    n_init: Annotated[int, Range(1)] = 5000
+    init_opacity: Annotated[float, Range(0, 1, above=True)] = 0.1
+    sh_degree: Annotated[int, Range(0, 3)] = 3
+    sh_increase_every: Annotated[int, Range(1)] = 500
+    lambda_dssim: Annotated[float, Range(0, 1)] = 0.2
+    means_lr_final_factor: Annotated[float, Range(0, above=True)] = 0.01
+    batch_cameras: Annotated[int, Range(1)] = 1
+    eps2d: Annotated[float, Range(0)] = 0.3  # screen-space low-pass added to every 2D covariance (px^2; 3DGS: 0.3)
     densify: DensifyStrategy = field(default_factory=_cpu_densify)
     random_background: bool = False
     psnr_marks: tuple[float, ...] = (25.0, 28.0)  # metrics.json "seconds_to_psnr": training time to first reach each
-    turntable_frames: int = 36
+    turntable_frames: Annotated[int, Range(1)] = 36
     export_mesh: bool = True  # TSDF-fuse rendered RGB-D of the training views into mesh.ply
     export_frame: Literal["original", "normalized"] = "original"  # the frame of scene.ply and mesh.ply
     seed: int = 0
-    world_views: tuple[int, int, int] = (60, 4, 8)  # train/val/test views for the default world
-    world_size: int = 64  # image size of the default world
+    world_views: Annotated[tuple[int, int, int], Range(1)] = (60, 4, 8)  # train/val/test views, default world
+    world_size: Annotated[int, Range(1, 4096)] = 64  # image size of the default world
     # --name, --output-root, --eval-every, --checkpoint-every, --resume, ... (scene3d.train.RunConfig)
     run: Annotated[RunConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=_splat_run)
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 def load_splits(cfg: FitConfig) -> dict[str, MultiViewDataset]:
@@ -88,7 +93,8 @@ def load_splits(cfg: FitConfig) -> dict[str, MultiViewDataset]:
         splits = {"train": load_dataset(cfg.data, "train", normalize=cfg.normalize)}
         try:
             splits["test"] = load_dataset(cfg.data, "test", normalize=cfg.normalize)
-        except Exception:  # noqa: BLE001 - a dataset without a test split evaluates on train views
+        except MissingSplitError as err:  # only a missing split; a damaged one is an error like any other
+            print(f"warning: {err}; test metrics are on the training views", file=sys.stderr)
             splits["test"] = splits["train"]
         return {name: undistort_dataset(ds) for name, ds in splits.items()}  # Gaussians render pinhole
     from scene3d.data.dataset import make_multiview_dataset

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor, nn
+
+from scene3d.config import Range
 
 
 @dataclass
@@ -32,14 +35,14 @@ class OccupancyGridConfig:
     Instant-NGP, nothing is skipped yet: with the small batches of a CPU run a field can briefly
     lose all its density early on, and a grid pruned then would never let it recover."""
 
-    resolution: int = 32
-    decay: float = 0.8
-    min_optical_thickness: float = 0.01
-    render_samples: int = 64
-    update_every: int = 16
-    warmup_steps: int = 256
+    resolution: Annotated[int, Range(1, 1024)] = 32
+    decay: Annotated[float, Range(0, 1)] = 0.8
+    min_optical_thickness: Annotated[float, Range(0)] = 0.01
+    render_samples: Annotated[int, Range(1)] = 64
+    update_every: Annotated[int, Range(1)] = 16
+    warmup_steps: Annotated[int, Range(0)] = 256
     dilate: bool = True
-    chunk: int = 65536
+    chunk: Annotated[int, Range(1)] = 65536
 
 
 class OccupancyGrid(nn.Module):

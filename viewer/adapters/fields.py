@@ -13,8 +13,9 @@ from scene3d.cameras import Cameras
 from scene3d.checkpoint import load_checkpoint, restoring
 from scene3d.fields.base import Field, field_from_spec, load_field_state
 from scene3d.render import OccupancyGrid, OccupancyGridConfig, render_image
+from scene3d.runs import newest_loadable
 from scene3d.viz import colorize_depth, pca_rgb
-from viewer.sources import CheckpointFollower, Frame, depth_range, latest_checkpoint
+from viewer.sources import CheckpointFollower, Frame, depth_range
 
 
 def load_field_checkpoint(path: Path) -> tuple[Field, OccupancyGrid | None, dict]:
@@ -50,11 +51,12 @@ class FieldSource:
 
     @classmethod
     def from_run(cls, run_dir: Path) -> FieldSource | None:
-        """The run's latest field checkpoint, or None when the run holds no field checkpoint."""
-        path = latest_checkpoint(run_dir)
-        if path is None:
+        """The run's newest field checkpoint that loads (as training resumes it), or None when the run
+        holds no field checkpoint."""
+        found = newest_loadable(run_dir)
+        if found is None:
             return None
-        _, config = load_checkpoint(path)
+        path, (_, config) = found
         if "field" not in config:
             return None
         follower = CheckpointFollower(path, load_field_checkpoint)

@@ -10,18 +10,21 @@ import torch
 
 from scene3d.cameras import Cameras, look_at
 from scene3d.checkpoint import load_checkpoint
-from scene3d.errors import CheckpointError
+from scene3d.errors import CheckpointError, DataError
 from scene3d.gaussians import GaussianScene, rasterize
 from scene3d.gaussians.ply import read_ply
 from scene3d.gaussians.sh import sh_to_rgb
+from scene3d.runs import newest_loadable
 from scene3d.viz import colorize_depth, pca_rgb
 from viewer.content import ViewerContent
-from viewer.sources import CheckpointFollower, Frame, depth_range, latest_checkpoint
+from viewer.sources import CheckpointFollower, Frame, depth_range
 
 
-def scene_bounds(scene: GaussianScene, quantile: float = 0.02) -> torch.Tensor:
-    """A box [2,3] around the bulk of the means (outliers beyond the 2% / 98% quantiles ignored)."""
+def scene_bounds(scene: GaussianScene, quantile: float = 0.02, max_points: int = 2**20) -> torch.Tensor:
+    """A box [2,3] around the bulk of the means (outliers beyond the 2% / 98% quantiles ignored), from
+    at most `max_points` evenly strided means (`torch.quantile` takes at most 2^24 values)."""
     means = scene.means.detach().float()
+    means = means[:: -(-len(means) // max_points)]
     return torch.stack([torch.quantile(means, quantile, dim=0), torch.quantile(means, 1 - quantile, dim=0)])
 
 
@@ -98,6 +101,8 @@ class SplatPanel:
 def open_ply(path: Path) -> ViewerContent:
     """A 3DGS PLY file: home camera outside its bounds, looking at their centre."""
     scene = read_ply(path)
+    if len(scene) == 0:
+        raise DataError(path, "element vertex", "holds no Gaussians: nothing to show")
     source = GaussianSource(scene)
     lo, hi = source.aabb
     center = (lo + hi) / 2
@@ -119,11 +124,11 @@ def load_scene_checkpoint(path: Path) -> GaussianScene | None:
 
 
 def source_from_run(run_dir: Path) -> GaussianSource | None:
-    """A `scene3d.gaussians.train` run: its latest checkpoint, followed while the run writes newer
-    ones, else its final `scene.ply`; None for other runs."""
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is not None and load_scene_checkpoint(checkpoint) is not None:
-        follower = CheckpointFollower(checkpoint, load_scene_checkpoint)
+    """A `scene3d.gaussians.train` run: its newest checkpoint that loads, followed while the run writes
+    newer ones, else its final `scene.ply`; None for other runs."""
+    found = newest_loadable(run_dir, load_scene_checkpoint)
+    if found is not None and found[1] is not None:
+        follower = CheckpointFollower(found[0], load_scene_checkpoint)
         return GaussianSource(follower.value, follower=follower)
     if (run_dir / "scene.ply").is_file():
         return GaussianSource(read_ply(run_dir / "scene.ply"))

@@ -13,29 +13,37 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Annotated
 
+from scene3d.config import Range, check
 from viewer.camera import ViewState
 from viewer.sources import Frame, SceneSource, render_view
 
 # Background pixels with no depth are sent this far away (viser decodes up to ~167 units), so
 # viser's own objects (frustums, grid) are drawn over empty background.
 _FAR = 160.0
+MAX_SIDE = 1024  # the longest side of a rendered frame, in pixels, whatever a client or a config asks for
 
 
 @dataclass
 class RenderSettings:
     """Full-quality resolution (longer side, pixels) and the preview used while the camera moves."""
 
-    max_side: int = 384
+    max_side: Annotated[int, Range(16, MAX_SIDE)] = 384
     """Longer side of a full-quality frame, in pixels (the GUI slider changes it live)."""
-    preview_scale: float = 0.25
+    preview_scale: Annotated[float, Range(0, 1, above=True)] = 0.25
     """Preview frames (while the camera moves) are this fraction of the full resolution."""
-    preview_jpeg: int = 50
+    preview_jpeg: Annotated[int, Range(1, 100)] = 50
     """JPEG quality of preview frames."""
-    full_jpeg: int = 90
+    full_jpeg: Annotated[int, Range(1, 100)] = 90
     """JPEG quality of full frames."""
-    settle_s: float = 0.25
+    settle_s: Annotated[float, Range(0, 60)] = 0.25
     """Seconds without camera motion before the full-quality frame is rendered."""
+    renders_at_once: Annotated[int, Range(1, 64)] = 2
+    """Frames rendered at the same time, over all clients (with MAX_SIDE, this bounds render memory)."""
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 class ProgressiveRenderer:
@@ -138,10 +146,11 @@ class ScenePanel:
         self.settings = settings or RenderSettings()
         self._renderers: dict[int, ProgressiveRenderer] = {}
         self._lock = threading.Lock()
+        self._render_slots = threading.BoundedSemaphore(self.settings.renders_at_once)
         self._closed = False
         with server.gui.add_folder("Scene"):
             self.buffer = server.gui.add_dropdown("Buffer", source.buffers, initial_value=source.buffers[0])
-            self.resolution = server.gui.add_slider("Resolution", min=64, max=1024, step=32,
+            self.resolution = server.gui.add_slider("Resolution", min=64, max=MAX_SIDE, step=32,
                                                     initial_value=self.settings.max_side)
             self.status = server.gui.add_markdown("_waiting for a camera_")
         self.buffer.on_update(lambda _: self._refresh_all())
@@ -150,12 +159,14 @@ class ScenePanel:
         server.on_client_disconnect(self._disconnect)
 
     def render(self, view: ViewState, full: bool) -> Frame:
-        """The frame a client sees for `view`: full or preview resolution of the selected buffer."""
-        side = int(self.resolution.value)
+        """The frame a client sees for `view`: full or preview resolution of the selected buffer (at most
+        MAX_SIDE pixels on a side, at most `renders_at_once` renders at a time over all clients)."""
+        side = min(max(int(self.resolution.value), 16), MAX_SIDE)
         if not full:
             side = max(16, round(side * self.settings.preview_scale))
-        start = time.perf_counter()
-        frame = render_view(self.source, view, str(self.buffer.value), side)
+        with self._render_slots:
+            start = time.perf_counter()
+            frame = render_view(self.source, view, str(self.buffer.value), side)
         if full:
             h, w = frame.image.shape[:2]
             self.status.content = f"{self.buffer.value}: {w}x{h} in {time.perf_counter() - start:.2f} s"

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor
 
 from scene3d.cameras import Cameras
+from scene3d.config import Range
 from scene3d.diffusion.base import DiffusionPrior
 from scene3d.diffusion.data import ObjectViews
 from scene3d.distill.score.guidance import Guidance, clip_pixel_gradients
@@ -39,13 +40,13 @@ class Target:
 @dataclass
 class DistillConfig:
     prompt: str = "sphere"
-    steps: int = 200
-    batch_size: int = 4  # views per target per step
-    render_size: int = 32
+    steps: Annotated[int, Range(1)] = 200
+    batch_size: Annotated[int, Range(1)] = 4  # views per target per step
+    render_size: Annotated[int, Range(1, 4096)] = 32
     view_dependent: bool = True  # append the view to text prompts (class priors ignore it)
     views: ObjectViews = field(default_factory=ObjectViews)
     seed: int = 0
-    lr_end_factor: float = 0.1  # every target's learning rates decay exponentially to this fraction by the last step
+    lr_end_factor: Annotated[float, Range(0, above=True)] = 0.1  # learning rates decay to this fraction by the end
 
 
 class ScoreDistiller:

@@ -16,6 +16,7 @@ import torch
 import tyro
 from einops import rearrange
 
+from scene3d.config import Choice, Range, check
 from scene3d.diffusion import PixelPrior, load_prior
 from scene3d.diffusion.base import DiffusionPrior
 from scene3d.diffusion.classifier import load_classifier
@@ -37,11 +38,11 @@ class ScheduleConfig:
     runs here are a few hundred steps, and at 1e-4 the estimator barely moves from the prior, so VSD
     degenerates into a pure CFG push (spiky, over-saturated Gaussians). 1e-3 lets it track the renders."""
 
-    guidance_scale: float = 7.5
-    t_max: float = 0.98
-    t_max_end: float = 0.5
-    anneal_fraction: float = 1.0  # t upper bound annealed t_max -> t_max_end over this fraction of the steps
-    estimator_lr: float = 1e-3  # VSD only
+    guidance_scale: Annotated[float, Range(0)] = 7.5
+    t_max: Annotated[float, Range(0, 1, above=True)] = 0.98
+    t_max_end: Annotated[float, Range(0, 1, above=True)] = 0.5
+    anneal_fraction: Annotated[float, Range(0, 1)] = 1.0  # t's upper bound annealed over this fraction of the steps
+    estimator_lr: Annotated[float, Range(0, above=True)] = 1e-3  # VSD only
 
 
 def make_run_guidance(name: str, prior: DiffusionPrior, schedule: ScheduleConfig, steps: int) -> Guidance:
@@ -56,20 +57,23 @@ class DistillScoreConfig:
     latest checkpoint."""
 
     prior: Path = Path("outputs/prior/objects32")
-    guidance: str = "sds"  # sds | vsd | ism | tsm (GUIDANCES)
-    target: str = "splats"  # field | splats | voxels | image (TARGETS)
+    guidance: Annotated[str, Choice(GUIDANCES)] = "sds"  # sds | vsd | ism | tsm (GUIDANCES)
+    target: Annotated[str, Choice(TARGETS)] = "splats"  # field | splats | voxels | image (TARGETS)
     classifier: Path | None = Path("outputs/classifier/classifier32")  # skipped when missing
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     targets: TargetOptions = field(default_factory=TargetOptions)
-    particles: int = 1  # VSD's particles (1 to 4): independent scenes trained as one guidance batch
-    turntable_frames: int = 48
-    view_size: int = 64  # resolution of views.png and the turntable (recognition uses render_size)
+    particles: Annotated[int, Range(1, 4)] = 1  # VSD's particles: independent scenes trained as one guidance batch
+    turntable_frames: Annotated[int, Range(1)] = 48
+    view_size: Annotated[int, Range(1, 4096)] = 64  # resolution of views.png and the turntable
     export: bool = True  # splats.ply for Gaussians, mesh.ply for fields
     # --prompt, --steps, --batch-size, --render-size, --seed, ... without a prefix
     distill: Annotated[DistillConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=DistillConfig)
     # --name, --output-root, --checkpoint-every, --log-every, --resume, ... (scene3d.train.RunConfig)
     run: Annotated[RunConfig, tyro.conf.OmitArgPrefixes] = field(
         default_factory=lambda: RunConfig(log_every=10, eval_every=0, checkpoint_every=100))
+
+    def __post_init__(self) -> None:
+        check(self)
 
     @property
     def run_name(self) -> str:

@@ -20,6 +20,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from scene3d.cameras import Cameras
+from scene3d.config import Choice, Range
 from scene3d.distill.score.distiller import Target, image_target
 from scene3d.distill.score.views import orbit_views
 from scene3d.fields import FIELDS, Field, build_field
@@ -110,16 +112,16 @@ class FieldTargetConfig:
     """A registered field inside the box [-extent, extent]^3, `samples` stratified samples per ray.
     Density blob: blob_density * (1 - |x| / blob_radius) added to the density pre-activation."""
 
-    arch: str = "grid"
-    extent: float = 0.6
-    samples: int = 48
+    arch: Annotated[str, Choice(FIELDS)] = "grid"
+    extent: Annotated[float, Range(0, above=True)] = 0.6
+    samples: Annotated[int, Range(1, 4096)] = 48
     blob_density: float = 5.0
-    blob_radius: float = 0.35
-    lr: float | None = None  # None: FIELD_DEFAULTS / the architecture's own learning rate
+    blob_radius: Annotated[float, Range(0, above=True)] = 0.35
+    lr: Annotated[float | None, Range(0, above=True)] = None  # None: FIELD_DEFAULTS / the architecture's own
     regularize: bool = True  # add the architecture's own regulariser (TV, L1) to the loss
-    mesh_views: int = 24
-    mesh_size: int = 64
-    mesh_voxel: float = 0.015
+    mesh_views: Annotated[int, Range(1)] = 24
+    mesh_size: Annotated[int, Range(1, 4096)] = 64
+    mesh_voxel: Annotated[float, Range(0, above=True)] = 0.015
 
 
 class BlobField(nn.Module):
@@ -211,17 +213,17 @@ def _distill_densify() -> DensifyStrategy:
 class SplatTargetConfig:
     """A ball of `n_gaussians` Gaussians (radius `init_radius`, grey, opacity `init_opacity`)."""
 
-    n_gaussians: int = 2000
-    init_radius: float = 0.35
-    init_opacity: float = 0.3
-    init_scale: float = 0.03
-    sh_degree: int = 0
-    lr_means: float = 1e-3
-    lr_scales: float = 1e-2
-    lr_quats: float = 1e-3
-    lr_opacity: float = 5e-2
-    lr_color: float = 2e-2
-    pixel_grad_clip: float | None = None  # Dreamer XL's per-pixel clipping; set for TSM by `build_target`
+    n_gaussians: Annotated[int, Range(1)] = 2000
+    init_radius: Annotated[float, Range(0, above=True)] = 0.35
+    init_opacity: Annotated[float, Range(0, 1, above=True)] = 0.3
+    init_scale: Annotated[float, Range(0, above=True)] = 0.03
+    sh_degree: Annotated[int, Range(0, 3)] = 0
+    lr_means: Annotated[float, Range(0)] = 1e-3
+    lr_scales: Annotated[float, Range(0)] = 1e-2
+    lr_quats: Annotated[float, Range(0)] = 1e-3
+    lr_opacity: Annotated[float, Range(0)] = 5e-2
+    lr_color: Annotated[float, Range(0)] = 2e-2
+    pixel_grad_clip: Annotated[float | None, Range(0, above=True)] = None  # Dreamer XL's; set for TSM
     densify: DensifyStrategy = field(default_factory=_distill_densify)
 
 
@@ -304,7 +306,7 @@ class TargetOptions:
 
     field: FieldTargetConfig = dataclasses.field(default_factory=FieldTargetConfig)
     splats: SplatTargetConfig = dataclasses.field(default_factory=SplatTargetConfig)
-    image_size: int = 32
+    image_size: Annotated[int, Range(1, 4096)] = 32
 
 
 TARGETS: dict[str, Callable[[int, TargetOptions], Student]] = {

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,7 @@ from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from scene3d.config import Range
 from scene3d.data.dataset import MultiViewDataset
 from scene3d.runs import RunDir, config_to_dict
 from scene3d.train import FitResult, RunConfig, fit
@@ -50,10 +51,10 @@ class DepthNet(nn.Module):
 
 @dataclass
 class DepthNetConfig:
-    width: int = 32
-    steps: int = 400
-    batch_size: int = 8
-    lr: float = 2e-3
+    width: Annotated[int, Range(1)] = 32
+    steps: Annotated[int, Range(1)] = 400
+    batch_size: Annotated[int, Range(1)] = 8
+    lr: Annotated[float, Range(0, above=True)] = 2e-3
     seed: int = 0
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,7 @@ from einops import rearrange
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
+from scene3d.config import Ordered, Range
 from scene3d.data.dataset import MultiViewDataset
 from scene3d.distill.splat.data import sample_tuple
 from scene3d.distill.splat.lift import (
@@ -50,22 +51,25 @@ DepthFn = Callable[[Float[Tensor, "V H W 3"]], Float[Tensor, "V H W"]]
 class SplatDistillConfig:
     """Small CPU defaults (stated); see docs/splat_distill.md for the paper's setting."""
 
-    steps: int = 300
-    batch_size: int = 4  # tuples per step
-    n_context: int = 2
-    baseline_deg: tuple[float, float] = (10.0, 45.0)  # angle between context and target optical axes
+    steps: Annotated[int, Range(1)] = 300
+    batch_size: Annotated[int, Range(1)] = 4  # tuples per step
+    n_context: Annotated[int, Range(1)] = 2
+    # angle between context and target optical axes
+    baseline_deg: Annotated[tuple[float, float], Range(0, 180), Ordered()] = (10.0, 45.0)
     feature_mode: Literal["full", "pca"] = "full"
-    pca_dim: int = 32
+    pca_dim: Annotated[int, Range(1)] = 32
     edge_aware: bool = True  # upsample teacher features with the context views' instance labels
     segment_blend: float = 0.0  # weight of the per-segment (instance) mean; the paper's 0.5 hurt depth here
     alpha_min: float = 0.5  # rendered opacity below which a target pixel counts as uncovered
     min_coverage: float = 0.5  # fraction of covered pixels a student patch needs to enter the loss
     loss: Literal["cosine", "mse"] = "cosine"
-    ema_momentum: float = 0.99  # teacher <- m teacher + (1 - m) student after every step; 1 = frozen
-    lr: float = 3e-4
-    weight_decay: float = 0.0
-    warmup: int = 20
-    lora_rank: int = 0  # > 0: train LoRA adapters on the student's linear layers only (teacher EMA over them)
+    # teacher <- m teacher + (1 - m) student after every step; 1 = frozen
+    ema_momentum: Annotated[float, Range(0, 1)] = 0.99
+    lr: Annotated[float, Range(0, above=True)] = 3e-4
+    weight_decay: Annotated[float, Range(0)] = 0.0
+    warmup: Annotated[int, Range(0)] = 20
+    # > 0: train LoRA adapters on the student's linear layers only (teacher EMA over them)
+    lora_rank: Annotated[int, Range(0)] = 0
     lora_alpha: float | None = None  # LoRA scale alpha / rank; None: alpha = rank
     target_source: Literal["splat", "fit3d"] = "splat"
     depth_source: Literal["dataset", "learned"] = "dataset"

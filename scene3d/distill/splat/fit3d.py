@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,7 @@ from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor
 
+from scene3d.config import Range
 from scene3d.data.dataset import MultiViewDataset
 from scene3d.distill.splat.lift import LiftedGaussians
 from scene3d.gaussians.rasterize import rasterize_gaussians
@@ -29,12 +30,13 @@ from scene3d.train import FitResult, RunConfig, fit
 
 @dataclass
 class Fit3DConfig:
-    n_points: int = 4000
-    steps: int = 80
-    views_per_step: int = 4
-    lr_features: float = 0.05
-    init_opacity: float = 0.5
-    resolution_scale: float = 0.5  # fit at this fraction of the image size (features are patch-level anyway)
+    n_points: Annotated[int, Range(1)] = 4000
+    steps: Annotated[int, Range(1)] = 80
+    views_per_step: Annotated[int, Range(1)] = 4
+    lr_features: Annotated[float, Range(0, above=True)] = 0.05
+    init_opacity: Annotated[float, Range(0, 1, above=True)] = 0.5
+    # fit at this fraction of the image size (features are patch-level anyway)
+    resolution_scale: Annotated[float, Range(0, 1, above=True)] = 0.5
     seed: int = 0
 
 

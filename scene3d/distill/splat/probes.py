@@ -16,6 +16,7 @@ foreground pixels; recall at pixel thresholds, binned by the angle between the o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,7 @@ from einops import rearrange
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
+from scene3d.config import Range
 from scene3d.data.dataset import MultiViewDataset
 from scene3d.distill.splat.data import view_angles
 from scene3d.metrics import depth_metrics, miou, normal_metrics
@@ -31,14 +33,14 @@ from scene3d.metrics import depth_metrics, miou, normal_metrics
 @dataclass
 class ProbeConfig:
     ridge: float = 1e-2  # L2 penalty (in units of the number of pixels) of the depth / normal probes
-    max_pixels: int = 60000  # pixels sampled from the probe-training views
-    seg_steps: int = 300
+    max_pixels: Annotated[int, Range(1)] = 60000  # pixels sampled from the probe-training views
+    seg_steps: Annotated[int, Range(1)] = 300
     seg_lr: float = 0.05
     thresholds_px: tuple[float, ...] = (5.0, 10.0, 20.0)
     reference_size: int = 128  # thresholds are pixels of a reference_size image, scaled to the eval size
     angle_bins: tuple[float, ...] = (0.0, 30.0, 60.0, 90.0, 180.0)
-    query_stride: int = 2  # query every stride-th pixel of view i
-    pairs_per_world: int = 28
+    query_stride: Annotated[int, Range(1)] = 2  # query every stride-th pixel of view i
+    pairs_per_world: Annotated[int, Range(1)] = 28
     num_classes: int = 6
     seed: int = 0
 

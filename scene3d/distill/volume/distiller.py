@@ -26,7 +26,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import imageio.v3 as iio
 import torch
@@ -34,6 +34,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
 from scene3d.cameras import Cameras
+from scene3d.config import Ordered, Range, check
 from scene3d.device import pick_device
 from scene3d.distill.volume.active import (
     CameraPool,
@@ -43,7 +44,7 @@ from scene3d.distill.volume.active import (
     parse_active,
     point_mask,
 )
-from scene3d.errors import CheckpointError, Scene3DError
+from scene3d.errors import CheckpointError, ConfigError
 from scene3d.fields.base import FIELDS, Field, build_field, field_spec, load_field_state, save_field
 from scene3d.metrics import psnr, ssim
 from scene3d.rays import Rays
@@ -86,44 +87,43 @@ class VolumeDistillConfig:
     """
 
     student: str = "tensorf"
-    preset: str = "default"
-    steps: int = 2000
-    batch_rays: int = 1024
-    n_samples: int = 64
+    preset: Literal["default", "paper"] = "default"
+    steps: Annotated[int, Range(1)] = 2000
+    batch_rays: Annotated[int, Range(1)] = 1024
+    n_samples: Annotated[int, Range(1, 4096)] = 64
     schedule: Literal["staged", "all_at_once"] = "all_at_once"
-    stage_fractions: tuple[float, float] = (2000 / 30000, 5000 / 30000)  # the authors' stage_iters of 30k
+    stage_fractions: Annotated[tuple[float, float], Range(0, 1), Ordered()] = (2000 / 30000, 5000 / 30000)  # 30k
     weights: LevelWeights = dataclasses.field(default_factory=LevelWeights)
-    embedding_decay: float = 0.995
+    embedding_decay: Annotated[float, Range(0, 1)] = 0.995
     active: str = "image,ray,point"
-    camera_fraction: float = 0.1
-    revisit_deg: float = 5.0
-    ray_fraction: float = 0.1
-    point_fraction: float = 0.3
-    opacity_threshold: float = 0.5
-    density_clamp: tuple[float, float] | None = DENSITY_RANGE
+    camera_fraction: Annotated[float, Range(0, 1, above=True)] = 0.1
+    revisit_deg: Annotated[float, Range(0)] = 5.0
+    ray_fraction: Annotated[float, Range(0, 1)] = 0.1
+    point_fraction: Annotated[float, Range(0, 1)] = 0.3
+    opacity_threshold: Annotated[float, Range(0, 1)] = 0.5
+    density_clamp: Annotated[tuple[float, float] | None, Ordered()] = DENSITY_RANGE
     random_background: bool = False
     use_occupancy: bool = True
     occupancy: OccupancyGridConfig = dataclasses.field(default_factory=OccupancyGridConfig)
-    epoch_views: int = 32
-    epoch_steps: int = 50
-    lr_final_ratio: float = 0.1
-    adapter_lr: float = 1e-2
+    epoch_views: Annotated[int, Range(1)] = 32
+    epoch_steps: Annotated[int, Range(1)] = 50
+    lr_final_ratio: Annotated[float, Range(0, above=True)] = 0.1
+    adapter_lr: Annotated[float, Range(0, above=True)] = 1e-2
     seed: int = 0
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.student not in FIELDS:
-            raise ConfigError(f"student: unknown field '{self.student}'; registered: {sorted(FIELDS)}")
-        if self.schedule not in ("staged", "all_at_once"):
-            raise ConfigError(f"schedule: must be 'staged' or 'all_at_once', got '{self.schedule}'")
+        check(self)
+        if self.student not in self.students():
+            raise ConfigError("--student", f"must be one of {', '.join(self.students())}; got {self.student!r}")
         try:
             parse_active(self.active)
         except ValueError as err:
-            raise ConfigError(f"active: {err}") from None
+            raise ConfigError("--active", str(err)) from None
 
-
-class ConfigError(Scene3DError, ValueError):
-    """A bad distillation setting (one line from the scripts)."""
+    def students(self) -> list[str]:
+        """The student names this config accepts: the registered fields."""
+        return sorted(FIELDS)
 
 
 # losses -----------------------------------------------------------------------------------------

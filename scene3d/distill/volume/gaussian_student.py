@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from einops import rearrange
@@ -21,6 +21,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from scene3d.cameras import Cameras
+from scene3d.config import Range
 from scene3d.distill.volume.active import Shell
 from scene3d.distill.volume.distiller import EvalViews, teacher_occupancy
 from scene3d.errors import CheckpointError
@@ -47,14 +48,14 @@ class GaussianStudentOptions:
     schedule, D-SSIM weight, means decay, densification without opacity resets as for short runs)
     follows `scene3d.gaussians.train.FitConfig`; small CPU defaults."""
 
-    batch_cameras: int = 1
-    n_init: int = 5000
-    init_min_opacity: float = 0.5
-    init_opacity: float = 0.1
-    sh_degree: int = 3
-    sh_increase_every: int = 500
-    lambda_dssim: float = 0.2
-    means_lr_final_factor: float = 0.01
+    batch_cameras: Annotated[int, Range(1)] = 1
+    n_init: Annotated[int, Range(1)] = 5000
+    init_min_opacity: Annotated[float, Range(0, 1)] = 0.5
+    init_opacity: Annotated[float, Range(0, 1, above=True)] = 0.1
+    sh_degree: Annotated[int, Range(0, 3)] = 3
+    sh_increase_every: Annotated[int, Range(1)] = 500
+    lambda_dssim: Annotated[float, Range(0, 1)] = 0.2
+    means_lr_final_factor: Annotated[float, Range(0, above=True)] = 0.01
     densify: DensifyStrategy = field(default_factory=_cpu_densify)
 
 

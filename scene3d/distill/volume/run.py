@@ -15,6 +15,7 @@ import tyro
 
 from scene3d.cameras import orbit_cameras
 from scene3d.checkpoint import load_checkpoint
+from scene3d.config import Range
 from scene3d.data.dataset import MultiViewDataset
 from scene3d.data.formats import load_dataset
 from scene3d.distill.volume.active import Shell
@@ -46,15 +47,15 @@ class DistillVolumeConfig(VolumeDistillConfig):
 
     teacher: Path = Path("outputs/fields/hashgrid")
     data: Path | None = None
-    eval_views: int = 4  # test views of the periodic evaluation (the final one uses all)
+    eval_views: Annotated[int, Range(1)] = 4  # test views of the periodic evaluation (the final one uses all)
     splats: GaussianStudentOptions = dataclasses.field(default_factory=GaussianStudentOptions)
     # --name, --output-root, --eval-every, --checkpoint-every, --resume, ... (scene3d.train.RunConfig)
     run: Annotated[RunConfig, tyro.conf.OmitArgPrefixes] = dataclasses.field(
         default_factory=lambda: RunConfig(eval_every=250, checkpoint_every=250))
 
-    def __post_init__(self) -> None:
-        if self.student != SPLATS:  # a Gaussian student has no field options to check
-            super().__post_init__()
+    def students(self) -> list[str]:
+        """The registered fields, and "splats" for a Gaussian student."""
+        return [*super().students(), SPLATS]
 
     def splat_config(self) -> GaussianStudentConfig:
         options = {f.name: getattr(self.splats, f.name) for f in dataclasses.fields(GaussianStudentOptions)}
