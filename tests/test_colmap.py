@@ -148,3 +148,15 @@ def test_script_exit_code_for_unsupported_model(tmp_path):
                          text=True)
     assert run.returncode == 2
     assert run.stderr.strip().count("\n") == 0 and "unsupported camera model FOV" in run.stderr
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_a_fifo_named_like_a_model_file_is_refused_not_read(tmp_path, binary):
+    import os
+
+    root, *_ = _project(tmp_path, binary=binary)
+    victim = root / "sparse" / "0" / ("points3D.bin" if binary else "points3D.txt")
+    victim.unlink()
+    os.mkfifo(victim)
+    with pytest.raises(DataError, match="is a FIFO, not a regular file"):
+        load_dataset(root)

@@ -25,8 +25,10 @@ from scene3d.checkpoint import atomic_write_json
 from scene3d.data.lens_fields import lens_fields
 from scene3d.data.points_ply import write_points_ply
 from scene3d.errors import DataError
+from scene3d.files import read_bytes, read_text
 
 # COLMAP model id -> (name, number of parameters); all of COLMAP's models, so any of them parses
+MAX_MODEL_BYTES = 2**32  # a cameras/images/points3D file beyond 4 GiB is refused before reading
 MODEL_IDS = {0: ("SIMPLE_PINHOLE", 3), 1: ("PINHOLE", 4), 2: ("SIMPLE_RADIAL", 4), 3: ("RADIAL", 5),
              4: ("OPENCV", 8), 5: ("OPENCV_FISHEYE", 8), 6: ("FULL_OPENCV", 12), 7: ("FOV", 5),
              8: ("SIMPLE_RADIAL_FISHEYE", 4), 9: ("RADIAL_FISHEYE", 5), 10: ("THIN_PRISM_FISHEYE", 12)}
@@ -72,7 +74,7 @@ class _Bytes:
     """A binary file read with bounds checks: a short read is a DataError naming the file."""
 
     def __init__(self, path: Path):
-        self.path, self.data, self.at = path, path.read_bytes(), 0
+        self.path, self.data, self.at = path, read_bytes(path, "file", MAX_MODEL_BYTES), 0
 
     def read(self, fmt: str, field: str) -> tuple:
         size = struct.calcsize("<" + fmt)
@@ -145,10 +147,7 @@ def _read_points_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _text_lines(path: Path, keep_blank: bool = False) -> list[tuple[int, str]]:
     """(line number, text) of the non-comment lines."""
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError:
-        raise DataError(path, "file", "not a UTF-8 text file") from None
+    text = read_text(path, "file", MAX_MODEL_BYTES)
     lines = [(i + 1, line.strip()) for i, line in enumerate(text.splitlines()) if not line.startswith("#")]
     return lines if keep_blank else [(i, s) for i, s in lines if s]
 
@@ -218,7 +217,7 @@ def read_model(path: str | Path) -> ColmapModel:
         raise DataError(path, "path", "no COLMAP model (cameras.bin / cameras.txt) here or in sparse/0")
     ext = ".bin" if (folder / "cameras.bin").is_file() else ".txt"
     for name in ("cameras", "images", "points3D"):
-        if not (folder / f"{name}{ext}").is_file():
+        if not (folder / f"{name}{ext}").exists():
             raise DataError(folder / f"{name}{ext}", "file", "missing beside " + f"cameras{ext}")
     if ext == ".bin":
         cameras = _read_cameras_bin(folder / "cameras.bin")
