@@ -73,7 +73,8 @@ class GlimpseSession:
         self.grid = model.cfg.canvas_grid
         self.max_steps, self.seed = max_steps, seed
         # teacher patch embeddings [G2, Dt] resampled to the canvas grid, standardised like the heads
-        self.targets = None if targets is None else (targets.float() - model.patch_mean) / model.patch_std
+        std = model.standardizer(self.grid)
+        self.targets = None if targets is None else (targets.float() - std.patch_mean) / std.patch_scale
         self.reset(policy)
 
     def reset(self, policy: str | None = None) -> None:
