@@ -25,6 +25,10 @@ from torch import Tensor
 
 from avfm.coords import flat_grid, glimpse_coords
 
+# ImageNet channel statistics: the input normalisation of DINO teachers and of the published CanViTs.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 @dataclass
 class Viewpoint:

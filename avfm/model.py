@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from avfm import fast_canvas
 from avfm.attention import CanvasRead, CanvasWrite
 from avfm.coords import flat_grid, glimpse_coords
-from avfm.glimpse import Viewpoint, extract_glimpse
+from avfm.glimpse import IMAGENET_MEAN, IMAGENET_STD, Viewpoint, extract_glimpse
 from avfm.rope import compute_rope, pad_rope, rope_periods
 from avfm.standardizer import TargetStandardizer
 from avfm.vit import Block, PatchEmbed, init_vit_weights
@@ -60,6 +60,7 @@ class CanViTConfig:
     vpe: bool = True
     rope_base: float = 100.0
     layerscale_init: float = 1e-5
+    imagenet_norm: bool = False  # scenes ImageNet-normalised before glimpsing (the published weights expect it)
 
     def __post_init__(self):
         self.read_after, self.write_after = tuple(self.read_after), tuple(self.write_after)
@@ -224,6 +225,14 @@ class CanViT(nn.Module):
         return state.canvas[:, self.cfg.canvas_registers :]
 
     # one glimpse --------------------------------------------------------------------------------
+    def glimpse(self, scenes: Float[Tensor, "B 3 H W"], viewpoint: Viewpoint) -> Float[Tensor, "B 3 P P"]:
+        """The glimpse `step` takes of scenes in [0, 1] at `viewpoint`; with `imagenet_norm` the scenes are
+        normalised first, so outside them the glimpse is the mean colour, as the reference."""
+        if self.cfg.imagenet_norm:
+            mean, std = (scenes.new_tensor(v)[:, None, None] for v in (IMAGENET_MEAN, IMAGENET_STD))
+            scenes = (scenes - mean) / std
+        return extract_glimpse(scenes, viewpoint, self.cfg.glimpse_px)
+
     def step(
         self, glimpse: Float[Tensor, "B 3 P P"], viewpoint: Viewpoint, state: State, heads: bool = True
     ) -> tuple[State, StepOutput]:
@@ -282,7 +291,7 @@ class CanViT(nn.Module):
         state = self.init_state(scenes.shape[0]) if state is None else state
         outs = []
         for vp in viewpoints:
-            state, out = self.step(extract_glimpse(scenes, vp, self.cfg.glimpse_px), vp, state, heads)
+            state, out = self.step(self.glimpse(scenes, vp), vp, state, heads)
             outs.append(out)
         return state, outs
 

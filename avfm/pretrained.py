@@ -144,7 +144,8 @@ def pretrained_config(folder: str | Path, glimpse_px: int | None = None) -> Pret
             canvas_heads=int(fields["canvas_num_heads"]), canvas_registers=int(fields["n_canvas_registers"]),
             read_after=read_after, write_after=write_after, canvas_grid=grids[0],
             teacher_dim=int(fields["teacher_dim"]), vpe=bool(fields["enable_vpe"]),
-            rope_base=float(backbone["rope_base"]), layerscale_init=float(backbone["layerscale_init"]))
+            rope_base=float(backbone["rope_base"]), layerscale_init=float(backbone["layerscale_init"]),
+            imagenet_norm=True)
     except KeyError as err:
         raise CheckpointError(file, f"{where}.{err.args[0]}", "missing") from None
     except (TypeError, ValueError) as err:

@@ -3,6 +3,7 @@ outputs; every checkpoint that does not fit fails in one line naming the key."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -14,7 +15,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from avfm import load_pretrained
-from avfm.glimpse import Viewpoint, extract_glimpse
+from avfm.evaluate import EvalConfig, run_evaluation
+from avfm.glimpse import IMAGENET_MEAN, IMAGENET_STD, Viewpoint, extract_glimpse
+from avfm.train import DataConfig
 from avfm.model import CONFIGS
 from avfm.pretrained import BACKBONES, pretrained_config, rw_positions
 from scene3d.errors import CheckpointError
@@ -73,8 +76,8 @@ def test_published_backbones_map_to_our_config(tmp_path, layout, backbone):
     assert (cfg.dim, cfg.heads, cfg.depth, cfg.patch_size) == (
         dims["embed_dim"], dims["num_heads"], dims["n_blocks"], dims["patch_size"])
     assert (cfg.canvas_dim, cfg.canvas_heads, cfg.glimpse_px, cfg.teacher_dim) == (1024, 8, 128, 768)
-    if backbone == "vitb16":  # CanViT-B as published is our canvit_b
-        assert cfg == CONFIGS["canvit_b"]
+    if backbone == "vitb16":  # CanViT-B as published is our canvit_b, on ImageNet-normalised scenes
+        assert cfg == dataclasses.replace(CONFIGS["canvit_b"], imagenet_norm=True)
     if backbone == "vitl16":
         assert cfg.read_after == (1, 5, 9, 13, 17, 21) and cfg.write_after == (3, 7, 11, 15, 19, 23)
 
@@ -166,3 +169,19 @@ def test_cli_given_a_bad_checkpoint_exits_2_with_one_line(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "vpe.B: missing tensor" in proc.stderr
+
+
+def test_loaded_model_glimpses_imagenet_normalised_scenes():
+    model = load_pretrained(LAYOUTS["0.2"])
+    scenes, vp = torch.rand(2, 3, 40, 40), Viewpoint.make(0.5, -0.25, 0.75, 2)  # partly outside the scene
+    normalised = (scenes - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+    torch.testing.assert_close(model.glimpse(scenes, vp), extract_glimpse(normalised, vp, 32))
+
+
+@pytest.mark.slow
+def test_eval_runs_the_probes_on_a_published_checkpoint(tmp_path):
+    cfg = EvalConfig(canvit=LAYOUTS["0.1"], data=DataConfig(source="toy", n_train=4, n_val=2), policies=("c2f",),
+                     steps=2, probe_rollout=1, probe_steps=3, output_root=tmp_path)
+    metrics = run_evaluation(cfg)
+    assert len(metrics["policies"]["c2f"]["miou"]) == 2 and metrics["baselines"] == {}
+    assert metrics["canvas_grid"] == 8 and metrics["glimpse_px"] == 32

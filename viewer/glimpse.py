@@ -99,8 +99,8 @@ class GlimpseSession:
                 except IndexError:
                     return None
             viewpoint = self._planned[i]
-        glimpse = extract_glimpse(self.image[None], viewpoint, self.model.cfg.glimpse_px)
-        state, out = self.model.step(glimpse, viewpoint, self.state, heads=True)
+        glimpse = extract_glimpse(self.image[None], viewpoint, self.model.cfg.glimpse_px)  # shown as it is
+        state, out = self.model.step(self.model.glimpse(self.image[None], viewpoint), viewpoint, self.state, heads=True)
         error = None
         if self.targets is not None and out.scene_patches is not None:
             error = float(F.mse_loss(out.scene_patches[0].float(), self.targets))
