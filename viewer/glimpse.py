@@ -30,6 +30,7 @@ class GlimpseStep:
     glimpse: Float[Tensor, "3 P P"]
     state: State
     error: float | None  # MSE of standardised patch predictions vs teacher targets
+    prediction: Float[Tensor, "G2 Dt"]  # the canvas head's teacher features, destandardised
 
 
 def box_pixels(viewpoint: Viewpoint, height: int, width: int) -> tuple[int, int, int, int]:
@@ -104,7 +105,8 @@ class GlimpseSession:
         error = None
         if self.targets is not None and out.scene_patches is not None:
             error = float(F.mse_loss(out.scene_patches[0].float(), self.targets))
-        self.steps.append(GlimpseStep(viewpoint, glimpse[0], state, error))
+        prediction = self.model.destandardize(out.scene_patches, out.scene_cls)[0][0]
+        self.steps.append(GlimpseStep(viewpoint, glimpse[0], state, error, prediction))
         return self.steps[-1]
 
     def place(self, y: float, x: float, scale: float) -> GlimpseStep:
@@ -123,6 +125,10 @@ class GlimpseSession:
     @torch.no_grad()
     def canvas_pca(self, size: int = 128) -> Float[Tensor, "size size 3"]:
         return grid_image(self.model.canvas_cells(self.state)[0], size)
+
+    def prediction_pca(self, size: int = 128) -> Float[Tensor, "size size 3"] | None:
+        """The latest step's predicted teacher features (None before the first step)."""
+        return grid_image(self.steps[-1].prediction, size) if self.steps else None
 
     def teacher_pca(self, size: int = 128) -> Float[Tensor, "size size 3"] | None:
         return None if self.targets is None else grid_image(self.targets, size)
