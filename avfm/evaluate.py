@@ -20,8 +20,8 @@ from avfm.data import SceneSet, load_scenes, precompute_targets
 from avfm.flops import canvit_flops, vit_flops
 from avfm.glimpse import Viewpoint, build_policy, sample_viewpoints
 from avfm.model import CanViT, State
-from avfm.probes import entropy_map, fit_cls_probe, fit_seg_probe, top1
 from avfm.pretrained import load_pretrained
+from avfm.probes import entropy_map, fit_cls_probe, fit_seg_probe, top1
 from avfm.teachers import Teacher, ViTTeacher, build_teacher
 from avfm.train import DataConfig, OptimConfig, TeacherConfig, TrainConfig, setup
 from scene3d.checkpoint import restoring

@@ -30,9 +30,11 @@ from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from avfm import fast_canvas
 from avfm.attention import CanvasRead, CanvasWrite
 from avfm.coords import flat_grid, glimpse_coords
+from avfm.fast_canvas import canvas_rope as cached_canvas_rope
+from avfm.fast_canvas import read as fast_read
+from avfm.fast_canvas import write as fast_write
 from avfm.glimpse import IMAGENET_MEAN, IMAGENET_STD, Viewpoint, extract_glimpse
 from avfm.rope import compute_rope, pad_rope, rope_periods
 from avfm.standardizer import TargetStandardizer
@@ -252,7 +254,7 @@ class CanViT(nn.Module):
         local_rope = compute_rope(local_pos.to(x.device), can_periods)
         if self.fast_canvas:  # tables over every token: the fused rotation, padded once per glimpse
             bb_rope, local_rope = pad_rope(bb_rope, cfg.n_prefix), pad_rope(local_rope, cfg.n_prefix)
-            canvas_rope = fast_canvas.canvas_rope(grid, cfg.canvas_registers, canvas_head_dim, cfg.rope_base, x.device)
+            canvas_rope = cached_canvas_rope(grid, cfg.canvas_registers, canvas_head_dim, cfg.rope_base, x.device)
         else:
             canvas_rope = compute_rope(flat_grid(grid, device=x.device)[None], can_periods)
 
@@ -262,13 +264,13 @@ class CanViT(nn.Module):
             if i in self._read_at:
                 read = self.reads[self._read_at[i]]
                 if self.fast_canvas:
-                    x = x + fast_canvas.read(read, x, canvas, local_rope, canvas_rope)
+                    x = x + fast_read(read, x, canvas, local_rope, canvas_rope)
                 else:
                     x = x + read(x, canvas, local_rope, canvas_rope)
             if i in self._write_at:
                 write = self.writes[self._write_at[i]]
                 if self.fast_canvas:
-                    canvas = fast_canvas.write(write, canvas, x, canvas_rope, local_rope, in_place=owned)
+                    canvas = fast_write(write, canvas, x, canvas_rope, local_rope, in_place=owned)
                     owned = not torch.is_grad_enabled()
                 else:
                     canvas = canvas + write(canvas, x, canvas_rope, local_rope)

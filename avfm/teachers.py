@@ -27,6 +27,7 @@ from scene3d.errors import CheckpointError, DataError
 from scene3d.runs import RunDir
 from scene3d.train import FitResult, RunConfig, fit
 
+
 @dataclass
 class TeacherOutput:
     patches: Float[Tensor, "B N D"]

@@ -17,9 +17,9 @@ from safetensors.torch import load_file, save_file
 from avfm import load_pretrained
 from avfm.evaluate import EvalConfig, run_evaluation
 from avfm.glimpse import IMAGENET_MEAN, IMAGENET_STD, Viewpoint, extract_glimpse
-from avfm.train import DataConfig
 from avfm.model import CONFIGS
 from avfm.pretrained import BACKBONES, pretrained_config, rw_positions
+from avfm.train import DataConfig
 from scene3d.errors import CheckpointError
 
 FIXTURES = Path(__file__).parent / "fixtures"
