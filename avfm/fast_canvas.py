@@ -46,11 +46,6 @@ def scratch(name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
     return pool[key][:n].view(shape)
 
 
-def clear_scratch() -> None:
-    """Free this thread's scratch buffers."""
-    _scratch.__dict__.pop("pool", None)
-
-
 @functools.lru_cache(maxsize=16)
 @torch.inference_mode(False)
 @torch.no_grad()
