@@ -15,7 +15,7 @@ Backbones `vits16`, `vitb16`, `vitl16` (the reference's registry), or the dimens
 (`tensor_rules`: one table per layout, read in both directions so that an error names the checkpoint's key),
 the shapes, the standardizers' `fitted` flags (checked, not loaded). The DINOv3 k-bias: the checkpoints keep
 the fused qkv bias whole and `avfm.vit.SelfAttention` masks its k third in every forward, as the reference.
-Only safetensors are read, never a pickle. Whatever does not fit raises one `CheckpointError` naming the file
+Only safetensors are read, never a .bin or .pt file. Whatever does not fit raises one `CheckpointError` naming the file
 and the key.
 """
 
