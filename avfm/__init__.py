@@ -3,6 +3,7 @@ passive-to-active dense latent distillation. See docs/avfm.md."""
 
 from avfm.glimpse import POLICIES, Viewpoint, build_policy, extract_glimpse
 from avfm.model import CONFIGS, CanViT, CanViTConfig, State, build_model, count_params
+from avfm.pretrained import load_pretrained
 from avfm.teachers import TEACHERS, build_teacher
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "build_teacher",
     "count_params",
     "extract_glimpse",
+    "load_pretrained",
 ]

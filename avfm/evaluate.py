@@ -17,12 +17,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from avfm.coords import flat_grid
-from avfm.data import SceneSet, precompute_targets
+from avfm.data import SceneSet, load_scenes, precompute_targets
 from avfm.flops import canvit_flops, vit_flops
-from avfm.glimpse import Viewpoint, build_policy, extract_glimpse, sample_viewpoints
+from avfm.glimpse import Viewpoint, build_policy, sample_viewpoints
 from avfm.model import CanViT, State
+from avfm.pretrained import load_pretrained
 from avfm.probes import entropy_map, fit_cls_probe, fit_seg_probe, top1
-from avfm.teachers import Teacher, ViTTeacher
+from avfm.teachers import Teacher, ViTTeacher, build_teacher
 from avfm.train import DataConfig, OptimConfig, TeacherConfig, TrainConfig, setup
 from scene3d.checkpoint import restoring
 from scene3d.config import Range, check
@@ -43,6 +44,13 @@ class EvalConfig:
     seed: int = 0
     name: str = "eval"  # results go to <output_root>/avfm_eval/<name>/
     output_root: Path = OUTPUTS
+    canvit: Path | None = None
+    """A published CanViT checkpoint folder (`avfm.load_pretrained`) evaluated instead of the run's model, on the
+    scenes of `data` (run_dir unused)."""
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    teacher_path: str | None = None
+    """With --canvit: the HF directory of the teacher it distils (DINOv3) for the teacher baselines and the
+    heads' error; without one, probes only."""
 
     def __post_init__(self) -> None:
         check(self)
@@ -92,7 +100,7 @@ def canvas_features(model: CanViT, images: Tensor, steps: int, generator, canvas
     cells, cls = [], []
     for _ in range(steps):
         vp = sample_viewpoints(b, generator, s_min)
-        state, _ = model.step(extract_glimpse(images, vp, model.cfg.glimpse_px), vp, state, heads=False)
+        state, _ = model.step(model.glimpse(images, vp), vp, state, heads=False)
         cells.append(model.canvas_cells(state))
         cls.append(state.cls[:, 0])
     return torch.cat(cells), torch.cat(cls)
@@ -102,7 +110,7 @@ def canvas_features(model: CanViT, images: Tensor, steps: int, generator, canvas
 def write_locality(model: CanViT, state: State, images: Tensor, viewpoint: Viewpoint) -> float:
     """Mean norm of the canvas update in cells outside the glimpse over that inside it (0: writes
     stay where the glimpse looks; 1: a glimpse rewrites the whole canvas as much as its own area)."""
-    new, _ = model.step(extract_glimpse(images, viewpoint, model.cfg.glimpse_px), viewpoint, state, heads=False)
+    new, _ = model.step(model.glimpse(images, viewpoint), viewpoint, state, heads=False)
     change = (model.canvas_cells(new) - model.canvas_cells(state)).norm(dim=-1)  # [B, G*G]
     pos = flat_grid(model.canvas_grid_of(state), device=images.device)  # [G*G, 2]
     inside = ((pos[None] - viewpoint.center[:, None]).abs() <= viewpoint.scale[:, None, None]).all(-1)
@@ -133,7 +141,7 @@ def evaluate_policy(
     uncertainty = None
     for _ in range(steps):
         vp = run.next(uncertainty)
-        state, pred = model.step(extract_glimpse(images, vp, model.cfg.glimpse_px), vp, state, targets is not None)
+        state, pred = model.step(model.glimpse(images, vp), vp, state, targets is not None)
         cells = model.canvas_cells(state)
         seg = seg_probe(cells, size=tuple(labels.shape[-2:])).argmax(1)
         out["miou"].append(miou(seg, labels, num_classes))
@@ -192,10 +200,20 @@ def flop_matched_px(teacher: Teacher, gflops: float) -> int | None:
     )
 
 
+def load_published(cfg: EvalConfig) -> tuple[CanViT, Teacher | None, SceneSet, SceneSet]:
+    """A published checkpoint (`cfg.canvit`), its teacher when `cfg.teacher_path` names one, and the scenes."""
+    model = load_pretrained(cfg.canvit)
+    d = cfg.data
+    train_set, val_set = load_scenes(d.source, d.n_train + d.n_val, d.resolution, d.seed, d.path).split(d.n_train)
+    teacher = None if cfg.teacher_path is None else build_teacher("dinov3", path=cfg.teacher_path)
+    return model, teacher, train_set, val_set
+
+
 def evaluate(
-    model: CanViT, teacher: Teacher, train_set: SceneSet, eval_set: SceneSet, cfg: EvalConfig
+    model: CanViT, teacher: Teacher | None, train_set: SceneSet, eval_set: SceneSet, cfg: EvalConfig
 ) -> dict:
-    """All metrics of one evaluation (see module docstring)."""
+    """All metrics of one evaluation (see module docstring); without a teacher, no teacher baselines and no
+    head error."""
     if train_set.labels is None or eval_set.labels is None:
         raise ValueError("evaluation needs dense labels")
     grid = cfg.canvas_grid or model.cfg.canvas_grid
@@ -212,7 +230,7 @@ def evaluate(
 
     per_glimpse = canvit_flops(model.cfg, grid)["total"] / 1e9
     targets = None
-    if grid == model.cfg.canvas_grid:  # the head's targets live on the pretraining grid
+    if teacher is not None and grid == model.cfg.canvas_grid:  # the head's targets live on the pretraining grid
         targets = model.standardize(*precompute_targets(teacher, eval_set.images, grid))[0]
     policies = {}
     for name in cfg.policies:
@@ -231,19 +249,19 @@ def evaluate(
             targets,
         )
     full_px = eval_set.images.shape[-1]
-    baselines = {
+    baselines = {} if teacher is None else {
         "teacher_full": teacher_baseline(teacher, train_set, eval_set, full_px, cfg.probe_steps, cfg.seed),
         "teacher_input_matched": teacher_baseline(
             teacher, train_set, eval_set, model.cfg.glimpse_px, cfg.probe_steps, cfg.seed
         ),
     }
-    px = flop_matched_px(teacher, per_glimpse)
+    px = None if teacher is None else flop_matched_px(teacher, per_glimpse)
     if px is not None:
         baselines["teacher_flop_matched"] = teacher_baseline(
             teacher, train_set, eval_set, px, cfg.probe_steps, cfg.seed
         )
     full = Viewpoint.full(len(eval_set))
-    after_full, _ = model.step(extract_glimpse(eval_set.images, full, model.cfg.glimpse_px), full,
+    after_full, _ = model.step(model.glimpse(eval_set.images, full), full,
                                model.init_state(len(eval_set), grid), heads=False)
     locality = {  # canvas update outside / inside a quadtree tile glimpsed after the full view
         f"level{lv}": write_locality(model, after_full, eval_set.images, Viewpoint.make(-1 + 2**-lv, -1 + 2**-lv,
@@ -292,7 +310,10 @@ def plot(metrics: dict, path: Path) -> Path:
 
 def run_evaluation(cfg: EvalConfig) -> dict:
     """Load a run, evaluate, write `metrics.json` and `miou.png` in `<output_root>/avfm_eval/<name>/`."""
-    model, _, teacher, train_set, val_set = load_run(cfg.run_dir)
+    if cfg.canvit is not None:
+        model, teacher, train_set, val_set = load_published(cfg)
+    else:
+        model, _, teacher, train_set, val_set = load_run(cfg.run_dir)
     metrics = evaluate(model, teacher, train_set, val_set, cfg)
     out = RunDir.create("avfm_eval", cfg.name, root=cfg.output_root)
     out.save_config(cfg)

@@ -3,7 +3,7 @@
 A viewpoint is a centre (y, x) in [-1, 1]^2 and a scale s in (0, 1], the half-side of the square it
 covers, [c - s, c + s] (see `avfm.coords`). A glimpse is that square resampled to `size` x `size`
 pixels with bilinear `grid_sample` (align_corners=False, so pixel centres sit at the cell centres of
-`avfm.coords`), always in fp32.
+`avfm.coords`; zeros outside the scene, as the reference implementation), always in fp32.
 
 Policies (CanViT, App. D.1): R-IID, F-IID, coarse-to-fine (C2F), fine-to-coarse (F2C),
 entropy-guided C2F (EG-C2F), repeated full scene (RFS) and an explicit list. A policy starts a
@@ -24,6 +24,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 from avfm.coords import flat_grid, glimpse_coords
+
+# ImageNet channel statistics: the input normalisation of DINO teachers and of the published CanViTs.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -69,11 +73,12 @@ def extract_glimpse(
 ) -> Float[Tensor, "B C size size"]:
     """Bilinear crop of `scene` at `viewpoint`, resampled to size x size, computed in fp32.
 
-    Sample points are `center + scale * grid(size)`; outside the scene the border is replicated.
+    Sample points are `center + scale * grid(size)`; outside the scene the image is zero (as the
+    reference implementation's `sample_at_viewpoint`), so a glimpse past the border fades to black there.
     """
     coords = glimpse_coords(viewpoint.center.to(scene.device), viewpoint.scale.to(scene.device), size)
     grid = coords.flip(-1)  # grid_sample wants (x, y)
-    return F.grid_sample(scene.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return F.grid_sample(scene.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 # ------------------------------------------------------------------------------------------------

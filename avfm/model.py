@@ -9,8 +9,14 @@ the cells, so G can change at inference). The recurrent state is explicit, `Stat
 so a step is a pure function of (glimpse, viewpoint, state).
 
 Heads: LN -> Linear from canvas cells to the teacher's patch space, LN -> Linear from the CLS to
-the teacher's CLS space; targets are standardised per position and channel with statistics kept
-in the model's buffers (`fit_standardizer`).
+the teacher's CLS space (LN weights start at 1/sqrt(width), as the reference); targets are standardised
+per position and channel with statistics kept in the model's buffers, one `TargetStandardizer` per
+canvas grid (`fit_standardizer`).
+
+Canvas Attention runs through `avfm.fast_canvas` (cached canvas RoPE tables, scratch buffers without
+autograd); `fast_canvas=False` runs the reference modules of `avfm.attention` instead (same results).
+Initialisation follows the reference implementation (canvit-pytorch): DINOv3-style backbone blocks
+(`avfm.vit`), PyTorch's default init for the Canvas Attention projections and the heads.
 """
 
 from __future__ import annotations
@@ -26,8 +32,12 @@ from torch import Tensor, nn
 
 from avfm.attention import CanvasRead, CanvasWrite
 from avfm.coords import flat_grid, glimpse_coords
-from avfm.glimpse import Viewpoint, extract_glimpse
-from avfm.rope import compute_rope, rope_periods
+from avfm.fast_canvas import canvas_rope as cached_canvas_rope
+from avfm.fast_canvas import read as fast_read
+from avfm.fast_canvas import write as fast_write
+from avfm.glimpse import IMAGENET_MEAN, IMAGENET_STD, Viewpoint, extract_glimpse
+from avfm.rope import compute_rope, pad_rope, rope_periods
+from avfm.standardizer import TargetStandardizer
 from avfm.vit import Block, PatchEmbed, init_vit_weights
 
 
@@ -52,6 +62,7 @@ class CanViTConfig:
     vpe: bool = True
     rope_base: float = 100.0
     layerscale_init: float = 1e-5
+    imagenet_norm: bool = False  # scenes ImageNet-normalised before glimpsing (the published weights expect it)
 
     def __post_init__(self):
         self.read_after, self.write_after = tuple(self.read_after), tuple(self.write_after)
@@ -149,9 +160,10 @@ class StepOutput:
 
 
 class ViewpointEncoding(nn.Module):
-    """VPE token (paper App. B): (y/s, x/s, log s) -> random Fourier features (fixed, sigma 1) -> LN."""
+    """VPE token (paper App. B): (y/s, x/s, log s) -> random Fourier features (fixed, sigma 1, drawn with
+    seed 42 as the reference) -> LN."""
 
-    def __init__(self, dim: int, seed: int = 0):
+    def __init__(self, dim: int, seed: int = 42):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         self.register_buffer("freqs", torch.randn(dim // 2, 3, generator=g))
@@ -168,9 +180,10 @@ class ViewpointEncoding(nn.Module):
 
 
 class CanViT(nn.Module):
-    def __init__(self, cfg: CanViTConfig):
+    def __init__(self, cfg: CanViTConfig, fast_canvas: bool = True):
         super().__init__()
         self.cfg = cfg
+        self.fast_canvas = fast_canvas
         d, dc = cfg.dim, cfg.canvas_dim
         self.patch_embed = PatchEmbed(cfg.patch_size, d)
         self.blocks = nn.ModuleList(
@@ -185,15 +198,11 @@ class CanViT(nn.Module):
         self.vpe = ViewpointEncoding(d) if cfg.vpe else None
         self.patch_head = nn.Sequential(nn.LayerNorm(dc), nn.Linear(dc, cfg.teacher_dim))
         self.cls_head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, cfg.teacher_dim))
+        for head in (self.patch_head, self.cls_head):
+            nn.init.constant_(head[0].weight, 1.0 / math.sqrt(head[0].normalized_shape[0]))
         init_vit_weights(self.blocks)
-        init_vit_weights(self.reads)
-        init_vit_weights(self.writes)
-        g2, dt = cfg.canvas_grid**2, cfg.teacher_dim
-        self.register_buffer("patch_mean", torch.zeros(g2, dt))
-        self.register_buffer("patch_std", torch.ones(g2, dt))
-        self.register_buffer("cls_mean", torch.zeros(dt))
-        self.register_buffer("cls_std", torch.ones(dt))
-        self.register_buffer("standardizer_fitted", torch.tensor(False))
+        self.standardizers = nn.ModuleDict()
+        self.add_standardizer(cfg.canvas_grid)
         self._read_at = {b: i for i, b in enumerate(cfg.read_after)}
         self._write_at = {b: i for i, b in enumerate(cfg.write_after)}
 
@@ -218,6 +227,14 @@ class CanViT(nn.Module):
         return state.canvas[:, self.cfg.canvas_registers :]
 
     # one glimpse --------------------------------------------------------------------------------
+    def glimpse(self, scenes: Float[Tensor, "B 3 H W"], viewpoint: Viewpoint) -> Float[Tensor, "B 3 P P"]:
+        """The glimpse `step` takes of scenes in [0, 1] at `viewpoint`; with `imagenet_norm` the scenes are
+        normalised first, so outside them the glimpse is the mean colour, as the reference."""
+        if self.cfg.imagenet_norm:
+            mean, std = (scenes.new_tensor(v)[:, None, None] for v in (IMAGENET_MEAN, IMAGENET_STD))
+            scenes = (scenes - mean) / std
+        return extract_glimpse(scenes, viewpoint, self.cfg.glimpse_px)
+
     def step(
         self, glimpse: Float[Tensor, "B 3 P P"], viewpoint: Viewpoint, state: State, heads: bool = True
     ) -> tuple[State, StepOutput]:
@@ -230,20 +247,33 @@ class CanViT(nn.Module):
         x = torch.cat([*prefix, patches], dim=1)
 
         local_pos = rearrange(glimpse_coords(viewpoint.center, viewpoint.scale, h, w), "b h w c -> b (h w) c")
-        canvas_pos = flat_grid(self.canvas_grid_of(state), device=x.device)[None]
+        grid, canvas_head_dim = self.canvas_grid_of(state), cfg.canvas_dim // cfg.canvas_heads
         bb_periods = rope_periods(cfg.dim // cfg.heads, cfg.rope_base, x.device)
-        can_periods = rope_periods(cfg.canvas_dim // cfg.canvas_heads, cfg.rope_base, x.device)
+        can_periods = rope_periods(canvas_head_dim, cfg.rope_base, x.device)
         bb_rope = compute_rope(local_pos.to(x.device), bb_periods)
         local_rope = compute_rope(local_pos.to(x.device), can_periods)
-        canvas_rope = compute_rope(canvas_pos, can_periods)
+        if self.fast_canvas:  # tables over every token: the fused rotation, padded once per glimpse
+            bb_rope, local_rope = pad_rope(bb_rope, cfg.n_prefix), pad_rope(local_rope, cfg.n_prefix)
+            canvas_rope = cached_canvas_rope(grid, cfg.canvas_registers, canvas_head_dim, cfg.rope_base, x.device)
+        else:
+            canvas_rope = compute_rope(flat_grid(grid, device=x.device)[None], can_periods)
 
-        canvas = state.canvas
+        canvas, owned = state.canvas, False  # owned: a tensor of this step's own, which later writes may update
         for i, block in enumerate(self.blocks):
             x = block(x, bb_rope)
             if i in self._read_at:
-                x = x + self.reads[self._read_at[i]](x, canvas, local_rope, canvas_rope)
+                read = self.reads[self._read_at[i]]
+                if self.fast_canvas:
+                    x = x + fast_read(read, x, canvas, local_rope, canvas_rope)
+                else:
+                    x = x + read(x, canvas, local_rope, canvas_rope)
             if i in self._write_at:
-                canvas = canvas + self.writes[self._write_at[i]](canvas, x, canvas_rope, local_rope)
+                write = self.writes[self._write_at[i]]
+                if self.fast_canvas:
+                    canvas = fast_write(write, canvas, x, canvas_rope, local_rope, in_place=owned)
+                    owned = not torch.is_grad_enabled()
+                else:
+                    canvas = canvas + write(canvas, x, canvas_rope, local_rope)
 
         n_vpe = int(self.vpe is not None)
         new_state = State(canvas, x[:, n_vpe : n_vpe + 1])
@@ -263,32 +293,34 @@ class CanViT(nn.Module):
         state = self.init_state(scenes.shape[0]) if state is None else state
         outs = []
         for vp in viewpoints:
-            state, out = self.step(extract_glimpse(scenes, vp, self.cfg.glimpse_px), vp, state, heads)
+            state, out = self.step(self.glimpse(scenes, vp), vp, state, heads)
             outs.append(out)
         return state, outs
 
     # targets -------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def fit_standardizer(
-        self, patches: Float[Tensor, "N G2 Dt"], cls: Float[Tensor, "N Dt"], eps: float = 1e-6
-    ):
-        """Per-position, per-channel mean/std of teacher patch targets (and per-channel for the CLS)."""
-        if patches.shape[1:] != self.patch_mean.shape:
-            raise ValueError(
-                f"targets {tuple(patches.shape[1:])} do not match the model's "
-                f"{tuple(self.patch_mean.shape)} (canvas_grid^2, teacher_dim)"
-            )
-        self.patch_mean.copy_(patches.float().mean(0))
-        self.patch_std.copy_(patches.float().std(0, unbiased=False).clamp_min(eps))
-        self.cls_mean.copy_(cls.float().mean(0))
-        self.cls_std.copy_(cls.float().std(0, unbiased=False).clamp_min(eps))
-        self.standardizer_fitted.fill_(True)
+    def add_standardizer(self, grid: int) -> TargetStandardizer:
+        """The (unfitted) standardizer of the teacher's targets on a grid x grid canvas."""
+        self.standardizers[str(grid)] = TargetStandardizer(grid, self.cfg.teacher_dim)
+        return self.standardizers[str(grid)]
 
-    def standardize(self, patches: Tensor, cls: Tensor) -> tuple[Tensor, Tensor]:
-        return (patches - self.patch_mean) / self.patch_std, (cls - self.cls_mean) / self.cls_std
+    def standardizer(self, grid: int) -> TargetStandardizer:
+        if str(grid) not in self.standardizers:
+            have = sorted(map(int, self.standardizers))
+            raise ValueError(f"no target standardizer for canvas grid {grid} (this model has grids {have})")
+        return self.standardizers[str(grid)]
 
-    def destandardize(self, patches: Tensor, cls: Tensor) -> tuple[Tensor, Tensor]:
-        return patches * self.patch_std + self.patch_mean, cls * self.cls_std + self.cls_mean
+    def fit_standardizer(self, patches: Float[Tensor, "N G2 Dt"], cls: Float[Tensor, "N Dt"]) -> None:
+        """Per-position, per-channel mean / variance of teacher patch targets on the grid they come on
+        (one of the model's grids), and per-channel for the CLS."""
+        self.standardizer(math.isqrt(patches.shape[1])).fit(patches, cls)
+
+    def standardize(self, patches: Float[Tensor, "B G2 Dt"], cls: Float[Tensor, "B Dt"]) -> tuple[Tensor, Tensor]:
+        """Teacher targets on a G x G grid -> the heads' standardised space (the grid's statistics)."""
+        return self.standardizer(math.isqrt(patches.shape[-2])).standardize(patches, cls)
+
+    def destandardize(self, patches: Float[Tensor, "B G2 Dt"], cls: Float[Tensor, "B Dt"]) -> tuple[Tensor, Tensor]:
+        """The heads' outputs on a G x G canvas -> the teacher's feature space."""
+        return self.standardizer(math.isqrt(patches.shape[-2])).destandardize(patches, cls)
 
 
 def build_model(name: str, **overrides) -> CanViT:

@@ -20,15 +20,13 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from avfm.data import load_scenes
+from avfm.glimpse import IMAGENET_MEAN, IMAGENET_STD
 from avfm.vit import ViT, ViTConfig, interpolate_tokens
 from scene3d.checkpoint import load_checkpoint, save_checkpoint
 from scene3d.config import Range, check
 from scene3d.errors import CheckpointError, DataError
 from scene3d.runs import RunDir
 from scene3d.train import FitResult, RunConfig, fit
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass

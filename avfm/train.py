@@ -33,7 +33,7 @@ from avfm.data import (
     precompute_targets,
     write_target_shards,
 )
-from avfm.glimpse import Viewpoint, extract_glimpse, sample_rollout_length, sample_viewpoints
+from avfm.glimpse import Viewpoint, sample_rollout_length, sample_viewpoints
 from avfm.model import CanViT, build_model
 from avfm.teachers import (
     DenseTeacherConfig,
@@ -132,7 +132,7 @@ def rollout_loss(
             vp = first if (t == 0 and first is not None) else sample_viewpoints(b, generator, cfg.s_min)
             vp = vp.to(scenes.device)
             with torch.autocast(scenes.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-                state, out = model.step(extract_glimpse(scenes, vp, model.cfg.glimpse_px), vp, state)
+                state, out = model.step(model.glimpse(scenes, vp), vp, state)
             patch = F.mse_loss(out.scene_patches.float(), target_patches)
             cls = F.mse_loss(out.scene_cls.float(), target_cls)
             chunk_loss = chunk_loss + (patch + cls) * (weight / length)

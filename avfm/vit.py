@@ -44,14 +44,20 @@ class LayerScale(nn.Module):
 
 
 class SelfAttention(nn.Module):
+    """Multi-head self-attention with RoPE. As DINOv3, the fused qkv bias applies to q and v only: its
+    k third is stored (checkpoints keep the plain fused Linear) but masked to zero in every forward."""
+
     def __init__(self, dim: int, heads: int):
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
+        self.register_buffer("qkv_bias_mask", torch.ones(3 * dim).index_fill_(0, torch.arange(dim, 2 * dim), 0.0),
+                             persistent=False)
 
     def forward(self, x: Float[Tensor, "B N D"], rope: RoPE) -> Float[Tensor, "B N D"]:
-        q, k, v = (to_heads(t, self.heads) for t in self.qkv(x).chunk(3, dim=-1))
+        qkv = F.linear(x, self.qkv.weight, self.qkv.bias * self.qkv_bias_mask)
+        q, k, v = (to_heads(t, self.heads) for t in qkv.chunk(3, dim=-1))
         return self.proj(from_heads(rope_attention(q, k, v, rope, rope)))
 
 

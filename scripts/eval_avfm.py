@@ -1,6 +1,7 @@
 """Evaluate a pretrained CanViT run with frozen probes (mIoU / top-1 per glimpse and policy).
 
 python scripts/eval_avfm.py --run-dir outputs/avfm/tiny --steps 10 --name tiny
+python scripts/eval_avfm.py --canvit ~/weights/canvit-vitb16 --data.resolution 512 --teacher-path ~/weights/dinov3
 """
 
 import json

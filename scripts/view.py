@@ -4,11 +4,13 @@
     python scripts/view.py outputs/worlds/w0 --port 8081
     python scripts/view.py outputs/fields/my_run --host 0.0.0.0   # reachable from other machines
     python scripts/view.py outputs/worlds/w0 outputs/fields/my_run  # a dataset and a run, together
+    python scripts/view.py photo.jpg --canvit ~/weights/canvit-vitb16  # published CanViT weights, glimpses
 
 Prints the URL and serves until interrupted (Ctrl-C).
 """
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated
 
 import tyro
@@ -29,13 +31,15 @@ class ViewArgs:
     port: Annotated[int, Range(0, 65535)] = 8080
     """Port to listen on (the next free one is used if it is taken)."""
     render: RenderSettings = field(default_factory=RenderSettings)
+    canvit: Path | None = None
+    """A published CanViT checkpoint folder (config.json, model.safetensors): its Glimpses panel on the images given."""
 
     def __post_init__(self) -> None:
         check(self)
 
 
 def main(args: ViewArgs) -> None:
-    content = open_inputs(list(args.paths))
+    content = open_inputs(list(args.paths), canvit=args.canvit)
     with ViewerServer(content, ViewerConfig(args.host, args.port, args.render)) as viewer:
         print(f"viewer for {content.title}: {viewer.url}", flush=True)
         viewer.serve_forever()

@@ -13,7 +13,16 @@ from avfm.teachers import (
     save_vit_teacher,
     train_dense_teacher,
 )
-from avfm.train import DataConfig, OptimConfig, TeacherConfig, TrainConfig, make_teacher, train
+from avfm.train import (
+    DataConfig,
+    OptimConfig,
+    TeacherConfig,
+    TrainConfig,
+    make_teacher,
+    setup,
+    train,
+    validation_loss,
+)
 from scene3d.checkpoint import load_checkpoint
 from scene3d.errors import CheckpointError, DataError
 from scene3d.runs import RunDir
@@ -152,9 +161,14 @@ def _cfg(tmp_path, steps, name="run", batch_size=4):
 
 
 def test_training_loss_falls(tmp_path):
-    metrics = train(_cfg(tmp_path, 30, batch_size=8))
+    """The held-out loss (fixed rollouts) falls below the untrained model's. With the reference's heads (LayerNorm
+    weights 1/sqrt(width)) the untrained model already predicts ~0, so the loss starts near the mean predictor's."""
+    cfg = _cfg(tmp_path, 30, batch_size=8)
+    untrained, teacher, _, val_set, _ = setup(cfg, None)
+    before = validation_loss(untrained, val_set, teacher, cfg, torch.device("cpu"))
+    metrics = train(cfg)
     assert metrics["steps"] == 30
-    assert sum(metrics["last_losses"]) < 0.75 * sum(metrics["first_losses"])
+    assert sum(metrics[f"val/{k}"] for k in before) < 0.93 * sum(before.values())
     assert (tmp_path / "avfm" / "run" / "metrics.json").is_file()
     assert (tmp_path / "avfm" / "run" / "scalars.jsonl").is_file()
 

@@ -622,7 +622,8 @@ def test_glimpse_session_steps_back_and_places_by_hand():
     planned = build_policy("c2f").viewpoints(1, 5)
     first = session.step()
     torch.testing.assert_close(first.viewpoint.center, planned[0].center)
-    expected = (model.predict(first.state)[0][0] - (targets - model.patch_mean) / model.patch_std).pow(2).mean()
+    std = model.standardizer(model.cfg.canvas_grid)
+    expected = (model.predict(first.state)[0][0] - (targets - std.patch_mean) / std.patch_scale).pow(2).mean()
     assert first.error == pytest.approx(float(expected.detach()), rel=1e-5)
     second = session.step()
     session.back()
@@ -667,7 +668,7 @@ def test_avfm_run_opens_with_a_glimpse_panel(tmp_path):
     assert content.run_dir == run_dir and len(content.extra_panels) == 1
     with ViewerServer(content, ViewerConfig(port=0)) as viewer:
         panel = viewer.panels[-1]
-        assert len(panel.images) == 4 and panel.pictures.image.shape == (2 * 160 + 6, 2 * 160 + 6, 3)
+        assert len(panel.images) == 4 and panel.pictures.image.shape == (2 * 160 + 6, 3 * 160 + 8, 3)
         panel._do(panel.session.step)
         panel._do(lambda: panel.session.place(0.0, 0.0, 0.5))
         assert "step 2" in panel.status.content and "prediction error" in panel.status.content
@@ -695,6 +696,25 @@ def test_avfm_run_opens_with_a_glimpse_panel(tmp_path):
         assert first[0, :, : half - 1].min() > 0.95 and first[1:].max() < 0.05  # red left half
         assert first[:, :, half + 1 :].max() < 0.05  # black right half
         panel._do(panel.session.step)
+        assert "step 1" in panel.status.content
+
+
+def test_glimpse_panel_opens_a_published_checkpoint_on_an_image(tmp_path):
+    fixture = Path(__file__).parent / "fixtures" / "canvit_reference_tiny_v02"
+    iio.imwrite(tmp_path / "photo.png", np.full((50, 80, 3), 200, np.uint8))
+    with pytest.raises(DataError, match="needs images"):
+        open_inputs([], canvit=fixture)
+    with pytest.raises(DataError, match="with --canvit, give image files"):
+        open_inputs([tmp_path], canvit=fixture)
+    content = open_inputs([tmp_path / "photo.png"], canvit=fixture)
+    with ViewerServer(content, ViewerConfig(port=0)) as viewer:
+        panel = viewer.panels[-1]
+        assert panel.images.shape == (1, 3, 64, 64)  # the checkpoint's scene resolution
+        assert panel.session.prediction_pca(32) is None
+        panel._do(panel.session.step)
+        step = panel.session.steps[-1]
+        assert step.prediction.shape == (64, 48) and step.error is None
+        assert panel.session.prediction_pca(32).shape == (32, 32, 3)
         assert "step 1" in panel.status.content
 
 

@@ -30,6 +30,7 @@ class GlimpseStep:
     glimpse: Float[Tensor, "3 P P"]
     state: State
     error: float | None  # MSE of standardised patch predictions vs teacher targets
+    prediction: Float[Tensor, "G2 Dt"]  # the canvas head's teacher features, destandardised
 
 
 def box_pixels(viewpoint: Viewpoint, height: int, width: int) -> tuple[int, int, int, int]:
@@ -73,7 +74,8 @@ class GlimpseSession:
         self.grid = model.cfg.canvas_grid
         self.max_steps, self.seed = max_steps, seed
         # teacher patch embeddings [G2, Dt] resampled to the canvas grid, standardised like the heads
-        self.targets = None if targets is None else (targets.float() - model.patch_mean) / model.patch_std
+        std = model.standardizer(self.grid)
+        self.targets = None if targets is None else (targets.float() - std.patch_mean) / std.patch_scale
         self.reset(policy)
 
     def reset(self, policy: str | None = None) -> None:
@@ -98,12 +100,13 @@ class GlimpseSession:
                 except IndexError:
                     return None
             viewpoint = self._planned[i]
-        glimpse = extract_glimpse(self.image[None], viewpoint, self.model.cfg.glimpse_px)
-        state, out = self.model.step(glimpse, viewpoint, self.state, heads=True)
+        glimpse = extract_glimpse(self.image[None], viewpoint, self.model.cfg.glimpse_px)  # shown as it is
+        state, out = self.model.step(self.model.glimpse(self.image[None], viewpoint), viewpoint, self.state, heads=True)
         error = None
         if self.targets is not None and out.scene_patches is not None:
             error = float(F.mse_loss(out.scene_patches[0].float(), self.targets))
-        self.steps.append(GlimpseStep(viewpoint, glimpse[0], state, error))
+        prediction = self.model.destandardize(out.scene_patches, out.scene_cls)[0][0]
+        self.steps.append(GlimpseStep(viewpoint, glimpse[0], state, error, prediction))
         return self.steps[-1]
 
     def place(self, y: float, x: float, scale: float) -> GlimpseStep:
@@ -122,6 +125,10 @@ class GlimpseSession:
     @torch.no_grad()
     def canvas_pca(self, size: int = 128) -> Float[Tensor, "size size 3"]:
         return grid_image(self.model.canvas_cells(self.state)[0], size)
+
+    def prediction_pca(self, size: int = 128) -> Float[Tensor, "size size 3"] | None:
+        """The latest step's predicted teacher features (None before the first step)."""
+        return grid_image(self.steps[-1].prediction, size) if self.steps else None
 
     def teacher_pca(self, size: int = 128) -> Float[Tensor, "size size 3"] | None:
         return None if self.targets is None else grid_image(self.targets, size)

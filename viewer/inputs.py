@@ -71,10 +71,12 @@ def open_input(spec: str | Path, images: Sequence[Path] = (), *, run_adapters: S
 
 
 def open_inputs(specs: Sequence[str | Path], *, run_adapters: Sequence[RunAdapter] = RUN_ADAPTERS,
-                file_adapters: Mapping[str, FileAdapter] = FILE_ADAPTERS) -> ViewerContent:
+                file_adapters: Mapping[str, FileAdapter] = FILE_ADAPTERS, canvit: Path | None = None) -> ViewerContent:
     """Several inputs in one viewer (e.g. a dataset and the run trained on it): the first source,
     dataset, run directory and home camera found, in the order given. Image files go to the
-    Glimpses panel of the active-vision run among them."""
+    Glimpses panel of the active-vision run among them, or of the published CanViT checkpoint `canvit`."""
+    if canvit is not None:
+        return open_checkpoint(Path(canvit), specs)
     if not specs:
         raise DataError(None, "PATH", "give at least one path or synthetic:SEED")
     images = [Path(str(s)) for s in specs if Path(str(s)).suffix.lower() in IMAGE_SUFFIXES]
@@ -92,6 +94,19 @@ def open_inputs(specs: Sequence[str | Path], *, run_adapters: Sequence[RunAdapte
     home_part = next((p for p in parts if p.home is not None), parts[0])
     return ViewerContent(" + ".join(p.title for p in parts), first("source"), first("dataset"), first("run_dir"),
                          home_part.home, home_part.center, [f for p in parts for f in p.extra_panels])
+
+
+def open_checkpoint(folder: Path, specs: Sequence[str | Path]) -> ViewerContent:
+    """A published CanViT checkpoint's Glimpses panel on image files (nothing else opens beside it)."""
+    from viewer.panels.glimpse import glimpse_home, glimpse_panel_for_checkpoint
+
+    images = [Path(str(s)) for s in specs]
+    for image in images:
+        if image.suffix.lower() not in IMAGE_SUFFIXES or not image.is_file():
+            raise DataError(image, None, f"with --canvit, give image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    home, center = glimpse_home()
+    return ViewerContent(f"CanViT {folder.name}", None, None, None, home, center,
+                         [glimpse_panel_for_checkpoint(folder, images)])
 
 
 def image_without_run(path: Path) -> DataError:

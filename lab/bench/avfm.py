@@ -1,7 +1,9 @@
 """Benchmark of CanViT inference and training, measured side by side in one run (ratios, not
 absolute claims): per-glimpse latency against canvas size next to a passive ViT with the same
-output grid, step 1 against step 32 of a rollout, training glimpses per second and achieved FLOP/s
-as a fraction of this machine's measured matmul FLOP/s."""
+output grid and next to the unoptimised canvas path (`CanViT(fast_canvas=False)`, the reference modules
+of `avfm.attention`, timed alternately with the fast path on the same model and threads), step 1 against
+step 32 of a rollout, training glimpses per second and achieved FLOP/s as a fraction of this machine's
+measured matmul FLOP/s."""
 
 from __future__ import annotations
 
@@ -45,6 +47,27 @@ def glimpse_latency(model: CanViT, grid: int, warmup: int, iters: int) -> float:
     glimpse = torch.rand(1, 3, model.cfg.glimpse_px, model.cfg.glimpse_px)
     step = lambda: model.step(glimpse, Viewpoint.full(1), state, heads=False)  # noqa: E731
     return time_calls(step, repeats=iters, warmup=warmup)[0].wall_s
+
+
+@torch.no_grad()
+def fast_vs_reference(model: CanViT, grid: int, warmup: int, iters: int) -> dict[str, float]:
+    """Per-glimpse latency (minimum over `iters`) of the fast canvas path and of the reference path, called
+    alternately so both see the same load, and the largest difference between their new canvases."""
+    state = model.init_state(1, grid)
+    glimpse = torch.rand(1, 3, model.cfg.glimpse_px, model.cfg.glimpse_px)
+    times: dict[bool, list[float]] = {True: [], False: []}
+    canvases = {}
+    for k in range(warmup + iters):
+        for fast in (True, False):
+            model.fast_canvas = fast
+            t = time.perf_counter()
+            new, _ = model.step(glimpse, Viewpoint.full(1), state, heads=False)
+            if k >= warmup:
+                times[fast].append(time.perf_counter() - t)
+            canvases[fast] = new.canvas
+    model.fast_canvas = True
+    return {"fast_ms": 1e3 * min(times[True]), "reference_ms": 1e3 * min(times[False]),
+            "max_abs_diff": float((canvases[True] - canvases[False]).abs().max())}
 
 
 @torch.no_grad()
@@ -129,10 +152,18 @@ def run_bench(cfg: BenchConfig) -> dict:
 
     grids = (16, 32, 64) if cfg.quick else (16, 32, 64, 128)
     vit_b = ViTConfig(dim=768, depth=12, heads=12, patch_size=16, registers=4)
+    peak = matmul_flops_per_s()
     latency, vit_flop_rate = {}, None
     for g in grids:
+        paths = fast_vs_reference(b, g, min(warmup, 2), iters if g < 128 else max(2, iters // 3))
+        flops = canvit_flops(CONFIGS["canvit_b"], g)["total"]
         row = {
-            "canvit_b_ms": 1e3 * glimpse_latency(b, g, warmup, iters),
+            "canvit_b_ms": paths["fast_ms"],
+            "canvit_b_reference_ms": paths["reference_ms"],
+            "canvit_b_speedup": paths["reference_ms"] / paths["fast_ms"],
+            "canvit_b_fraction_of_matmul": flops / (paths["fast_ms"] / 1e3) / peak,
+            "canvit_b_reference_fraction_of_matmul": flops / (paths["reference_ms"] / 1e3) / peak,
+            "canvit_b_fast_vs_reference_max_abs_diff": paths["max_abs_diff"],
             "canvit_tiny_ms": 1e3 * glimpse_latency(tiny, g, warmup, iters),
             "vit_b_gflops": vit_flops(768, 12, 4.0, 16, 16 * g, 5) / 1e9,
         }
@@ -148,7 +179,7 @@ def run_bench(cfg: BenchConfig) -> dict:
             row["vit_b_over_canvit_b"] = row["vit_b_ms"] / row["canvit_b_ms"]
             vit_flop_rate = row["vit_b_gflops"] / (row["vit_b_ms"] / 1e3)
         latency[g] = row
-        print(f"canvas {g}: " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
+        print(f"canvas {g}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
                                          for k, v in row.items()), flush=True)
     result["latency_vs_canvas"] = latency
     result[f"canvit_b_latency_growth_16_to_{grids[-1]}"] = (
@@ -161,7 +192,6 @@ def run_bench(cfg: BenchConfig) -> dict:
     result["rollout_canvit_b_canvas32"] = step1_vs_step32(b, 32, 3 if cfg.quick else 10)
     result["rollout_canvit_tiny_canvas32"] = step1_vs_step32(tiny, 32, 10)
 
-    peak = matmul_flops_per_s()
     tp = training_throughput("canvit_tiny", 8, 2 if cfg.quick else 6)
     result["training_canvit_tiny"] = {
         **tp,

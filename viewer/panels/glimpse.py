@@ -1,5 +1,7 @@
 """GUI folder "Glimpses": step an active-vision rollout forward and back on a chosen scene, or
-place the next glimpse by hand, and watch the canvas (PCA) approach the teacher (PCA)."""
+place the next glimpse by hand, and watch the canvas (PCA) and the heads' predicted teacher features (PCA)
+approach the teacher (PCA). Opens a trained-here run (`glimpse_panel_for_run`) or a published checkpoint
+(`glimpse_panel_for_checkpoint`)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ import torch
 
 from avfm.data import precompute_targets, read_square_image
 from avfm.evaluate import load_run
+from avfm.pretrained import load_pretrained, pretrained_config
 from scene3d.cameras import Cameras, look_at
+from scene3d.errors import DataError
 from scene3d.viz import image_grid
 from viewer.glimpse import VIEWER_POLICIES, GlimpseSession
 
@@ -47,8 +51,9 @@ class GlimpsePanel:
         gui = server.gui
         with gui.add_folder("Glimpses"):
             self.status = gui.add_markdown("")
-            self.pictures = gui.add_image(np.zeros((2 * size, 2 * size, 3), np.uint8),
-                                          label="scene + glimpses | last glimpse / canvas PCA | teacher PCA")
+            self.pictures = gui.add_image(np.zeros((2 * size, 3 * size, 3), np.uint8),
+                                          label="scene + glimpses | last glimpse / canvas PCA | predicted teacher "
+                                                "PCA | teacher PCA")
             self.step_button = gui.add_button("Step")
             self.back_button = gui.add_button("Back")
             self.scene_index = gui.add_slider("Scene", min=0, max=max(len(images) - 1, 1), step=1, initial_value=0,
@@ -97,10 +102,12 @@ class GlimpsePanel:
             s, size = self.session, self.size
             scene = torch.nn.functional.interpolate(s.scene_with_boxes().permute(2, 0, 1)[None], size=(size, size),
                                                     mode="nearest")[0].permute(1, 2, 0)
-            teacher = s.teacher_pca(size)
-            teacher = torch.zeros(size, size, 3) if teacher is None else teacher
+            blank = torch.zeros(size, size, 3)
+            teacher, prediction = s.teacher_pca(size), s.prediction_pca(size)
             self.scene_node.image = np.ascontiguousarray(np.flipud(_u8(scene)))
-            self.pictures.image = _u8(image_grid([[scene, s.last_glimpse(size)], [s.canvas_pca(size), teacher]]))
+            self.pictures.image = _u8(image_grid([[scene, s.last_glimpse(size), blank],
+                                                  [s.canvas_pca(size), blank if prediction is None else prediction,
+                                                   blank if teacher is None else teacher]]))
             errors = ", ".join(f"{st.error:.3f}" for st in s.steps if st.error is not None)
             self.status.content = (f"policy **{s.policy}**, step {len(s.steps)}"
                                    + (f"; prediction error per step: {errors}" if errors else ""))
@@ -119,6 +126,18 @@ def glimpse_panel_for_run(run_dir: Path, images: Sequence[Path] = (), n_scenes: 
     if images:
         scenes = torch.cat([torch.stack([read_square_image(p, resolution) for p in images]).clamp(0, 1), scenes])
     return lambda server: GlimpsePanel(server, model, scenes, teacher)
+
+
+def glimpse_panel_for_checkpoint(folder: Path, images: Sequence[Path]) -> Callable[[object], GlimpsePanel]:
+    """A panel factory for a published CanViT checkpoint (`avfm.load_pretrained`) on the image files given
+    (centre-cropped square at the checkpoint's scene resolution); no teacher, so no error or teacher PCA."""
+    if not images:
+        raise DataError(folder, None, "a checkpoint needs images for its Glimpses panel (scripts/view.py IMAGE "
+                        f"--canvit {folder})")
+    model = load_pretrained(folder)
+    resolution = pretrained_config(folder).scene_px
+    scenes = torch.stack([read_square_image(p, resolution) for p in images]).clamp(0, 1)
+    return lambda server: GlimpsePanel(server, model, scenes)
 
 
 def glimpse_home() -> tuple[Cameras, tuple[float, float, float]]:
