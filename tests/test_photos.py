@@ -4,12 +4,10 @@ viewer's glimpse session on them."""
 import pytest
 import torch
 
-pytest.importorskip("skimage")
-
-from avfm.data import PHOTOS, load_scenes, photo_paths, photos  # noqa: E402
-from avfm.evaluate import canvas_features  # noqa: E402
-from avfm.model import build_model  # noqa: E402
-from scene3d.errors import DataError  # noqa: E402
+from avfm.data import PHOTOS, load_scenes, photo_paths, photos
+from avfm.evaluate import canvas_features
+from avfm.model import build_model
+from scene3d.errors import DataError
 from viewer.glimpse import GlimpseSession  # noqa: E402
 
 
