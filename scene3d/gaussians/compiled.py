@@ -1,18 +1,22 @@
 """The compiled CPU kernels: `csrc/composite.cpp` (C++, OpenMP over tiles), built on first use.
 
 `torch.utils.cpp_extension.load` compiles it with the system compiler into torch's extension cache
-(`$TORCH_EXTENSIONS_DIR`, default `~/.cache/torch_extensions`) once; later processes load the cached
-library. If the build fails, `kernel()` returns None after one warning line and the torch path
-(composite.py, the reference) is used instead. `SCENE3D_COMPILED=0` disables the kernel.
+(`$TORCH_EXTENSIONS_DIR`, default `~/.cache/torch_extensions`) once per Python environment (the
+name carries a hash of `sys.prefix`, so two clones with their own venvs never rebuild each other's
+library under a running process); later processes load the cached library. If the build fails,
+`kernel()` returns None after one warning line and the torch path (composite.py, the reference) is
+used instead. `SCENE3D_COMPILED=0` disables the kernel.
 Semantics, inputs and outputs are those of the torch references: `composite.composite_tiled` and
 `tiles.bin_gaussians` (equal lists, tested).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import shutil
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +41,7 @@ def _build(source: Path, name: str) -> ModuleType:
         import ninja
 
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+    name = f"{name}_{hashlib.sha256(sys.prefix.encode()).hexdigest()[:10]}"
     return load(name=name, sources=[str(source)], extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
                 verbose=False)
 
