@@ -1,16 +1,21 @@
 """`make demo` stage: pretrain a small CanViT on synthetic scenes for a few minutes, evaluate with
-frozen probes, and plot mIoU against glimpses (`run_stage`)."""
+frozen probes, plot mIoU against glimpses, and roll the model out on real photographs (`run_stage`)."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+import torch
+
+from avfm.data import photos
 from avfm.evaluate import EvalConfig, evaluate, load_run, plot, summarize
+from avfm.model import CanViT
 from avfm.teachers import DenseTeacherConfig
 from avfm.train import DataConfig, OptimConfig, TeacherConfig, TrainConfig, train
 from scene3d.checkpoint import atomic_write_json
 from scene3d.train import RunConfig
+from viewer.glimpse import GlimpseSession
 
 
 def demo_configs(out_dir: Path, quick: bool, source: str = "synthetic") -> tuple[TrainConfig, EvalConfig]:
@@ -61,11 +66,43 @@ def run_stage(out_dir: Path, quick: bool) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / "metrics.json", metrics)
     plot(metrics, folder / "miou.png")
+    photo_rollouts(model, train_set.images.shape[-1], folder / "photos.png")
     return {
         "source": source,
         "train_steps": trained["steps"],
         "val_patch_mse_f_iid": trained.get("val/f_iid/patch"),
         **summarize(metrics),
         "plot": str(folder / "miou.png"),
+        "photos_plot": str(folder / "photos.png"),
         "seconds": round(time.time() - t0, 1),
     }
+
+
+@torch.no_grad()
+def photo_rollouts(model: CanViT, resolution: int, path: Path, n_photos: int = 3, steps: int = 5) -> Path:
+    """C2F rollouts on scikit-image's photographs (never seen in training): per photo, the glimpses
+    taken (boxes) and the canvas PCA after each glimpse. Writes `path` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images = photos(n_photos, resolution).images
+    fig, axes = plt.subplots(n_photos, steps + 1, figsize=(1.6 * (steps + 1), 1.7 * n_photos), squeeze=False)
+    for row, image in zip(axes, images, strict=True):
+        session = GlimpseSession(model, image, None, "c2f", max_steps=steps)
+        pcas = []
+        while session.step() is not None:
+            pcas.append(session.canvas_pca(4 * model.cfg.canvas_grid))
+        row[0].imshow(session.scene_with_boxes())
+        for ax, pca in zip(row[1:], pcas, strict=False):
+            ax.imshow(pca)
+    for i, ax in enumerate(axes[0]):
+        ax.set_title("photo, glimpses" if i == 0 else f"canvas after {i}", fontsize=7)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle("CanViT trained on synthetic scenes, rolled out on real photographs (C2F)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
