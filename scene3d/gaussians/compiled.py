@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import sys
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,19 +32,31 @@ from scene3d.gaussians.tiles import TileBins
 
 SOURCE = Path(__file__).parent / "csrc" / "composite.cpp"
 NAME = "scene3d_composite_cpu"
+STALE_LOCK_SECONDS = 900.0  # a build takes about a minute on 2 cores
 _STATE: dict[str, ModuleType | None] = {}
 
 
 def _build(source: Path, name: str) -> ModuleType:
-    from torch.utils.cpp_extension import load
+    from torch.utils.cpp_extension import _get_build_directory, load
 
     if shutil.which("ninja") is None:  # the `ninja` wheel ships the binary beside Python, maybe off PATH
         import ninja
 
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
     name = f"{name}_{hashlib.sha256(sys.prefix.encode()).hexdigest()[:10]}"
+    _remove_stale_lock(Path(_get_build_directory(name, verbose=False)) / "lock")
     return load(name=name, sources=[str(source)], extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
                 verbose=False)
+
+
+def _remove_stale_lock(lock: Path, max_age_s: float = STALE_LOCK_SECONDS) -> None:
+    """torch's build lock is a file that a build killed mid-way (Ctrl-C) leaves behind, after which every
+    later build waits for it forever; one older than any build takes is removed."""
+    try:
+        if time.time() - lock.stat().st_mtime > max_age_s:
+            lock.unlink(missing_ok=True)
+    except FileNotFoundError:
+        pass
 
 
 def kernel() -> ModuleType | None:

@@ -151,3 +151,19 @@ def test_auto_keeps_other_dtypes_on_the_torch_path():
     assert resolve_backend("auto", torch.device("cpu"), dtype=torch.bfloat16) == "torch"
     with pytest.raises(RuntimeError, match="float32/float64"):
         resolve_backend("compiled", torch.device("cpu"), dtype=torch.float16)
+
+
+def test_a_build_lock_left_by_a_killed_build_is_removed_only_when_stale(tmp_path):
+    """A build killed mid-way leaves torch's lock file; later builds would wait for it forever."""
+    import os
+    import time
+
+    lock = tmp_path / "lock"
+    lock.touch()
+    compiled._remove_stale_lock(lock)
+    assert lock.exists()  # a build may be running right now
+    old = time.time() - 2 * compiled.STALE_LOCK_SECONDS
+    os.utime(lock, (old, old))
+    compiled._remove_stale_lock(lock)
+    assert not lock.exists()
+    compiled._remove_stale_lock(lock)  # no lock: nothing to do
