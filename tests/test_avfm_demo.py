@@ -12,3 +12,4 @@ def test_demo_stage_quick(tmp_path):
     assert 0.0 <= metrics["c2f/miou_last"] <= 1.0
     assert (tmp_path / "avfm_eval" / "demo_quick" / "metrics.json").is_file()
     assert (tmp_path / "avfm_eval" / "demo_quick" / "miou.png").is_file()
+    assert (tmp_path / "avfm_eval" / "demo_quick" / "photos.png").is_file()
