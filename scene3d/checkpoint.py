@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from scene3d.files import read_bytes
 
 MAX_CHECKPOINT_BYTES = 2**36  # 64 GiB: only regular files up to this size are read as checkpoints
 _TENSOR = "__tensor__"
+_INT_KEY = re.compile(r"-?[0-9]+")  # dict keys saved from ints (ASCII digits only: "¹".isdigit() is True)
 _TUPLE = "__tuple__"
 
 
@@ -107,7 +109,7 @@ def unflatten_state(tensors: dict[str, torch.Tensor], skeleton: Any) -> Any:
                 if not isinstance(x[_TUPLE], list):
                     raise TypeError("tuple entry must be a list")
                 return tuple(visit(v, depth + 1) for v in x[_TUPLE])
-            return {(int(k) if k.lstrip("-").isdigit() else k): visit(v, depth + 1) for k, v in x.items()}
+            return {(int(k) if _INT_KEY.fullmatch(k) else k): visit(v, depth + 1) for k, v in x.items()}
         if isinstance(x, list):
             return [visit(v, depth + 1) for v in x]
         return x

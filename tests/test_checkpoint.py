@@ -82,3 +82,10 @@ def test_run_dir_rotates_checkpoints_and_resumes(tmp_path):
     run.log_scalars(1, {"loss": 0.5})
     run.close()
     assert (tmp_path / "run" / "scalars.jsonl").read_text().count("loss") == 1
+
+
+def test_dict_keys_that_look_like_digits_but_are_not_ascii_stay_strings(tmp_path):
+    """Int keys come back as ints; '¹' ("¹".isdigit() is True, int("¹") raises) stays a string."""
+    save_checkpoint(tmp_path / "c.safetensors", {"groups": {3: 1, -2: 2, "¹": 3, "x7": 4}}, {})
+    state, _ = load_checkpoint(tmp_path / "c.safetensors")
+    assert state["groups"] == {3: 1, -2: 2, "¹": 3, "x7": 4}

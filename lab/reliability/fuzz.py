@@ -158,6 +158,11 @@ def _seed_nerfstudio(folder: Path) -> None:
     save_nerfstudio(tiny_splits(), folder)
 
 
+def _is_4x4(value: Any) -> bool:
+    """A list of 4 lists of 4 entries (whatever they hold): a pose `_bend_pose` can bend."""
+    return isinstance(value, list) and len(value) == 4 and all(isinstance(r, list) and len(r) == 4 for r in value)
+
+
 def _json_mutation(draw, doc: dict) -> Any:
     """One structural change of a transforms document (in place; returns the document)."""
     frames = doc.get("frames") if isinstance(doc.get("frames"), list) else []
@@ -177,7 +182,7 @@ def _json_mutation(draw, doc: dict) -> Any:
         target["transform_matrix"] = [[draw(_SCALARS.filter(lambda v: not isinstance(v, str)) | st.floats())
                                        for _ in range(cols)] for _ in range(rows)]
     elif kind == "pose":  # a valid pose made non-rigid or too large for float32
-        pose_of = [f for f in frames if isinstance(f, dict) and np.shape(f.get("transform_matrix")) == (4, 4)]
+        pose_of = [f for f in frames if isinstance(f, dict) and _is_4x4(f.get("transform_matrix"))]
         if pose_of:
             frame = draw(st.sampled_from(pose_of))
             _bend_pose(draw, frame)
