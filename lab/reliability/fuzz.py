@@ -638,7 +638,7 @@ class ToyTrainable:
         return {}
 
     def validate(self) -> dict[str, float]:
-        return {"error": float((self.w - 1).abs().max())}
+        return {"error": float((self.w.detach() - 1).abs().max())}
 
     def state_dict(self) -> dict[str, Any]:
         return {"w": self.w.detach().clone(), "optimizer": self.opt.state_dict()}
