@@ -81,8 +81,9 @@ class HeadlessBrowser:
     def goto(self, url: str) -> None:
         self.call("Page.navigate", url=url)
 
-    def evaluate(self, expression: str):
-        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+    def evaluate(self, expression: str, await_promise: bool = False):
+        """The value of a JavaScript expression (of the promise it returns, with `await_promise`)."""
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=await_promise)
         return result["result"].get("value")
 
     def text(self) -> str:

@@ -26,9 +26,7 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def read_bytes(path: str | Path, field: str, max_bytes: int, error: type[DataError] = DataError) -> bytes:
-    """The contents of the regular file `path` (symlinks followed), at most `max_bytes` long; anything
-    else raises `error(path, field, problem)`. Opened non-blocking, so a FIFO cannot stall the read."""
+def _read_regular(path: str | Path, field: str, max_bytes: int, error: type[DataError], head: bool) -> bytes:
     path = Path(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -40,9 +38,9 @@ def read_bytes(path: str | Path, field: str, max_bytes: int, error: type[DataErr
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise error(path, field, f"is {_kind(info.st_mode)}, not a regular file")
-        if info.st_size > max_bytes:
+        if info.st_size > max_bytes and not head:
             raise error(path, field, f"file of {info.st_size} bytes is larger than the {max_bytes} allowed")
-        chunks, left = [], info.st_size
+        chunks, left = [], min(info.st_size, max_bytes)
         while left > 0 and (chunk := os.read(fd, min(left, 2**24))):
             chunks.append(chunk)
             left -= len(chunk)
@@ -51,6 +49,17 @@ def read_bytes(path: str | Path, field: str, max_bytes: int, error: type[DataErr
         raise error(path, field, f"cannot read ({err.strerror or err})") from None
     finally:
         os.close(fd)
+
+
+def read_bytes(path: str | Path, field: str, max_bytes: int, error: type[DataError] = DataError) -> bytes:
+    """The contents of the regular file `path` (symlinks followed), at most `max_bytes` long; anything
+    else raises `error(path, field, problem)`. Opened non-blocking, so a FIFO cannot stall the read."""
+    return _read_regular(path, field, max_bytes, error, head=False)
+
+
+def read_head(path: str | Path, field: str, n_bytes: int, error: type[DataError] = DataError) -> bytes:
+    """The first `n_bytes` (or fewer) of the regular file `path`, with `read_bytes`'s checks."""
+    return _read_regular(path, field, n_bytes, error, head=True)
 
 
 def read_text(path: str | Path, field: str, max_bytes: int = MAX_JSON_BYTES, error: type[DataError] = DataError) -> str:

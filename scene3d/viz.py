@@ -106,10 +106,15 @@ def depth_to_grey(depth: Float[Tensor, "H W"]) -> Float[Tensor, "H W 3"]:
     return ((depth - lo) / (hi - lo)).clamp(0, 1)[..., None].expand(*depth.shape, 3) * valid[..., None]
 
 
-def write_video(path: str | Path, frames: Float[Tensor, "F H W 3"], fps: int = 12) -> Path:
+def write_video(path: str | Path, frames: Float[Tensor, "F H W 3"], fps: float = 12, lossless: bool = False) -> Path:
     """Frames as a video (a turntable): `.gif` as an animated GIF; otherwise H.264 (`.mp4`), falling
-    back to a GIF beside it when ffmpeg cannot encode. Returns the path written."""
+    back to a GIF beside it when ffmpeg cannot encode. `lossless`: H.264 in RGB at quantiser 0 (the
+    decoded frames equal the 8-bit frames exactly; fewer players open it). Returns the path written."""
     path, data = Path(path), to_uint8(frames)
+    if lossless:  # no fallback: a GIF would not be lossless
+        iio.imwrite(path, data, fps=fps, codec="libx264rgb", macro_block_size=1, pixelformat="rgb24",
+                    output_params=["-qp", "0"])
+        return path
     if path.suffix.lower() != ".gif":
         try:
             iio.imwrite(path, data, fps=fps, codec="libx264", macro_block_size=1)

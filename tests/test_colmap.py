@@ -10,9 +10,10 @@ import torch
 
 from scene3d.cameras import look_at
 from scene3d.data import colmap
-from scene3d.data.colmap import ColmapCamera, ColmapImage, colmap_to_transforms, rotation_to_qvec, write_model
+from scene3d.data.colmap import ColmapCamera, ColmapImage, colmap_to_transforms, write_model
 from scene3d.data.formats import load_dataset
 from scene3d.errors import DataError
+from scene3d.rotations import rotmat_to_quat
 
 W, H = 40, 30
 
@@ -27,7 +28,7 @@ def _scene(seed: int = 0):
     images = []
     for i in range(10):
         w2c = torch.linalg.inv(c2w[i].double())
-        images.append(ColmapImage(i + 1, tuple(rotation_to_qvec(w2c[:3, :3]).tolist()), tuple(w2c[:3, 3].tolist()),
+        images.append(ColmapImage(i + 1, tuple(rotmat_to_quat(w2c[:3, :3]).tolist()), tuple(w2c[:3, 3].tolist()),
                                   1 + i % 2, f"img_{i:02d}.png"))
     points = np.random.default_rng(seed).normal(size=(50, 3)) * 0.5
     colors = np.random.default_rng(seed + 1).integers(0, 256, size=(50, 3)).astype(np.uint8)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from scene3d.cameras import Cameras, look_at, orbit_cameras
-from scene3d.data.colmap import ColmapCamera, ColmapImage, rotation_to_qvec, write_model
+from scene3d.data.colmap import ColmapCamera, ColmapImage, write_model
 from scene3d.data.dataset import MultiViewDataset
 from scene3d.data.formats import load_dataset, save_nerfstudio
 from scene3d.data.frame import SceneTransform
@@ -29,6 +29,7 @@ from scene3d.gaussians.ply import read_ply, write_ply
 from scene3d.gaussians.rasterize import rasterize
 from scene3d.gaussians.scene import GaussianScene
 from scene3d.gaussians.transform import transform_scene
+from scene3d.rotations import rotmat_to_quat
 from scene3d.train import Stepper
 from tests._field_scenes import blob_views, psnr
 from tests.test_fit_field import small_config
@@ -158,7 +159,7 @@ def _colmap_capture(tmp_path, frame: SceneTransform):
     (tmp_path / "images").mkdir(parents=True)
     for i in range(len(cams)):
         w2c = torch.linalg.inv(c2w[i].double())
-        images.append(ColmapImage(i + 1, tuple(rotation_to_qvec(w2c[:3, :3]).tolist()), tuple(w2c[:3, 3].tolist()),
+        images.append(ColmapImage(i + 1, tuple(rotmat_to_quat(w2c[:3, :3]).tolist()), tuple(w2c[:3, 3].tolist()),
                                   1, f"{i:03d}.png"))
         iio.imwrite(tmp_path / "images" / f"{i:03d}.png", np.full((16, 20, 3), 40 * i % 255, np.uint8))
     k = cams.K[0]

@@ -21,7 +21,7 @@ from scene3d.distill.splat.data import make_world_views, sample_tuple, view_angl
 from scene3d.distill.splat.depth import DepthNetConfig, depth_fn, train_depth_net
 from scene3d.distill.splat.distiller import SplatDistillConfig, SplatDistiller, ema_update, feature_loss
 from scene3d.distill.splat.fit3d import Fit3DConfig, fit_feature_gaussians
-from scene3d.distill.splat.lift import LiftConfig, lift_views, rotmat_to_quat, splat_features, upsample_features
+from scene3d.distill.splat.lift import LiftConfig, lift_views, splat_features, upsample_features
 from scene3d.distill.splat.probes import (
     ProbeConfig,
     camera_normals,
@@ -31,10 +31,10 @@ from scene3d.distill.splat.probes import (
     match_features,
 )
 from scene3d.distill.splat.supervision import pool_to_grid, segment_blend
-from scene3d.gaussians.projection import quat_to_rotmat
 from scene3d.gaussians.rasterize import rasterize_gaussians
 from scene3d.lora import add_lora
 from scene3d.metrics import miou
+from scene3d.rotations import quat_to_rotmat, rotmat_to_quat
 from scene3d.runs import RunDir
 from scene3d.train import RunConfig, Stepper, fit
 

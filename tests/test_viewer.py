@@ -30,6 +30,7 @@ from scene3d.data.formats import save_blender
 from scene3d.data.generate import WorldDatasetConfig, write_world_dataset
 from scene3d.data.synthetic import make_world, render_world
 from scene3d.errors import DataError
+from scene3d.metrics import psnr
 from scene3d.runs import RunDir
 from scene3d.viz import colorize_labels, colorize_normals, pca_rgb
 from viewer.camera import ViewState, cameras_to_view, matrix_to_quat, quat_to_matrix, view_to_cameras
@@ -246,7 +247,7 @@ def test_open_input_takes_its_adapters_as_arguments(tmp_path):
     (tmp_path / "run" / "scalars.jsonl").write_text("")
     source = SyntheticSource(make_world(0))
     assert open_input(tmp_path / "run").source is None
-    assert open_inputs([tmp_path / "run"], run_adapters=(*RUN_ADAPTERS, lambda p: source)).source is source
+    assert open_inputs([tmp_path / "run"], run_adapters=(*RUN_ADAPTERS, lambda p: source))[0].source is source
     assert len(RUN_ADAPTERS) == 2 and set(FILE_ADAPTERS) == {".ply"}  # the shipped tables are unchanged
 
 
@@ -369,12 +370,12 @@ def test_clicking_a_frustum_moves_that_clients_camera(synthetic_content):
         assert viewer.frustums.image.visible and "view 3" in viewer.frustums.caption.content
 
 
-def test_jumping_to_a_rolled_camera_keeps_its_roll(tmp_path):
+def test_jumping_to_a_rolled_camera_keeps_orbiting_about_the_world_up(tmp_path):
     splits = make_multiview_dataset(make_world(1), 4, 0, 0, 16, 16)
     roll = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # 90 degrees about the optical axis
     cams = splits["train"].cameras
     cams.c2w[2, :3, :3] = cams.c2w[2, :3, :3] @ roll
-    with ViewerServer(ViewerContent("cams", dataset=splits["train"]), ViewerConfig(port=0)) as viewer:
+    with ViewerServer(ViewerContent("cams", dataset=splits["train"]), ViewerConfig(port=0, up="+z")) as viewer:
         ws_url = viewer.url.replace("http", "ws")
 
         async def jump():
@@ -383,12 +384,16 @@ def test_jumping_to_a_rolled_camera_keeps_its_roll(tmp_path):
                 assert await asyncio.to_thread(_wait_until, lambda: len(viewer.server.get_clients()) == 1)
                 client = next(iter(viewer.server.get_clients().values()))
                 target = viewer.frustums.select(2, client)
-                return target, quat_to_matrix(np.asarray(client.camera.wxyz))
+                camera = client.camera
+                return target, camera.up_direction.copy(), camera.position.copy(), camera.look_at.copy()
 
-        target, rotation = asyncio.run(jump())
-    expected = cams.c2w[2, :3, :3].double().numpy()
-    assert abs(target["up"][2]) < 0.5  # rolled: the camera's up is far from the world's z
-    np.testing.assert_allclose(rotation, expected, atol=1e-5)
+        target, up, position, look = asyncio.run(jump())
+    # The browser camera sits on the rolled camera and looks along its axis, but keeps the world's up
+    # (before: the camera's own tilted up, and orbiting then turned about it and under the ground).
+    np.testing.assert_allclose(target["up"], [0, 0, 1]) and np.testing.assert_allclose(up, [0, 0, 1], atol=1e-6)
+    np.testing.assert_allclose(position, cams.centers[2].numpy(), atol=1e-5)
+    direction = (look - position) / np.linalg.norm(look - position)
+    np.testing.assert_allclose(direction, cams.forward[2].numpy(), atol=1e-5)
 
 
 def test_frustum_helpers():
@@ -422,14 +427,15 @@ def test_extra_panels_from_adapters_are_built_and_closed():
     closed = []
 
     class Panel:
-        def __init__(self, server):
+        def __init__(self, server, root):
             self.checkbox = server.gui.add_checkbox("Adapter option", initial_value=True)
 
         def close(self):
             closed.append(True)
 
     with ViewerServer(ViewerContent("x", extra_panels=[Panel]), ViewerConfig(port=0)) as viewer:
-        assert isinstance(viewer.panels[-1], Panel) and viewer.panels[-1].checkbox.value is True
+        panel = next(p for p in viewer.panels if isinstance(p, Panel))
+        assert panel.checkbox.value is True
     assert closed == [True]
 
 
@@ -438,7 +444,13 @@ def test_frustum_panel_needs_no_renderer(tmp_path):
     content = ViewerContent("cams", dataset=splits["train"])
     with ViewerServer(content, ViewerConfig(port=0)) as viewer:
         assert isinstance(viewer.frustums, CameraFrustums) and len(viewer.frustums.handles) == 3
-        assert not hasattr(viewer, "scene")
+        assert viewer.scene is None
+
+
+def _glimpse_panel(viewer):
+    from viewer.panels.glimpse import GlimpsePanel
+
+    return next(p for p in viewer.panels if isinstance(p, GlimpsePanel))
 
 
 # a real browser ----------------------------------------------------------------------------------------
@@ -539,27 +551,54 @@ def test_browser_shows_live_training_curves(tmp_path):
         iio.imwrite(SHOTS / "viewer_training.png", shot)
 
 
-def test_open_inputs_combines_a_dataset_and_a_run(tmp_path):
+def test_open_inputs_makes_one_scene_per_path_switched_in_the_gui(tmp_path):
     write_world_dataset(WorldDatasetConfig(out=tmp_path / "world", seed=2, n_train=4, n_val=1, n_test=1, width=16,
                                            height=16), progress=False)
     run = RunDir(tmp_path / "runs" / "r")
     run.log_scalars(0, {"loss": 1.0})
     run.close()
-    content = open_inputs([tmp_path / "world", run.path])
-    assert content.dataset is not None and content.source is not None and content.run_dir == run.path
+    world, curves = open_inputs([tmp_path / "world", run.path])
+    assert world.dataset is not None and world.source is not None and curves.run_dir == run.path
+    assert curves.source is None and "holds no checkpoint" in curves.note  # said in its panel
     # the overview camera looks at the scene centre from behind the first training camera
-    centre = torch.tensor(content.center)
-    to_centre = torch.nn.functional.normalize(centre - content.home.centers[0], dim=0)
-    torch.testing.assert_close(content.home.forward[0], to_centre, atol=1e-5, rtol=0)
+    centre = torch.tensor(world.center)
+    to_centre = torch.nn.functional.normalize(centre - world.home.centers[0], dim=0)
+    torch.testing.assert_close(world.home.forward[0], to_centre, atol=1e-5, rtol=0)
     with pytest.raises(DataError, match="at least one"):
         open_inputs([])
+    with ViewerServer([world, curves], ViewerConfig(port=0)) as viewer:
+        assert viewer.current == 0 and viewer.scene.source is world.source and viewer.frustums is not None
+        roots = [parts.frame for parts in viewer.scene_parts]
+        assert roots[0].visible and not roots[1].visible
+        viewer.scene_switch.value = "run r"  # the GUI dropdown
+        assert _wait_until(lambda: viewer.current == 1)
+        assert viewer.scene.source is None and not viewer.scene.folder.visible
+        assert viewer.frustums is None and viewer.training is not None
+        assert not roots[0].visible and roots[1].visible and viewer.scene_parts[1].folder.visible
+        viewer.show_scene(0)
+        assert viewer.scene.source is world.source and viewer.scene.folder.visible
+
+
+def test_a_dataset_and_a_model_open_on_the_model(tmp_path):
+    from scene3d.fields import build_field
+    from scene3d.fields.base import field_spec
+
+    write_world_dataset(WorldDatasetConfig(out=tmp_path / "world", seed=2, n_train=4, n_val=1, n_test=1, width=16,
+                                           height=16), progress=False)
+    field = build_field("grid", aabb=(-1.5, -1.5, -0.05, 1.5, 1.5, 1.0))
+    run = RunDir(tmp_path / "run")
+    run.save_checkpoint(10, {"field": field.state_dict()}, {**field_spec(field), "fit": {"n_samples": 16}})
+    scenes = open_inputs([tmp_path / "world", run.path])
+    with ViewerServer(scenes, ViewerConfig(port=0)) as viewer:
+        assert viewer.current == 1 and viewer.scene.source is scenes[1].source  # the model, not the ground truth
+        assert list(viewer.scene_switch.options) == ["dataset world", "run run"]
 
 
 def test_demo_stage_checks_the_viewer_on_the_demo_outputs(tmp_path):
     write_world_dataset(WorldDatasetConfig(out=tmp_path / "world", seed=0, n_train=4, n_val=1, n_test=1, width=24,
                                            height=24), progress=False)
     metrics = run_stage(tmp_path, quick=True)
-    assert metrics["page_bytes"] > 1000 and metrics["render_psnr_vs_train_image"] > 40  # exact render vs PNG
+    assert metrics["page_bytes"] > 1000 and metrics["render_psnr_vs_train_image"]["dataset world"] > 40  # exact vs PNG
     with pytest.raises(DataError, match="no world dataset"):
         run_stage(tmp_path / "nothing", quick=True)
 
@@ -667,7 +706,7 @@ def test_avfm_run_opens_with_a_glimpse_panel(tmp_path):
     content = open_input(run_dir)
     assert content.run_dir == run_dir and len(content.extra_panels) == 1
     with ViewerServer(content, ViewerConfig(port=0)) as viewer:
-        panel = viewer.panels[-1]
+        panel = _glimpse_panel(viewer)
         assert len(panel.images) == 4 and panel.pictures.image.shape == (2 * 160 + 6, 3 * 160 + 8, 3)
         panel._do(panel.session.step)
         panel._do(lambda: panel.session.place(0.0, 0.0, 0.5))
@@ -689,7 +728,7 @@ def test_avfm_run_opens_with_a_glimpse_panel(tmp_path):
         open_inputs([run_dir, tmp_path / "missing.jpg"])
     content = open_inputs([run_dir, tmp_path / "photo.png"])
     with ViewerServer(content, ViewerConfig(port=0)) as viewer:
-        panel = viewer.panels[-1]
+        panel = _glimpse_panel(viewer)
         assert len(panel.images) == 5
         first = panel.images[0]
         half = first.shape[-1] // 2
@@ -697,6 +736,9 @@ def test_avfm_run_opens_with_a_glimpse_panel(tmp_path):
         assert first[:, :, half + 1 :].max() < 0.05  # black right half
         panel._do(panel.session.step)
         assert "step 1" in panel.status.content
+        assert panel.photo_note.visible and "out of its distribution" in panel.photo_note.content
+        panel.load_scene(1)  # a held-out synthetic scene: no such note
+        assert not panel.photo_note.visible
 
 
 def test_glimpse_panel_opens_a_published_checkpoint_on_an_image(tmp_path):
@@ -708,7 +750,7 @@ def test_glimpse_panel_opens_a_published_checkpoint_on_an_image(tmp_path):
         open_inputs([tmp_path], canvit=fixture)
     content = open_inputs([tmp_path / "photo.png"], canvit=fixture)
     with ViewerServer(content, ViewerConfig(port=0)) as viewer:
-        panel = viewer.panels[-1]
+        panel = _glimpse_panel(viewer)
         assert panel.images.shape == (1, 3, 64, 64)  # the checkpoint's scene resolution
         assert panel.session.prediction_pca(32) is None
         panel._do(panel.session.step)
@@ -732,7 +774,7 @@ def test_browser_shows_the_glimpse_panel(tmp_path):
                                  teacher=TeacherConfig(name="random_vit"))
     content = open_input(train(config)["run_dir"])
     with ViewerServer(content, ViewerConfig(port=0)) as viewer, _browser() as browser:
-        panel = viewer.panels[-1]
+        panel = _glimpse_panel(viewer)
         for _ in range(2):
             panel._do(panel.session.step)
         viewer.training.folder.expand_by_default = False
@@ -754,6 +796,124 @@ def test_browser_shows_the_glimpse_panel(tmp_path):
         shot = browser.wait_for(("step 3",), min_std=5)
         SHOTS.mkdir(parents=True, exist_ok=True)
         iio.imwrite(SHOTS / "viewer_glimpses.png", shot)
+
+
+def _click_text(browser, text: str, tag: str = "*") -> bool:
+    """Click (a DOM click, as a user's) the innermost visible element whose text is exactly `text`."""
+    return bool(browser.evaluate(f"""(() => {{
+        const hits = [...document.querySelectorAll({json.dumps(tag)})].filter(
+            e => e.innerText && e.innerText.trim() === {json.dumps(text)} && e.offsetParent !== null);
+        if (!hits.length) return false;
+        hits[hits.length - 1].scrollIntoView({{block: "center"}});
+        hits[hits.length - 1].click();
+        return true; }})()"""))
+
+
+def _drag(browser, x0: float, y0: float, dx: float, steps: int = 12) -> None:
+    """A left-button mouse drag on the 3D view (what orbiting is)."""
+    browser.call("Input.dispatchMouseEvent", type="mouseMoved", x=x0, y=y0)
+    browser.call("Input.dispatchMouseEvent", type="mousePressed", x=x0, y=y0, button="left", buttons=1, clickCount=1)
+    for k in range(1, steps + 1):
+        browser.call("Input.dispatchMouseEvent", type="mouseMoved", x=x0 + dx * k / steps, y=y0, button="left",
+                     buttons=1)
+        time.sleep(0.03)
+    browser.call("Input.dispatchMouseEvent", type="mouseReleased", x=x0 + dx, y=y0, button="left", buttons=0,
+                 clickCount=1)
+
+
+def _at_rest(client, timeout: float = 30) -> np.ndarray:
+    """The browser camera's position once it has stopped moving (camera controls ease in and out)."""
+    deadline, last = time.monotonic() + timeout, client.camera.position.copy()
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = client.camera.position.copy()
+        if np.allclose(now, last, atol=1e-4):
+            return now
+        last = now
+    raise TimeoutError("the browser camera kept moving")
+
+
+def _orange_pixels(shot: np.ndarray) -> int:
+    rgb = shot[..., :3].astype(int)
+    return int(((np.abs(rgb[..., 0] - 240) < 45) & (np.abs(rgb[..., 1] - 130) < 45) & (rgb[..., 2] < 90)).sum())
+
+
+@pytest.mark.slow
+def test_browser_switches_scenes_orbits_about_the_up_axis_and_renders_a_camera_path(tmp_path):
+    from viewer.render_path import render_cameras
+
+    scenes = [open_input("synthetic:0"), open_input("synthetic:3")]
+    config = ViewerConfig(port=0, export_dir=tmp_path, up="+z")
+    config.render.max_side, config.render.settle_s = 320, 0.1
+    with ViewerServer(scenes, config) as viewer, _browser() as browser:
+        browser.goto(viewer.url)
+
+        def full_frames() -> int:
+            return sum(r.frames_shown["full"] for r in viewer.scene.renderers)
+
+        browser.wait_for(("Scenes", "Camera path", "World"), min_std=5, timeout=120, predicate=lambda: full_frames())
+        _close_notifications(browser)
+        client = next(iter(viewer.server.get_clients().values()))
+        renderer = viewer.scene.renderers[0]
+        first = browser.wait_for(min_std=5)
+        h, w = first.shape[:2]
+        region = (slice(h // 4, 3 * h // 4), slice(w // 6, w // 2))
+
+        def matches_last_frame(shot: np.ndarray) -> float:
+            frame = torch.from_numpy(_grey(renderer.last_frame.to_uint8()))[None, None]
+            up = np.asarray(torch.nn.functional.interpolate(frame, size=(h, w), mode="bilinear")[0, 0])
+            return float(np.corrcoef(_grey(shot)[region].ravel(), up[region].ravel())[0, 1])
+
+        # 1. scene switch (what the dropdown does): the picture becomes the other world's render
+        shown = full_frames()
+        viewer.scene_switch.value = "synthetic world 3"
+        assert _wait_until(lambda: full_frames() > shown and viewer.scene.source is scenes[1].source, timeout=60)
+        second = browser.wait_for(min_std=5)
+        assert matches_last_frame(second) > 0.8
+        assert np.abs(_grey(second)[region] - _grey(first)[region]).mean() > 5  # another world
+
+        # 2. up axis: a horizontal drag orbits about the world's up, for +z and after switching to +x
+        for label, axis in (("+z", 2), ("+x", 0)):
+            viewer.world.dropdown.value = label
+            up = np.eye(3)[axis]
+            assert _wait_until(lambda up=up: np.allclose(client.camera.up_direction, up, atol=1e-3), timeout=30)
+            before = _at_rest(client)
+            _drag(browser, w * 0.3, h * 0.5, -150)
+            after = _at_rest(client)
+            assert np.linalg.norm(after - before) > 0.3
+            assert abs(float((after - before) @ up)) < 0.02 * np.linalg.norm(after - before), (label, before, after)
+
+        # 3. keyframes from the browser: the "Add current view" button, twice, from two views
+        viewer.world.dropdown.value = "+z"
+        assert _click_text(browser, "Camera path")
+        browser.wait_for(("Add current view",))
+        assert _click_text(browser, "Add current view", "button")
+        assert _wait_until(lambda: len(viewer.paths.keyframes) == 1, timeout=30)
+        _drag(browser, w * 0.3, h * 0.5, 200)
+        _at_rest(client)
+        assert _click_text(browser, "Add current view", "button")
+        assert _wait_until(lambda: len(viewer.paths.keyframes) == 2, timeout=30)
+
+        # 4. render the path to MP4 from the browser: its frames are the renders of the path's cameras
+        panel = viewer.paths
+        panel.seconds.value, panel.fps.value, panel.width.value, panel.height.value = 0.5, 8, 64, 48
+        assert _click_text(browser, "Render video (.mp4)", "button")
+        assert _wait_until(lambda: "wrote" in panel.status.content, timeout=120), panel.status.content
+        video = torch.from_numpy(iio.imread(tmp_path / "camera_path.mp4")).float() / 255
+        expected = render_cameras(scenes[1].source, panel.path().cameras(), "rgb", progress=False)
+        assert video.shape == expected.shape == (4, 48, 64, 3)
+        assert float(psnr(video, expected)) > 25
+
+        # the path is drawn (orange keyframe frustums and line): seen from above, then cleared from the GUI
+        with client.atomic():
+            client.camera.position, client.camera.look_at = (0.0, -0.01, 22.0), (0.0, 0.0, 0.0)
+        _at_rest(client)
+        with_path = browser.wait_for(min_std=5)
+        assert _click_text(browser, "Clear keyframes", "button")
+        without = browser.wait_for(("no keyframes",), min_std=5)
+        assert _orange_pixels(with_path) > _orange_pixels(without) + 30
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        iio.imwrite(SHOTS / "viewer_camera_path.png", with_path)
 
 
 # Gaussian scenes -------------------------------------------------------------------------------------
@@ -780,11 +940,13 @@ def test_ply_opens_rasterized_server_side_and_as_native_splats(tmp_path):
     rot = torch.from_numpy(np.stack([quat_to_matrix(q) for q in scene.quats.detach().numpy()]))
     expected = rot @ torch.diag_embed(scene.scales.detach().double() ** 2) @ rot.transpose(1, 2)
     torch.testing.assert_close(cov, expected, atol=1e-6, rtol=1e-4)
+    assert content.source.buffers[0] == "splats"  # drawn by the browser by default
     with ViewerServer(content, ViewerConfig(port=0)) as viewer:
         panel = next(p for p in viewer.panels if isinstance(p, SplatPanel))
-        assert not panel.handle.visible
-        panel.native.value = True
-        assert _wait_until(lambda: panel.handle.visible)
+        assert panel.handle.visible and viewer.scene.render(view, True) is None  # nothing rendered on the server
+        viewer.scene.buffer.value = "depth"  # a server buffer: the splats step aside
+        assert _wait_until(lambda: not panel.handle.visible)
+        assert viewer.scene.render(view, True) is not None
 
 
 def test_gaussian_run_directory_shows_its_latest_checkpoint(tmp_path):
@@ -796,7 +958,7 @@ def test_gaussian_run_directory_shows_its_latest_checkpoint(tmp_path):
     content = open_input(run.path)
     source = content.source
     assert source is not None and len(source.scene) == 50
-    assert source.buffers == ("rgb", "depth", "accumulation")
+    assert source.buffers == ("rgb", "splats", "depth", "accumulation")  # training: the server follows it
     view = cameras_to_view(orbit_cameras(1, 4.0, width=32, height=24))
     before = render_view(source, view, "rgb", 32).image
     bigger = GaussianScene.random(80, torch.tensor([[-1.0, -1.0, 0.0], [1.0, 1.0, 1.0]]), sh_degree=0,

@@ -16,36 +16,17 @@ import numpy as np
 import torch
 
 from scene3d.cameras import Cameras
+from scene3d.rotations import quat_to_rotmat, rotmat_to_quat
 
 
 def quat_to_matrix(wxyz: np.ndarray) -> np.ndarray:
-    """Unit quaternion (w, x, y, z) -> rotation matrix [3,3] (normalised first)."""
-    w, x, y, z = np.asarray(wxyz, dtype=np.float64) / np.linalg.norm(wxyz)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ])
+    """Unit quaternion (w, x, y, z) -> rotation matrix [3,3] (normalised first), float64."""
+    return quat_to_rotmat(torch.as_tensor(np.asarray(wxyz, dtype=np.float64))).numpy()
 
 
 def matrix_to_quat(rotation: np.ndarray) -> np.ndarray:
-    """Rotation matrix [3,3] -> unit quaternion (w, x, y, z) with w >= 0 (Shepperd's method)."""
-    m = np.asarray(rotation, dtype=np.float64)
-    trace = np.trace(m)
-    if trace > 0:
-        s = 2 * math.sqrt(1 + trace)
-        q = [0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s]
-    else:
-        i = int(np.argmax(np.diag(m)))
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = 2 * math.sqrt(1 + m[i, i] - m[j, j] - m[k, k])
-        q = [0.0] * 4
-        q[0] = (m[k, j] - m[j, k]) / s
-        q[1 + i] = 0.25 * s
-        q[1 + j] = (m[j, i] + m[i, j]) / s
-        q[1 + k] = (m[k, i] + m[i, k]) / s
-    q = np.array(q) / np.linalg.norm(q)
-    return q if q[0] >= 0 else -q
+    """Rotation matrix [3,3] -> unit quaternion (w, x, y, z) with w >= 0, float64."""
+    return rotmat_to_quat(torch.as_tensor(np.asarray(rotation, dtype=np.float64))).numpy()
 
 
 def _bounded(value: float, low: float, high: float, default: float) -> float:
@@ -58,12 +39,13 @@ class ViewState:
     """One browser camera as viser reports it: OpenCV T_world_camera, vertical fov (radians),
     canvas aspect (width / height). A client sends these, so they are made safe to render here:
     non-finite values replaced, fov in [0.001, 3.1] radians, aspect in [1/16, 16], |position| <= 1e6,
-    a zero quaternion the identity."""
+    a zero quaternion the identity, canvas side in [0, 16384]."""
 
     wxyz: tuple[float, float, float, float]
     position: tuple[float, float, float]
     fov_y: float
     aspect: float
+    canvas_side: int = 0  # the longer side of the client's canvas in device pixels (HiDPI included); 0: unknown
 
     def __post_init__(self) -> None:  # plain, bounded Python floats, whatever came in
         wxyz = tuple(_bounded(v, -1e6, 1e6, 0.0) for v in self.wxyz)
@@ -71,11 +53,13 @@ class ViewState:
         object.__setattr__(self, "position", tuple(_bounded(v, -1e6, 1e6, 0.0) for v in self.position))
         object.__setattr__(self, "fov_y", _bounded(self.fov_y, 1e-3, 3.1, math.radians(50.0)))
         object.__setattr__(self, "aspect", _bounded(self.aspect, 1 / 16, 16.0, 1.0))
+        object.__setattr__(self, "canvas_side", int(_bounded(self.canvas_side, 0, 16384, 0)))
 
     @classmethod
     def from_handle(cls, camera) -> ViewState:
         """From a `viser.CameraHandle` (read by attribute, so viser is not imported here)."""
-        return cls(camera.wxyz, camera.position, camera.fov, camera.aspect)
+        return cls(camera.wxyz, camera.position, camera.fov, camera.aspect,
+                   max(camera.image_width, camera.image_height))
 
     def image_size(self, max_side: int) -> tuple[int, int]:
         """(width, height) with the canvas aspect and the longer side `max_side` pixels (at least 1)."""

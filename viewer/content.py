@@ -10,7 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scene3d.cameras import Cameras
+import torch
+from torch import Tensor
+
+from scene3d.cameras import Cameras, look_at
 from scene3d.data.dataset import MultiViewDataset
 from viewer.sources import SceneSource
 
@@ -25,8 +28,22 @@ class ViewerContent:
     run_dir: Path | None = None
     home: Cameras | None = None
     center: tuple[float, float, float] = (0.0, 0.0, 0.0)  # what the home camera orbits around
-    # Adapter-specific panels, each built as factory(viser_server) -> object with close().
-    extra_panels: list[Callable[[Any], Any]] = field(default_factory=list)
+    # Adapter-specific panels, each built as factory(viser_server, root) -> object with close(); scene nodes
+    # they add go under `root` (a scene-graph path), so that hiding the scene hides them.
+    extra_panels: list[Callable[[Any, str], Any]] = field(default_factory=list)
+    note: str | None = None  # said in the panel, e.g. why a run shows nothing yet
+
+    @property
+    def viewable(self) -> bool:
+        """Whether anything is drawn: a rendered source, cameras, curves or an adapter's panel."""
+        return any(x is not None for x in (self.source, self.dataset, self.run_dir)) or bool(self.extra_panels)
+
+
+def home_outside_box(lo: Tensor, hi: Tensor) -> tuple[Cameras, tuple[float, float, float]]:
+    """A 55-degree camera outside the box [lo, hi] (1.2 diagonals away), looking at its centre; and the centre."""
+    center = (lo + hi) / 2
+    eye = center + torch.tensor([1.0, -1.0, 0.8]) * 1.2 * float((hi - lo).norm().clamp_min(1e-6))
+    return Cameras.from_fov(look_at(eye[None], center), math.radians(55.0), 640, 480), tuple(center.tolist())
 
 
 def scene_scale(content: ViewerContent) -> float:

@@ -3,7 +3,8 @@ a run directory or a PLY file).
 
 `open_input` turns one command-line string into `ViewerContent` (a renderable source, a dataset
 whose cameras are drawn as frustums, a run directory whose scalars are plotted), or raises one
-`DataError` naming the path and what is wrong with it; `open_inputs` combines several.
+`DataError` naming the path and what is wrong with it; `open_inputs` opens several, one named scene
+each (the viewer switches between them).
 
 The renderers that live outside this module are listed here, explicitly: `RUN_ADAPTERS` find a
 renderable checkpoint in a run directory (a SceneSource, or None when the run is not theirs) and
@@ -29,7 +30,7 @@ from scene3d.data.synthetic import WorldConfig, make_world
 from scene3d.errors import ConfigError, DataError
 from scene3d.files import read_text
 from viewer.adapters import fields as field_adapters
-from viewer.adapters import gaussians
+from viewer.adapters import gaussians, geometry
 from viewer.content import ViewerContent
 from viewer.sources import SceneSource, SyntheticSource
 
@@ -40,7 +41,7 @@ FileAdapter = Callable[[Path], ViewerContent]
 
 # The adapters that ship with the viewer (viewer modules: scene3d never imports viewer), tried in order.
 RUN_ADAPTERS: tuple[RunAdapter, ...] = (field_adapters.FieldSource.from_run, gaussians.source_from_run)
-FILE_ADAPTERS: Mapping[str, FileAdapter] = MappingProxyType({".ply": gaussians.open_ply})
+FILE_ADAPTERS: Mapping[str, FileAdapter] = MappingProxyType({".ply": geometry.open_ply})
 
 
 def open_input(spec: str | Path, images: Sequence[Path] = (), *, run_adapters: Sequence[RunAdapter] = RUN_ADAPTERS,
@@ -71,12 +72,13 @@ def open_input(spec: str | Path, images: Sequence[Path] = (), *, run_adapters: S
 
 
 def open_inputs(specs: Sequence[str | Path], *, run_adapters: Sequence[RunAdapter] = RUN_ADAPTERS,
-                file_adapters: Mapping[str, FileAdapter] = FILE_ADAPTERS, canvit: Path | None = None) -> ViewerContent:
-    """Several inputs in one viewer (e.g. a dataset and the run trained on it): the first source,
-    dataset, run directory and home camera found, in the order given. Image files go to the
-    Glimpses panel of the active-vision run among them, or of the published CanViT checkpoint `canvit`."""
+                file_adapters: Mapping[str, FileAdapter] = FILE_ADAPTERS, canvit: Path | None = None
+                ) -> list[ViewerContent]:
+    """Several inputs in one viewer, one scene each, in the order given (e.g. a dataset and the run trained
+    on it: ground truth against model). Image files go to the Glimpses panel of the active-vision runs
+    among them, or of the published CanViT checkpoint `canvit`."""
     if canvit is not None:
-        return open_checkpoint(Path(canvit), specs)
+        return [open_checkpoint(Path(canvit), specs)]
     if not specs:
         raise DataError(None, "PATH", "give at least one path or synthetic:SEED")
     images = [Path(str(s)) for s in specs if Path(str(s)).suffix.lower() in IMAGE_SUFFIXES]
@@ -86,14 +88,7 @@ def open_inputs(specs: Sequence[str | Path], *, run_adapters: Sequence[RunAdapte
             raise DataError(image, None, "does not exist")
     if images and not any(is_avfm_run(Path(str(s))) for s in others):
         raise image_without_run(images[0])
-    parts = [open_input(spec, images, run_adapters=run_adapters, file_adapters=file_adapters) for spec in others]
-
-    def first(name: str):
-        return next((getattr(p, name) for p in parts if getattr(p, name) is not None), None)
-
-    home_part = next((p for p in parts if p.home is not None), parts[0])
-    return ViewerContent(" + ".join(p.title for p in parts), first("source"), first("dataset"), first("run_dir"),
-                         home_part.home, home_part.center, [f for p in parts for f in p.extra_panels])
+    return [open_input(spec, images, run_adapters=run_adapters, file_adapters=file_adapters) for spec in others]
 
 
 def open_checkpoint(folder: Path, specs: Sequence[str | Path]) -> ViewerContent:
@@ -148,15 +143,22 @@ def overview_camera(cameras: Cameras, center, pull_back: float = 2.0) -> Cameras
 def open_run(path: Path, images: Sequence[Path] = (), run_adapters: Sequence[RunAdapter] = RUN_ADAPTERS
              ) -> ViewerContent:
     """A run directory: live scalars, a scene from the first of `run_adapters` that recognises a
-    checkpoint, and glimpse rollouts for an active-vision (avfm) run (on `images`, then its held-out scenes)."""
+    checkpoint (else its exported `mesh.ply`, drawn by the browser), and glimpse rollouts for an
+    active-vision (avfm) run (on `images`, then its held-out scenes)."""
     source = next((s for adapter in run_adapters if (s := adapter(path)) is not None), None)
     content = ViewerContent(f"run {path.name}", source, None, path, None)
+    if source is None and (path / "mesh.ply").is_file():
+        mesh = geometry.open_ply(path / "mesh.ply")
+        content.home, content.center, content.extra_panels = mesh.home, mesh.center, list(mesh.extra_panels)
     if is_avfm_run(path):
         from viewer.panels.glimpse import glimpse_home, glimpse_panel_for_run
 
         content.extra_panels.append(glimpse_panel_for_run(path, images))
         if content.home is None and content.source is None:
             content.home, content.center = glimpse_home()
+    elif source is None and not content.extra_panels:
+        content.note = (f"_run `{path.name}` holds no checkpoint or exported scene the viewer can render yet "
+                        "(nothing but its training curves)_")
     return content
 
 

@@ -26,11 +26,12 @@ from jaxtyping import Float
 from torch import Tensor
 
 from scene3d.cameras import Cameras
-from scene3d.data.synthetic import World, render_world
+from scene3d.data.synthetic import CLASS_NAMES, World, render_world
 from scene3d.errors import Scene3DError
 from scene3d.runs import checkpoint_files
 from scene3d.viz import colorize_depth, colorize_labels, colorize_normals
 from viewer.camera import ViewState, view_to_cameras
+from viewer.legends import Legend, depth_legend, labels_legend, normals_legend
 
 # Every buffer name the viewer knows, in the order the dropdown lists them.
 BUFFERS = ("rgb", "depth", "normals", "accumulation", "labels", "features")
@@ -38,10 +39,14 @@ BUFFERS = ("rgb", "depth", "normals", "accumulation", "labels", "features")
 
 @dataclass
 class Frame:
-    """A rendered view: image [H,W,3] float in [0,1]; depth [H,W] camera z, 0 where nothing is hit."""
+    """A rendered view: image [H,W,3] float in [0,1]; depth [H,W] camera z, 0 where nothing is hit; the
+    legend of a false-colour buffer; the raw buffer (camera-z depth, world normals, label ids, features,
+    accumulation, linear RGB)."""
 
     image: Float[Tensor, "H W 3"]
     depth: Float[Tensor, "H W"] | None = None
+    legend: Legend | None = None  # what the false colours mean (depth, labels, normals)
+    raw: Tensor | None = None  # the buffer's values before colouring: [H,W] or [H,W,C] (exports save it)
 
     def to_uint8(self) -> np.ndarray:
         return (self.image.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
@@ -117,17 +122,20 @@ class SyntheticSource:
 
     def render(self, cameras: Cameras, buffer: str) -> Frame:
         out = {k: v[0] for k, v in render_world(self.world, cameras[0], self.background).items()}
-        depth = out["depth"]
+        depth, legend = out["depth"], None
+        raw = {"rgb": out["rgb"], "depth": depth, "normals": out["normals"], "accumulation": out["mask"].float(),
+               "labels": out["semantic"]}.get(buffer)
         if buffer == "rgb":
             image = out["rgb"]
         elif buffer == "depth":
-            image = colorize_depth(depth, out["mask"], *depth_range(cameras, self.world.aabb))
+            near, far = depth_range(cameras, self.world.aabb)
+            image, legend = colorize_depth(depth, out["mask"], near, far), depth_legend(near, far)
         elif buffer == "normals":
-            image = colorize_normals(out["normals"])
+            image, legend = colorize_normals(out["normals"]), normals_legend("world")
         elif buffer == "accumulation":
             image = out["mask"].float()[..., None].expand(-1, -1, 3)
         elif buffer == "labels":
-            image = colorize_labels(out["semantic"])
+            image, legend = colorize_labels(out["semantic"]), labels_legend(CLASS_NAMES)
         else:
             raise ValueError(f"buffer {buffer!r} is not offered by SyntheticSource ({self.buffers})")
-        return Frame(image.float(), depth)
+        return Frame(image.float(), depth, legend, raw)

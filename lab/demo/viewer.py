@@ -34,14 +34,14 @@ def demo_inputs(out_dir: Path) -> list[Path]:
     return inputs
 
 
-def screenshot(content: ViewerContent, path: Path, words: tuple[str, ...], max_side: int = 640,
+def screenshot(content: ViewerContent | list[ViewerContent], path: Path, words: tuple[str, ...], max_side: int = 640,
                timeout: float = 120) -> Path:
     """Serve `content`, load it in headless chromium, wait for `words` and a drawn canvas, save a PNG."""
     config = ViewerConfig(port=0)
     config.render.max_side = max_side
     with ViewerServer(content, config) as viewer, HeadlessBrowser(1280, 860) as browser:
         browser.goto(viewer.url)
-        scene = getattr(viewer, "scene", None)
+        scene = viewer.scene
         browser.wait_for(words, min_std=5, timeout=timeout,
                          predicate=None if scene is None else
                          lambda: any(r.frames_shown["full"] for r in scene.renderers))
@@ -54,21 +54,25 @@ def screenshot(content: ViewerContent, path: Path, words: tuple[str, ...], max_s
 def run_stage(out_dir: Path, quick: bool) -> dict:
     """Check the viewer on the demo's outputs; full mode also writes browser screenshots."""
     inputs = demo_inputs(Path(out_dir))
-    content = open_inputs(inputs)
-    metrics: dict = {"inputs": [str(t) for t in inputs]}
-    with ViewerServer(content, ViewerConfig(port=0)) as viewer:
+    scenes = open_inputs(inputs)
+    metrics: dict = {"inputs": [str(t) for t in inputs], "scenes": [s.title for s in scenes]}
+    with ViewerServer(scenes, ViewerConfig(port=0)) as viewer:
         page = urllib.request.urlopen(viewer.url, timeout=30).read()  # noqa: S310 (our loopback server)
         metrics["page_bytes"] = len(page)
-    if content.source is not None and content.dataset is not None:
-        view = cameras_to_view(content.dataset.cameras, 0)
-        start = time.perf_counter()
-        frame = render_view(content.source, view, "rgb", max(content.dataset.width, content.dataset.height))
-        metrics["render_seconds"] = round(time.perf_counter() - start, 3)
-        metrics["render_psnr_vs_train_image"] = round(float(psnr(frame.image, content.dataset.images[0])), 2)
+    dataset = next((s.dataset for s in scenes if s.dataset is not None), None)
+    if dataset is not None:  # every renderable scene from the dataset's first training camera
+        view = cameras_to_view(dataset.cameras, 0)
+        for scene in (s for s in scenes if s.source is not None and "rgb" in s.source.buffers):
+            start = time.perf_counter()
+            frame = render_view(scene.source, view, "rgb", max(dataset.width, dataset.height))
+            metrics.setdefault("render_seconds", {})[scene.title] = round(time.perf_counter() - start, 3)
+            metrics.setdefault("render_psnr_vs_train_image", {})[scene.title] = round(
+                float(psnr(frame.image, dataset.images[0])), 2)
     if not quick and find_chromium() is not None:
-        shots = [screenshot(content, Path(out_dir) / "viewer" / "viewer_scene.png", ("Scene",))]
-        if content.run_dir is not None:
-            run_only = ViewerContent(content.title, run_dir=content.run_dir)
+        shots = [screenshot(scenes, Path(out_dir) / "viewer" / "viewer_scene.png", ("Scene",))]
+        run = next((s for s in scenes if s.run_dir is not None), None)
+        if run is not None:
+            run_only = ViewerContent(run.title, run_dir=run.run_dir)
             shots.append(screenshot(run_only, Path(out_dir) / "viewer" / "viewer_training.png", ("Training",)))
         metrics["screenshots"] = [str(s) for s in shots]
     return metrics
@@ -76,9 +80,9 @@ def run_stage(out_dir: Path, quick: bool) -> dict:
 
 def serve_demo(out_dir: Path, host: str = "127.0.0.1", port: int = 8080) -> None:
     """Serve the demo's outputs until interrupted (the last step of `make demo`)."""
-    content = open_inputs(demo_inputs(Path(out_dir)))
-    with ViewerServer(content, ViewerConfig(host, port)) as viewer:
-        print(f"viewer for {content.title}: {viewer.url} (Ctrl-C to stop)", flush=True)
+    scenes = open_inputs(demo_inputs(Path(out_dir)))
+    with ViewerServer(scenes, ViewerConfig(host, port)) as viewer:
+        print(f"viewer for {' + '.join(s.title for s in scenes)}: {viewer.url} (Ctrl-C to stop)", flush=True)
         try:
             viewer.serve_forever()
         except KeyboardInterrupt:

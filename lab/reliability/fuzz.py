@@ -555,7 +555,8 @@ def _seed_colmap(folder: Path) -> None:
     import torch
 
     from scene3d.cameras import look_at
-    from scene3d.data.colmap import ColmapCamera, ColmapImage, rotation_to_qvec, write_model
+    from scene3d.data.colmap import ColmapCamera, ColmapImage, write_model
+    from scene3d.rotations import rotmat_to_quat
 
     rng = np.random.default_rng(0)
     (folder / "images").mkdir()
@@ -564,7 +565,7 @@ def _seed_colmap(folder: Path) -> None:
     for i in range(3):
         iio.imwrite(folder / "images" / f"{i}.png", rng.integers(0, 255, (6, 8, 3), dtype=np.uint8))
         w2c = torch.linalg.inv(c2w[i].double())
-        images.append(ColmapImage(i + 1, tuple(rotation_to_qvec(w2c[:3, :3]).tolist()), tuple(w2c[:3, 3].tolist()),
+        images.append(ColmapImage(i + 1, tuple(rotmat_to_quat(w2c[:3, :3]).tolist()), tuple(w2c[:3, 3].tolist()),
                                   1, f"{i}.png"))
     cameras = [ColmapCamera(1, "OPENCV", 8, 6, (7.0, 7.0, 4.0, 3.0, -0.1, 0.01, 0.0, 0.0))]
     points, colors = rng.normal(size=(20, 3)), rng.integers(0, 255, (20, 3)).astype(np.uint8)

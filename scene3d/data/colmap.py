@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from jaxtyping import Float
 from torch import Tensor
 
 from scene3d.camera_models import MODELS, distortion_vector
@@ -26,6 +25,7 @@ from scene3d.data.lens_fields import lens_fields
 from scene3d.data.points_ply import write_points_ply
 from scene3d.errors import DataError
 from scene3d.files import read_bytes, read_text
+from scene3d.rotations import quat_to_rotmat
 
 # COLMAP model id -> (name, number of parameters); all of COLMAP's models, so any of them parses
 MAX_MODEL_BYTES = 2**32  # a cameras/images/points3D file beyond 4 GiB is refused before reading
@@ -239,32 +239,6 @@ def read_model(path: str | Path) -> ColmapModel:
 
 
 # conversion -----------------------------------------------------------------------------------
-def qvec_to_rotation(q: Float[Tensor, "*B 4"]) -> Float[Tensor, "*B 3 3"]:
-    """Unit quaternions (w, x, y, z) -> rotation matrices (COLMAP's qvec2rotmat)."""
-    w, x, y, z = torch.nn.functional.normalize(q, dim=-1).unbind(-1)
-    return torch.stack([1 - 2 * y * y - 2 * z * z, 2 * x * y - 2 * w * z, 2 * x * z + 2 * w * y,
-                        2 * x * y + 2 * w * z, 1 - 2 * x * x - 2 * z * z, 2 * y * z - 2 * w * x,
-                        2 * x * z - 2 * w * y, 2 * y * z + 2 * w * x, 1 - 2 * x * x - 2 * y * y],
-                       -1).unflatten(-1, (3, 3))
-
-
-def rotation_to_qvec(r: Float[Tensor, "3 3"]) -> Float[Tensor, "4"]:
-    """Rotation matrix -> unit quaternion (w, x, y, z) with w >= 0 (the largest-pivot formula)."""
-    m = r.double()
-    t = torch.trace(m)
-    if t > 0:
-        s = 2 * torch.sqrt(t + 1)
-        q = torch.stack([s / 4, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s])
-    else:
-        i = int(torch.argmax(torch.diagonal(m)))
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = 2 * torch.sqrt(1 + m[i, i] - m[j, j] - m[k, k])
-        q = torch.zeros(4, dtype=m.dtype)
-        q[0] = (m[k, j] - m[j, k]) / s
-        q[1 + i], q[1 + j], q[1 + k] = s / 4, (m[j, i] + m[i, j]) / s, (m[k, i] + m[i, k]) / s
-    return q * (1 if q[0] >= 0 else -1)
-
-
 def camera_intrinsics(model: ColmapModel, cam: ColmapCamera) -> tuple[Tensor, str, Tensor]:
     """(K [3,3], lens, distortion [6]) of a COLMAP camera; a model we do not render is a DataError."""
     if cam.model not in PARAMS:
@@ -295,7 +269,7 @@ def model_cameras(model: ColmapModel, images: list[ColmapImage]) -> Cameras:
             raise DataError(model.path / "images", f"image {im.id}.pose",
                             "qvec and tvec must be finite, qvec non-zero")
     w2c = torch.eye(4, dtype=torch.float64).repeat(len(images), 1, 1)
-    w2c[:, :3, :3] = qvec_to_rotation(torch.tensor([im.qvec for im in images], dtype=torch.float64))
+    w2c[:, :3, :3] = quat_to_rotmat(torch.tensor([im.qvec for im in images], dtype=torch.float64))
     w2c[:, :3, 3] = torch.tensor([im.tvec for im in images], dtype=torch.float64)
     lens = lenses.pop()
     dist = None if lens == "PINHOLE" else torch.stack([d for _, _, d in intr]).float()

@@ -12,7 +12,6 @@ The JSON file is written last, so an interrupted write leaves no loadable half-d
 
 from __future__ import annotations
 
-import json
 import math
 import tokenize
 import warnings
@@ -31,11 +30,12 @@ from scene3d.cameras import Cameras, opencv_to_opengl, opengl_to_opencv
 from scene3d.checkpoint import atomic_write_json
 from scene3d.data import colmap
 from scene3d.data.dataset import MultiViewDataset
+from scene3d.data.json_doc import JsonDoc
 from scene3d.data.lens_fields import frame_lens, lens_fields, stack_lenses
 from scene3d.data.normalize import Normalization, normalize_dataset, to_original
 from scene3d.data.points_ply import read_points_ply
 from scene3d.errors import DataError, MissingSplitError
-from scene3d.files import read_text, regular_file_size
+from scene3d.files import regular_file_size
 
 SPLITS = ("train", "val", "test")
 _EXTRA_BUFFERS = {"depth_file_path": "depths", "mask_path": "masks", "normal_path": "normals",
@@ -132,92 +132,8 @@ def save_nerfstudio(splits: dict[str, MultiViewDataset], root: str | Path, progr
 
 
 # reading --------------------------------------------------------------------------------------
-class _Doc:
-    """A parsed transforms file with typed, located field access."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        text = read_text(path, "file")
-        try:
-            self.data = json.loads(text)
-        except json.JSONDecodeError as err:
-            where = f"line {err.lineno}, column {err.colno}"
-            raise DataError(path, "json", f"malformed JSON ({err.msg} at {where})") from None
-        except RecursionError:
-            raise DataError(path, "json", "JSON nested too deeply") from None
-        if not isinstance(self.data, dict):
-            raise DataError(path, "json", f"top level must be a JSON object, got {type(self.data).__name__}")
-
-    def error(self, field: str, problem: str) -> DataError:
-        return DataError(self.path, field, problem)
-
-    def number(self, obj: dict, key: str, where: str, default: float | None = None, positive: bool = False) -> float:
-        if key not in obj:
-            if default is None:
-                raise self.error(where, "missing")
-            return default
-        value = obj[key]
-        try:
-            finite = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
-        except OverflowError:  # an integer too large for a float
-            finite = False
-        if not finite:
-            raise self.error(where, f"must be a finite number, got {str(value)[:100]}")
-        if positive and value <= 0:
-            raise self.error(where, f"must be positive, got {value}")
-        return float(value)
-
-    def matrix(self, obj: dict, key: str, where: str) -> torch.Tensor:
-        if key not in obj:
-            raise self.error(where, "missing")
-        try:
-            m = np.asarray(obj[key], dtype=np.float64)
-        except (ValueError, TypeError, OverflowError, RecursionError):
-            raise self.error(where, "must be a 4x4 array of numbers") from None
-        if m.shape == (3, 4):
-            m = np.concatenate([m, [[0, 0, 0, 1]]])
-        if m.shape != (4, 4):
-            raise self.error(where, f"must be a 4x4 array of numbers, got shape {m.shape}")
-        with np.errstate(over="ignore"):
-            m = m.astype(np.float32)  # the dtype every computation uses: checked after the conversion
-        if not np.isfinite(m).all():
-            raise self.error(where, "contains NaN or infinity (in float32)")
-        if np.abs(m[3] - [0, 0, 0, 1]).max() > 1e-6:
-            raise self.error(where, f"last row must be 0 0 0 1 (a rigid camera pose), got {m[3].tolist()}")
-        rotation = m[:3, :3].astype(np.float64)
-        error = np.abs(rotation.T @ rotation - np.eye(3)).max()
-        if error > ORTHONORMAL_TOLERANCE or np.linalg.det(rotation) < 0:
-            kind = "a mirror" if np.linalg.det(rotation) < 0 else f"off by {error:.2g}"
-            raise self.error(where, f"rotation part must be orthonormal with determinant +1 (no scale, shear or "
-                             f"mirror); it is {kind}")
-        return torch.from_numpy(m)
-
-    def file(self, obj: dict, key: str, where: str, suffixes: tuple[str, ...] = ("",)) -> Path:
-        """A file path named by `obj[key]`, relative to the JSON's folder, that must exist inside it."""
-        value = obj.get(key)
-        if not isinstance(value, str) or not value:
-            raise self.error(where, f"must be a non-empty path string, got {value!r}"[:200])
-        root = self.path.parent.resolve()
-        shown = value[:200]
-        for suffix in suffixes:
-            try:
-                candidate = (root / (value + suffix)).resolve()
-                if not candidate.is_relative_to(root):
-                    raise self.error(where, f"path '{shown}' points outside the dataset folder")
-                if candidate.is_file():
-                    return candidate
-                if candidate.exists():
-                    raise DataError(candidate, where, "is not a regular file")
-            except (ValueError, OSError, RuntimeError) as err:  # NUL bytes, names too long, symlink loops
-                if isinstance(err, DataError):
-                    raise
-                raise self.error(where, f"unusable path '{shown}' ({err})") from None
-        raise DataError(self.path.parent / shown, where, "file does not exist")
-
-
 MAX_IMAGE_PIXELS = 2**26  # 8192 x 8192: larger declared sizes are refused before decoding
 MAX_FILE_BYTES = 2**32  # 4 GiB: no image or buffer file of a dataset may be larger
-ORTHONORMAL_TOLERANCE = 1e-3  # max |R^T R - I| of a camera rotation
 
 
 @dataclass(frozen=True)
@@ -232,7 +148,7 @@ class Budget:
 
 def read_json_object(path: str | Path) -> dict[str, Any]:
     """A JSON file's top-level object; any problem is one `DataError` naming the file."""
-    return _Doc(Path(path)).data
+    return JsonDoc(Path(path)).data
 
 
 def _check_image_size(path: Path, where: str) -> tuple[int, int] | None:
@@ -351,7 +267,7 @@ def _downscale(x: torch.Tensor, factor: int, kind: str) -> torch.Tensor:
     return x[:, off::factor, off::factor]
 
 
-def _split_frames(doc: _Doc, split: str, blender: bool) -> list[tuple[int, dict]]:
+def _split_frames(doc: JsonDoc, split: str, blender: bool) -> list[tuple[int, dict]]:
     frames = doc.data.get("frames")
     if not isinstance(frames, list) or not frames:
         raise doc.error("frames", "must be a non-empty list")
@@ -376,7 +292,7 @@ def _split_frames(doc: _Doc, split: str, blender: bool) -> list[tuple[int, dict]
     return chosen
 
 
-def _check_budget(doc: _Doc, frames: list[tuple[int, dict]], budget: Budget) -> None:
+def _check_budget(doc: JsonDoc, frames: list[tuple[int, dict]], budget: Budget) -> None:
     """Refuse frames that declare more pixels (image headers) or name more bytes (file sizes) than
     `budget`, and files that are not regular: all before anything is decoded."""
     pixels = size = 0
@@ -418,7 +334,7 @@ def load_dataset(path: str | Path, split: str = "train", downscale: int = 1,
         poses, has_box = colmap.model_cameras(model, list(model.images.values())).c2w, False
     else:
         ds = _load_transforms(_json_path(path, split), split, downscale, budget)
-        doc = _Doc(_json_path(path, "train") if path.is_dir() else _json_path(path, split))
+        doc = JsonDoc(_json_path(path, "train") if path.is_dir() else _json_path(path, split))
         has_box = "aabb" in doc.data
         poses = torch.stack([opengl_to_opencv(doc.matrix(fr, "transform_matrix", f"frames[{i}].transform_matrix"))
                              for i, fr in _split_frames(doc, "train", True)])
@@ -446,7 +362,7 @@ def _load_transforms(path: Path, split: str, downscale: int, budget: Budget) -> 
     """A Blender or nerfstudio transforms file in its own frame."""
     if not isinstance(downscale, int) or downscale < 1:
         raise DataError(path, "downscale", f"must be a positive integer, got {downscale!r}")
-    doc = _Doc(path)
+    doc = JsonDoc(path)
     blender = path.name.startswith("transforms_")
     try:
         background = np.asarray(doc.data.get("background", [1.0, 1.0, 1.0]), dtype=np.float32)
@@ -513,7 +429,7 @@ def _load_transforms(path: Path, split: str, downscale: int, budget: Budget) -> 
                             aabb=aabb, background=torch.from_numpy(background), names=names, **data)
 
 
-def _frame_intrinsics(doc: _Doc, frame: dict, where: str, w: int, h: int) -> torch.Tensor:
+def _frame_intrinsics(doc: JsonDoc, frame: dict, where: str, w: int, h: int) -> torch.Tensor:
     """K from per-frame or top-level fl_x/fl_y/cx/cy, else from camera_angle_x (Blender)."""
     top = doc.data
     if "fl_x" in frame or "fl_x" in top:
@@ -539,7 +455,7 @@ def _frame_intrinsics(doc: _Doc, frame: dict, where: str, w: int, h: int) -> tor
     return torch.tensor([[values[0], 0.0, values[2]], [0.0, values[1], values[3]], [0.0, 0.0, 1.0]])
 
 
-def _check_rays(doc: _Doc, cameras: Cameras, frame_indices: list[int]) -> None:
+def _check_rays(doc: JsonDoc, cameras: Cameras, frame_indices: list[int]) -> None:
     """Every camera's rays through its image corners are finite unit vectors in float32 (rays are affine
     in the pixel before normalising, so every other ray is then finite too)."""
     w, h = cameras.width, cameras.height
@@ -554,7 +470,7 @@ def _check_rays(doc: _Doc, cameras: Cameras, frame_indices: list[int]) -> None:
                         "overflow)")
 
 
-def _aabb(doc: _Doc, cameras: Cameras) -> torch.Tensor:
+def _aabb(doc: JsonDoc, cameras: Cameras) -> torch.Tensor:
     """The file's `aabb`, else a box around the point the cameras look at (half the camera distance)."""
     if "aabb" in doc.data:
         try:

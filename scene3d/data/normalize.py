@@ -62,6 +62,13 @@ def focus_of_attention(c2w: Float[Tensor, "N 4 4"], initial: Float[Tensor, "3"])
     return focus
 
 
+def camera_up(c2w: Float[Tensor, "N 4 4"], min_norm: float = 1e-6) -> Float[Tensor, "3"] | None:
+    """The world's up as the cameras see it: the mean of their up axes (minus the OpenCV y axis), unit length;
+    None when those cancel out (cameras in every orientation)."""
+    up = -c2w[:, :3, 1].double().mean(0)
+    return None if up.norm() < min_norm else up / up.norm()
+
+
 def fit_normalization(c2w: Float[Tensor, "N 4 4"], config: Normalization, source: Any = None) -> SceneTransform:
     """The transform that orients, centres and scales poses `c2w` (OpenCV axes) as `config` says (`source`:
     the capture, named by errors)."""
@@ -85,8 +92,8 @@ def fit_normalization(c2w: Float[Tensor, "N 4 4"], config: Normalization, source
         if (rot @ c2w[:, :3, 1].mean(0))[2] > 0:  # cameras upside down (their down axis points up): half turn
             rot[1:3] = -rot[1:3]
     elif config.orientation == "up":
-        up = -c2w[:, :3, 1].mean(0)
-        if up.norm() < 1e-6:
+        up = camera_up(c2w)
+        if up is None:
             raise DataError(source, "normalize.orientation", "the cameras' up vectors cancel out; use 'pca' or 'none'")
         rot = rotation_between(up, torch.tensor([0.0, 0.0, 1.0], dtype=c2w.dtype))
     elif config.orientation == "none":

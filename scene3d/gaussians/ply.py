@@ -17,13 +17,8 @@ import torch
 
 from scene3d.checkpoint import atomic_write
 from scene3d.errors import DataError
-from scene3d.files import read_bytes
 from scene3d.gaussians.scene import GaussianScene
-
-MAX_PLY_BYTES = 2**36  # 64 GiB: only regular files up to this size are read
-
-_TYPES = {"float": "<f4", "float32": "<f4", "double": "<f8", "float64": "<f8", "uchar": "u1", "uint8": "u1",
-          "int": "<i4", "int32": "<i4", "uint": "<u4", "short": "<i2", "ushort": "<u2", "char": "i1"}
+from scene3d.plyfile import read_ply_elements, read_ply_kind
 
 
 def _columns(scene: GaussianScene) -> dict[str, np.ndarray]:
@@ -58,74 +53,19 @@ def write_ply(path: str | Path, scene: GaussianScene) -> Path:
     return atomic_write(path, lambda f: f.write(blob))
 
 
-def _parse_header(raw: bytes, path: Path) -> tuple[str, int, list[tuple[str, str]], int]:
-    end = raw.find(b"end_header", 0, 1 << 20)
-    if not raw.startswith(b"ply") or end < 0:
-        raise DataError(path, "header", "not a PLY file (needs 'ply' ... 'end_header')")
-    body_start = raw.index(b"\n", end) + 1 if b"\n" in raw[end:] else len(raw)
-    lines = raw[:end].decode("ascii", errors="replace").split("\n")
-    fmt, count, props, element = None, None, [], None
-    for line in lines[1:]:
-        parts = line.split()
-        if not parts or parts[0] in ("comment", "obj_info"):
-            continue
-        if parts[0] == "format":
-            if len(parts) < 2 or parts[1] not in ("binary_little_endian", "ascii"):
-                raise DataError(path, "format", f"unsupported PLY format {' '.join(parts[1:])!r}; "
-                                "expected binary_little_endian or ascii")
-            fmt = parts[1]
-        elif parts[0] == "element":
-            if len(parts) != 3 or not parts[2].isascii() or not parts[2].isdigit() or len(parts[2]) > 15:
-                raise DataError(path, "element", f"malformed element line {line[:100]!r}")
-            element = parts[1]
-            if element == "vertex":
-                count = int(parts[2])
-            elif count is None:
-                raise DataError(path, "element", f"element {element!r} before 'vertex' is not supported")
-        elif parts[0] == "property":
-            if element != "vertex":
-                continue
-            if len(parts) != 3 or parts[1] not in _TYPES:
-                raise DataError(path, "property", f"unsupported property line {line[:100]!r}")
-            props.append((parts[2], _TYPES[parts[1]]))
-        else:
-            raise DataError(path, "header", f"unknown header line {line[:100]!r}")
-    if fmt is None:
-        raise DataError(path, "format", "missing 'format' line")
-    if count is None:
-        raise DataError(path, "element vertex", "missing 'element vertex N' line")
-    return fmt, count, props, body_start
+_KIND_WORDS = {"mesh": "a triangle mesh", "points": "a point cloud", "gaussians": "3D Gaussians"}
 
 
 def read_ply(path: str | Path) -> GaussianScene:
     """Load a 3DGS PLY (ours or any viewer's / trainer's in the standard layout)."""
     path = Path(path)
-    raw = read_bytes(path, "file", MAX_PLY_BYTES)
-    fmt, n, props, start = _parse_header(raw, path)
-    names = [name for name, _ in props]
-    if not props:
+    data = read_ply_elements(path)["vertex"]
+    if not data:
         raise DataError(path, "property", "the vertex element has no properties")
-    if len(set(names)) != len(names):
-        twice = sorted({x for x in names if names.count(x) > 1})
-        raise DataError(path, "property", f"duplicate property names {twice}")
-    dtype = np.dtype([(name, t) for name, t in props])
-    if fmt == "ascii":
-        need = n * len(props)
-        tokens = raw[start:].split()
-        if len(tokens) < need:
-            raise DataError(path, "vertex", f"expected {n} x {len(props)} values, found {len(tokens)}")
-        try:
-            values = np.array(tokens[:need], dtype=np.float64).reshape(n, len(props))
-        except ValueError as err:
-            raise DataError(path, "vertex", f"ascii body is not numbers ({err})") from None
-        data = {name: values[:, i] for i, name in enumerate(names)}
-    else:
-        need = n * dtype.itemsize
-        if len(raw) - start < need:
-            raise DataError(path, "vertex", f"file truncated: {n} vertices need {need} bytes, "
-                            f"found {len(raw) - start}")
-        arr = np.frombuffer(raw, dtype=dtype, count=n, offset=start)
-        data = {name: arr[name] for name in names}
+    n = len(next(iter(data.values())))
+    if "opacity" not in data and {"x", "y", "z"} <= data.keys():
+        raise DataError(path, "opacity", f"missing vertex property: this PLY is {_KIND_WORDS[read_ply_kind(path)]}, "
+                        "not 3D Gaussians")
 
     def block(prefix: str, count: int | None = None) -> np.ndarray:
         found = [k for k in data if k.startswith(prefix) and k[len(prefix):].isdigit()]

@@ -14,6 +14,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from scene3d.rotations import quat_to_rotmat
+
 
 @dataclass
 class Projected:
@@ -24,15 +26,6 @@ class Projected:
     depths: Float[Tensor, "C N"]  # camera z
     radii: Int[Tensor, "C N 2"]  # pixel half-extents; 0 = culled
     cov2d: Float[Tensor, "C N 3"]  # (xx, xy, yy) of the 2D covariance, eps2d included
-
-
-def quat_to_rotmat(quats: Float[Tensor, "*B 4"]) -> Float[Tensor, "*B 3 3"]:
-    """Rotation matrices from (not necessarily unit) wxyz quaternions."""
-    w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
-    rows = [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]
-    return torch.stack(rows, dim=-1).unflatten(-1, (3, 3))
 
 
 def covariance_3d(quats: Float[Tensor, "N 4"], scales: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3 3"]:

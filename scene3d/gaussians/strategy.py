@@ -19,9 +19,9 @@ import torch
 from torch import Tensor
 
 from scene3d.config import Range
-from scene3d.gaussians.projection import quat_to_rotmat
 from scene3d.gaussians.rasterize import RenderOutput
 from scene3d.gaussians.scene import GaussianScene
+from scene3d.rotations import quat_to_rotmat
 
 
 @dataclass

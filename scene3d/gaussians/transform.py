@@ -13,18 +13,10 @@ from einops import einsum
 from jaxtyping import Float
 from torch import Tensor
 
-from scene3d.data.colmap import rotation_to_qvec
 from scene3d.data.frame import SceneTransform
 from scene3d.gaussians.scene import GaussianScene
 from scene3d.gaussians.sh import sh_bases
-
-
-def quat_multiply(a: Float[Tensor, "*B 4"], b: Float[Tensor, "*B 4"]) -> Float[Tensor, "*B 4"]:
-    """Hamilton product a * b of wxyz quaternions (the rotation b, then a)."""
-    aw, ax, ay, az = a.unbind(-1)
-    bw, bx, by, bz = b.unbind(-1)
-    return torch.stack([aw * bw - ax * bx - ay * by - az * bz, aw * bx + ax * bw + ay * bz - az * by,
-                        aw * by - ax * bz + ay * bw + az * bx, aw * bz + ax * by - ay * bx + az * bw], -1)
+from scene3d.rotations import quat_multiply, rotmat_to_quat
 
 
 def sh_rotation(rotation: Float[Tensor, "3 3"], degree: int) -> Float[Tensor, "K K"]:
@@ -45,7 +37,7 @@ def transform_scene(scene: GaussianScene, frame: SceneTransform) -> GaussianScen
     rot = frame.rotation.double()
     p = {k: v.detach().double() for k, v in scene.params.items()}
     p["means"] = frame.points(p["means"])
-    p["quats"] = quat_multiply(rotation_to_qvec(rot).expand_as(p["quats"]),
+    p["quats"] = quat_multiply(rotmat_to_quat(rot.double()).expand_as(p["quats"]),
                                torch.nn.functional.normalize(p["quats"], dim=-1))
     p["log_scales"] = p["log_scales"] + torch.log(torch.tensor(frame.scale, dtype=torch.float64))
     if not scene.is_feature_scene and scene.sh_degree > 0:

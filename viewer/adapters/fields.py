@@ -15,6 +15,7 @@ from scene3d.fields.base import Field, field_from_spec, load_field_state
 from scene3d.render import OccupancyGrid, OccupancyGridConfig, render_image
 from scene3d.runs import newest_loadable
 from scene3d.viz import colorize_depth, pca_rgb
+from viewer.legends import depth_legend
 from viewer.sources import CheckpointFollower, Frame, depth_range
 
 
@@ -75,15 +76,17 @@ class FieldSource:
                 else torch.tensor(self.background)
             out = render_image(self.field, cameras[0], self.n_samples, background=bg, occupancy=self.occupancy)
         acc, depth, color = out["accumulation"][0], out["depth"][0], out["rgb"][0]
-        solid = acc > 0.5
+        solid, legend = acc > 0.5, None
         if buffer == "rgb":
             image = color.clamp(0, 1)
         elif buffer == "features":
             image = pca_rgb(color, solid)
         elif buffer == "depth":
-            image = colorize_depth(depth, solid, *depth_range(cameras, self.field.aabb))
+            near, far = depth_range(cameras, self.field.aabb)
+            image, legend = colorize_depth(depth, solid, near, far), depth_legend(near, far)
         elif buffer == "accumulation":
             image = acc.clamp(0, 1)[..., None].expand(-1, -1, 3)
         else:
             raise ValueError(f"buffer {buffer!r} is not offered by this field source ({self.buffers})")
-        return Frame(image.float(), torch.where(solid, depth, torch.zeros_like(depth)))
+        raw = {"rgb": color, "features": color, "depth": depth, "accumulation": acc}[buffer]
+        return Frame(image.float(), torch.where(solid, depth, torch.zeros_like(depth)), legend, raw)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scene3d.cameras import Cameras, look_at
+from scene3d.cameras import Cameras
 from scene3d.checkpoint import load_checkpoint
 from scene3d.errors import CheckpointError, DataError
 from scene3d.gaussians import GaussianScene, rasterize
@@ -16,8 +16,11 @@ from scene3d.gaussians.ply import read_ply
 from scene3d.gaussians.sh import sh_to_rgb
 from scene3d.runs import newest_loadable
 from scene3d.viz import colorize_depth, pca_rgb
-from viewer.content import ViewerContent
+from viewer.content import ViewerContent, home_outside_box
+from viewer.legends import depth_legend
 from viewer.sources import CheckpointFollower, Frame, depth_range
+
+RUN_PLY_NAMES = ("scene.ply", "splats.ply")  # a Gaussian run's final scene (fit_splats, distill_score)
 
 
 def scene_bounds(scene: GaussianScene, quantile: float = 0.02, max_points: int = 2**20) -> torch.Tensor:
@@ -29,14 +32,29 @@ def scene_bounds(scene: GaussianScene, quantile: float = 0.02, max_points: int =
 
 
 class GaussianSource:
-    """Our rasterizer (`backend` "auto": gsplat on CUDA, the tiled torch one elsewhere). Given a
-    `follower`, a run still training shows its newest checkpoint (checked every two seconds)."""
+    """A Gaussian scene: "splats" drawn by the browser (viser's splat renderer, sharp at the canvas's
+    resolution) and the buffers our rasterizer renders on the server (`backend` "auto": gsplat on CUDA,
+    the compiled CPU one elsewhere): rgb (or a feature PCA), depth, accumulation. Given a `follower`, a
+    run still training shows its newest checkpoint in the server buffers (checked every two seconds);
+    its default is then "rgb", which follows the run, where a finished scene's default is "splats"."""
+
+    browser_buffers = ("splats",)
 
     def __init__(self, scene: GaussianScene, background: tuple[float, float, float] = (1.0, 1.0, 1.0),
-                 backend: str = "auto", follower: CheckpointFollower[GaussianScene] | None = None):
+                 backend: str = "auto", follower: CheckpointFollower[GaussianScene] | None = None,
+                 browser_first: bool = True):
         self.background, self.backend, self.follower = background, backend, follower
         self._set_scene(scene)
-        self.buffers = ("features" if scene.is_feature_scene else "rgb", "depth", "accumulation")
+        color = "features" if scene.is_feature_scene else "rgb"
+        server_side = (color, "depth", "accumulation")
+        if scene.is_feature_scene:  # the browser would draw feature Gaussians grey
+            self.buffers = server_side
+        else:
+            self.buffers = ("splats", *server_side) if browser_first else (color, "splats", *server_side[1:])
+
+    def browser_panel(self, server, root: str) -> SplatPanel | None:
+        """The browser-drawn splats under `root` (None for feature scenes)."""
+        return None if self.scene.is_feature_scene else SplatPanel(server, self._given, root)
 
     def _set_scene(self, scene: GaussianScene) -> None:
         self._given = scene
@@ -51,18 +69,20 @@ class GaussianSource:
         background = None if self.scene.is_feature_scene else torch.tensor(self.background)
         out = rasterize(self.scene, cameras[0].to(device), self.backend, background=background)
         color, depth, alpha = out.colors[0].cpu(), out.depth[0].cpu(), out.alpha[0].cpu()
-        solid = alpha > 0.5
-        if buffer == "rgb":
+        solid, legend = alpha > 0.5, None
+        if buffer in ("rgb", "splats"):  # "splats" on the server (a video, an export): our rasterizer's rgb
             image = color.clamp(0, 1)
         elif buffer == "features":
             image = pca_rgb(color, solid)
         elif buffer == "depth":
-            image = colorize_depth(depth, solid, *depth_range(cameras, self.aabb))
+            near, far = depth_range(cameras, self.aabb)
+            image, legend = colorize_depth(depth, solid, near, far), depth_legend(near, far)
         elif buffer == "accumulation":
             image = alpha.clamp(0, 1)[..., None].expand(-1, -1, 3)
         else:
             raise ValueError(f"buffer {buffer!r} is not offered by this Gaussian source ({self.buffers})")
-        return Frame(image.float(), torch.where(solid, depth, torch.zeros_like(depth)))
+        raw = {"rgb": color, "splats": color, "features": color, "depth": depth, "accumulation": alpha}[buffer]
+        return Frame(image.float(), torch.where(solid, depth, torch.zeros_like(depth)), legend, raw)
 
 
 def splat_arrays(scene: GaussianScene) -> dict[str, np.ndarray]:
@@ -85,31 +105,33 @@ def splat_arrays(scene: GaussianScene) -> dict[str, np.ndarray]:
 
 
 class SplatPanel:
-    """GUI folder "Splats": viser's own splat renderer, on or off (the server-side render stays)."""
+    """viser's own splat renderer under `root`, shown while the buffer is "splats"; the Gaussians are sent
+    to the browser the first time (a browser holding a large hidden splat scene slows down)."""
 
-    def __init__(self, server, scene: GaussianScene):
-        self.handle = server.scene.add_gaussian_splats("/splats", **splat_arrays(scene), visible=False)
+    def __init__(self, server, scene: GaussianScene, root: str = ""):
+        self.server, self.scene, self.root = server, scene, root
+        self.handle = None
         with server.gui.add_folder("Splats"):
-            server.gui.add_markdown(f"{len(scene):,} Gaussians")
-            self.native = server.gui.add_checkbox("Native splats (browser)", initial_value=False)
-        self.native.on_update(lambda _: setattr(self.handle, "visible", bool(self.native.value)))
+            server.gui.add_markdown(f"{len(scene):,} Gaussians; buffer **splats**: drawn by your browser")
+
+    def show_buffer(self, buffer: str) -> None:
+        if buffer == "splats" and self.handle is None:
+            self.handle = self.server.scene.add_gaussian_splats(f"{self.root}/splats", **splat_arrays(self.scene))
+        if self.handle is not None:
+            self.handle.visible = buffer == "splats"
 
     def close(self) -> None:
         """Nothing runs in the background."""
 
 
-def open_ply(path: Path) -> ViewerContent:
+def open_gaussians_ply(path: Path) -> ViewerContent:
     """A 3DGS PLY file: home camera outside its bounds, looking at their centre."""
     scene = read_ply(path)
     if len(scene) == 0:
         raise DataError(path, "element vertex", "holds no Gaussians: nothing to show")
     source = GaussianSource(scene)
-    lo, hi = source.aabb
-    center = (lo + hi) / 2
-    eye = center + torch.tensor([1.0, -1.0, 0.8]) * 1.2 * float((hi - lo).norm())
-    home = Cameras.from_fov(look_at(eye[None], center), np.radians(55.0), 640, 480)
-    return ViewerContent(f"Gaussians {path.name}", source, home=home, center=tuple(center.tolist()),
-                         extra_panels=[lambda server: SplatPanel(server, scene)])
+    home, center = home_outside_box(*source.aabb)
+    return ViewerContent(f"Gaussians {path.name}", source, home=home, center=center)
 
 
 def load_scene_checkpoint(path: Path) -> GaussianScene | None:
@@ -125,11 +147,14 @@ def load_scene_checkpoint(path: Path) -> GaussianScene | None:
 
 def source_from_run(run_dir: Path) -> GaussianSource | None:
     """A `scene3d.gaussians.train` run: its newest checkpoint that loads, followed while the run writes
-    newer ones, else its final `scene.ply`; None for other runs."""
+    newer ones, else its final `scene.ply` (a score-distillation run's `splats.ply`); None for other runs.
+    A run that has written its final scene.ply is finished: the browser draws it by default."""
     found = newest_loadable(run_dir, load_scene_checkpoint)
     if found is not None and found[1] is not None:
         follower = CheckpointFollower(found[0], load_scene_checkpoint)
-        return GaussianSource(follower.value, follower=follower)
-    if (run_dir / "scene.ply").is_file():
-        return GaussianSource(read_ply(run_dir / "scene.ply"))
+        finished = any((run_dir / name).is_file() for name in RUN_PLY_NAMES)
+        return GaussianSource(follower.value, follower=follower, browser_first=finished)
+    for name in RUN_PLY_NAMES:
+        if (run_dir / name).is_file():
+            return GaussianSource(read_ply(run_dir / name))
     return None

@@ -1,9 +1,10 @@
 """A dataset's cameras as frustums textured with their images; clicking one moves the browser
-camera onto it and shows the full image in the GUI."""
+camera onto it (keeping the world's up axis, so orbiting stays level) and shows the full image in the GUI."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -32,22 +33,22 @@ def evenly_spaced(n: int, limit: int) -> list[int]:
     return sorted({round(i * (n - 1) / (limit - 1)) for i in range(limit)})
 
 
-def jump_target(view: ViewState, look_distance: float) -> dict[str, np.ndarray]:
+def jump_target(view: ViewState, look_distance: float, up: np.ndarray) -> dict[str, np.ndarray]:
     """The browser camera settings that reproduce `view`: position, look_at (`look_distance`
-    along the optical axis, so orbiting turns about the scene), up (the camera's -y axis, so a
-    rolled camera keeps its roll) and vertical fov."""
+    along the optical axis, so orbiting turns about the scene), vertical fov, and the world's `up`
+    (orbiting keeps turning about it; a rolled camera is shown unrolled)."""
     rotation = quat_to_matrix(np.asarray(view.wxyz))
     position = np.asarray(view.position)
-    return {"position": position, "look_at": position + look_distance * rotation[:, 2], "up": -rotation[:, 1],
-            "fov": view.fov_y}
+    return {"position": position, "look_at": position + look_distance * rotation[:, 2],
+            "up": np.asarray(up, dtype=np.float64), "fov": view.fov_y}
 
 
 class CameraFrustums:
     """Frustums under `/cameras/` and a GUI folder "Cameras" with the clicked view's image."""
 
     def __init__(self, server, dataset: MultiViewDataset, scale: float = 1.0, max_cameras: int = 200,
-                 thumb_side: int = 96):
-        self.server, self.dataset = server, dataset
+                 thumb_side: int = 96, root: str = "", up: Callable[[], np.ndarray] = lambda: np.array([0.0, 0, 1])):
+        self.server, self.dataset, self.root, self.up = server, dataset, root, up
         self.indices = evenly_spaced(len(dataset), max_cameras)
         center = dataset.aabb.mean(0)
         cams = dataset.cameras
@@ -65,7 +66,7 @@ class CameraFrustums:
     def _add(self, i: int, size: float, thumb_side: int):
         view = cameras_to_view(self.dataset.cameras, i)
         handle = self.server.scene.add_camera_frustum(
-            f"/cameras/{i:05d}", fov=view.fov_y, aspect=view.aspect, scale=size, wxyz=view.wxyz,
+            f"{self.root}/cameras/{i:05d}", fov=view.fov_y, aspect=view.aspect, scale=size, wxyz=view.wxyz,
             position=view.position, image=thumbnail(self.dataset.images[i], thumb_side), format="jpeg",
             jpeg_quality=85, color=(40, 90, 200), thickness=2.0, thickness_units="screen")
         handle.on_click(lambda event: self.select(i, event.client))
@@ -74,7 +75,7 @@ class CameraFrustums:
     def select(self, i: int, client=None) -> dict[str, np.ndarray]:
         """Show view `i` in the GUI and, given a client, move its camera there; returns the target."""
         view = cameras_to_view(self.dataset.cameras, i)
-        target = jump_target(view, float(self.look_distances[i]))
+        target = jump_target(view, float(self.look_distances[i]), self.up())
         self.caption.content = f"**{self.dataset.names[i]}** (view {i}), fov_y {math.degrees(view.fov_y):.1f} deg"
         self.image.image = thumbnail(self.dataset.images[i], 256)
         self.image.visible = True

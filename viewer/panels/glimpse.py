@@ -41,16 +41,24 @@ def _u8(image: torch.Tensor) -> np.ndarray:
     return (image.detach().clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
 
 
+PHOTO_NOTE = ("_This is one of your photographs. A model trained here saw only procedural synthetic scenes, so a "
+              "photograph is out of its distribution: expect a prediction error many times the one on the "
+              "held-out synthetic scenes (the Scene slider's later entries), and a canvas that says more about "
+              "the model than about the photo._")
+
+
 class GlimpsePanel:
     """`images` [N,3,H,W] in [0,1]; `teacher` gives the target embeddings (None: no error / teacher PCA)."""
 
-    def __init__(self, server, model, images: torch.Tensor, teacher=None, max_steps: int = 16, size: int = 160):
+    def __init__(self, server, model, images: torch.Tensor, teacher=None, max_steps: int = 16, size: int = 160,
+                 root: str = "", n_photos: int = 0):
         self.server, self.model, self.images, self.teacher, self.size = server, model, images, teacher, size
-        self.max_steps = max_steps
+        self.max_steps, self.n_photos = max_steps, n_photos
         self._lock = threading.Lock()
         gui = server.gui
         with gui.add_folder("Glimpses"):
             self.status = gui.add_markdown("")
+            self.photo_note = gui.add_markdown(PHOTO_NOTE, visible=False)
             self.pictures = gui.add_image(np.zeros((2 * size, 3 * size, 3), np.uint8),
                                           label="scene + glimpses | last glimpse / canvas PCA | predicted teacher "
                                                 "PCA | teacher PCA")
@@ -63,9 +71,9 @@ class GlimpsePanel:
             self.x = gui.add_slider("Next x", min=-1.0, max=1.0, step=0.01, initial_value=0.0)
             self.zoom = gui.add_slider("Next zoom (half-side)", min=0.05, max=1.0, step=0.01, initial_value=0.5)
             self.place_button = gui.add_button("Place glimpse")
-        self.scene_node = server.scene.add_image("/glimpses/scene", np.zeros((size, size, 3), np.uint8), 2.0, 2.0,
-                                                 wxyz=_IMAGE_WXYZ, position=(0.0, 0.0, 0.0), cast_shadow=False,
-                                                 receive_shadow=False)
+        self.scene_node = server.scene.add_image(f"{root}/glimpses/scene", np.zeros((size, size, 3), np.uint8),
+                                                 2.0, 2.0, wxyz=_IMAGE_WXYZ, position=(0.0, 0.0, 0.0),
+                                                 cast_shadow=False, receive_shadow=False)
         self.scene_node.on_click(lambda event: self.click(event.ray_origin, event.ray_direction))
         self.scene_index.on_update(lambda _: self.load_scene(int(self.scene_index.value)))
         self.policy.on_update(lambda _: self._do(lambda: self.session.reset(str(self.policy.value))))
@@ -77,6 +85,7 @@ class GlimpsePanel:
 
     def load_scene(self, index: int) -> None:
         image = self.images[index]
+        self.photo_note.visible = index < self.n_photos
         targets = None
         if self.teacher is not None:
             with torch.no_grad():
@@ -117,7 +126,7 @@ class GlimpsePanel:
 
 
 def glimpse_panel_for_run(run_dir: Path, images: Sequence[Path] = (), n_scenes: int = 32
-                          ) -> Callable[[object], GlimpsePanel]:
+                          ) -> Callable[[object, str], GlimpsePanel]:
     """A panel factory for an avfm run: its latest checkpoint and teacher, on the image files given
     (centre-cropped square at the run's scene resolution) followed by its held-out scenes."""
     model, _, teacher, _, val_set = load_run(run_dir)
@@ -125,10 +134,10 @@ def glimpse_panel_for_run(run_dir: Path, images: Sequence[Path] = (), n_scenes: 
     scenes = val_set.images[:n_scenes]
     if images:
         scenes = torch.cat([torch.stack([read_square_image(p, resolution) for p in images]).clamp(0, 1), scenes])
-    return lambda server: GlimpsePanel(server, model, scenes, teacher)
+    return lambda server, root: GlimpsePanel(server, model, scenes, teacher, root=root, n_photos=len(images))
 
 
-def glimpse_panel_for_checkpoint(folder: Path, images: Sequence[Path]) -> Callable[[object], GlimpsePanel]:
+def glimpse_panel_for_checkpoint(folder: Path, images: Sequence[Path]) -> Callable[[object, str], GlimpsePanel]:
     """A panel factory for a published CanViT checkpoint (`avfm.load_pretrained`) on the image files given
     (centre-cropped square at the checkpoint's scene resolution); no teacher, so no error or teacher PCA."""
     if not images:
@@ -137,7 +146,7 @@ def glimpse_panel_for_checkpoint(folder: Path, images: Sequence[Path]) -> Callab
     model = load_pretrained(folder)
     resolution = pretrained_config(folder).scene_px
     scenes = torch.stack([read_square_image(p, resolution) for p in images]).clamp(0, 1)
-    return lambda server: GlimpsePanel(server, model, scenes)
+    return lambda server, root: GlimpsePanel(server, model, scenes, root=root)
 
 
 def glimpse_home() -> tuple[Cameras, tuple[float, float, float]]:

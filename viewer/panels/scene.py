@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
+import numpy as np
+
 from scene3d.config import Range, check
 from viewer.camera import ViewState
 from viewer.sources import Frame, SceneSource, render_view
@@ -29,8 +31,10 @@ MAX_SIDE = 1024  # the longest side of a rendered frame, in pixels, whatever a c
 class RenderSettings:
     """Full-quality resolution (longer side, pixels) and the preview used while the camera moves."""
 
-    max_side: Annotated[int, Range(16, MAX_SIDE)] = 384
-    """Longer side of a full-quality frame, in pixels (the GUI slider changes it live)."""
+    max_side: Annotated[int, Range(16, MAX_SIDE)] = MAX_SIDE
+    """Longer side of a full-quality frame at most, in pixels (the GUI slider changes it live)."""
+    match_canvas: bool = True
+    """Full-quality frames at the browser canvas's resolution (device pixels, HiDPI included), up to max_side."""
     preview_scale: Annotated[float, Range(0, 1, above=True)] = 0.25
     """Preview frames (while the camera moves) are this fraction of the full resolution."""
     preview_jpeg: Annotated[int, Range(1, 100)] = 50
@@ -53,7 +57,8 @@ class ProgressiveRenderer:
     and the thread keeps serving later requests.
     """
 
-    def __init__(self, render: Callable[[ViewState, bool], Frame], show: Callable[[Frame, bool], None],
+    def __init__(self, render: Callable[[ViewState, bool], Frame | None],
+                 show: Callable[[Frame | None, bool], None],
                  settle_s: float = 0.25, on_error: Callable[[BaseException], None] | None = None,
                  name: str = "viewer-render"):
         self._render, self._show, self._on_error = render, show, on_error
@@ -139,42 +144,94 @@ class ProgressiveRenderer:
 
 
 class ScenePanel:
-    """GUI folder "Scene" (buffer, resolution, last render time) and one renderer per client."""
+    """GUI folder "Scene" (buffer, resolution, last render time) and one renderer per client. The source
+    can be switched (`set_source`, several scenes in one viewer); None shows no server-rendered picture,
+    nor does a buffer the source's browser draws (its `browser_buffers`, e.g. Gaussian splats)."""
 
-    def __init__(self, server, source: SceneSource, settings: RenderSettings | None = None):
+    def __init__(self, server, source: SceneSource | None, settings: RenderSettings | None = None):
         self.server, self.source = server, source
         self.settings = settings or RenderSettings()
         self._renderers: dict[int, ProgressiveRenderer] = {}
         self._lock = threading.Lock()
         self._render_slots = threading.BoundedSemaphore(self.settings.renders_at_once)
         self._closed = False
-        with server.gui.add_folder("Scene"):
-            self.buffer = server.gui.add_dropdown("Buffer", source.buffers, initial_value=source.buffers[0])
+        buffers = source.buffers if source is not None else ("rgb",)
+        with server.gui.add_folder("Scene", visible=source is not None) as self.folder:
+            self.buffer = server.gui.add_dropdown("Buffer", buffers, initial_value=buffers[0])
             self.resolution = server.gui.add_slider("Resolution", min=64, max=MAX_SIDE, step=32,
-                                                    initial_value=self.settings.max_side)
+                                                    initial_value=self.settings.max_side,
+                                                    hint="Longer side of a full frame (at most, when matching)")
+            self.match_canvas = server.gui.add_checkbox("Match canvas", initial_value=self.settings.match_canvas,
+                                                        hint="Full frames at the canvas's own resolution")
             self.status = server.gui.add_markdown("_waiting for a camera_")
-        self.buffer.on_update(lambda _: self._refresh_all())
+            self.legend = server.gui.add_markdown("", visible=False)
+            self.legend_image = server.gui.add_image(np.full((8, 8, 3), 255, np.uint8), visible=False)
+        self.listeners: list[Callable[[str], None]] = []  # told the buffer shown (browser-drawn nodes)
+        self.buffer.on_update(lambda _: self._buffer_changed())
         self.resolution.on_update(lambda _: self._refresh_all())
+        self.match_canvas.on_update(lambda _: self._refresh_all())
         server.on_client_connect(self._connect)
         server.on_client_disconnect(self._disconnect)
 
-    def render(self, view: ViewState, full: bool) -> Frame:
+    def set_source(self, source: SceneSource | None) -> None:
+        """Render `source` from now on (its first buffer, or the current one when it has it)."""
+        with self._render_slots:  # no render of the old source is in flight past this point
+            self.source = source
+        if source is not None:
+            keep = self.buffer.value if self.buffer.value in source.buffers else source.buffers[0]
+            self.buffer.options = source.buffers
+            self.buffer.value = keep
+        self.folder.visible = source is not None
+        self._buffer_changed()
+
+    def _buffer_changed(self) -> None:
+        for listener in self.listeners:
+            listener(str(self.buffer.value) if self.source is not None else "")
+        self._refresh_all()
+
+    def render(self, view: ViewState, full: bool) -> Frame | None:
         """The frame a client sees for `view`: full or preview resolution of the selected buffer (at most
-        MAX_SIDE pixels on a side, at most `renders_at_once` renders at a time over all clients)."""
+        MAX_SIDE pixels on a side, at most `renders_at_once` renders at a time over all clients); None
+        when there is no source."""
         side = min(max(int(self.resolution.value), 16), MAX_SIDE)
+        if self.match_canvas.value and view.canvas_side > 0:
+            side = min(side, max(view.canvas_side, 16))
         if not full:
             side = max(16, round(side * self.settings.preview_scale))
         with self._render_slots:
+            if self.source is None:
+                return None
             start = time.perf_counter()
-            frame = render_view(self.source, view, str(self.buffer.value), side)
+            buffer = str(self.buffer.value)
+            if buffer not in self.source.buffers:  # switched away from a source between the two reads
+                buffer = self.source.buffers[0]
+            if buffer in getattr(self.source, "browser_buffers", ()):
+                self.status.content = f"{buffer}: drawn by your browser at the canvas's resolution"
+                self.legend.visible = self.legend_image.visible = False
+                return None
+            frame = render_view(self.source, view, buffer, side)
         if full:
             h, w = frame.image.shape[:2]
-            self.status.content = f"{self.buffer.value}: {w}x{h} in {time.perf_counter() - start:.2f} s"
+            self.status.content = f"{buffer}: {w}x{h} in {time.perf_counter() - start:.2f} s"
+            self._show_legend(frame)
         return frame
 
+    def _show_legend(self, frame: Frame) -> None:
+        """The legend of the buffer shown (hidden for plain colour)."""
+        legend = frame.legend
+        self.legend.visible = legend is not None
+        self.legend_image.visible = legend is not None and legend.image is not None
+        if legend is not None:
+            self.legend.content = legend.caption
+            if legend.image is not None:
+                self.legend_image.image = legend.image
+
     def _connect(self, client) -> None:
-        def show(frame: Frame, full: bool) -> None:
+        def show(frame: Frame | None, full: bool) -> None:
             if client.client_id not in self.server.get_clients():
+                return
+            if frame is None:
+                client.scene.set_background_image(None)
                 return
             depth = None if frame.depth is None else frame.depth.masked_fill(frame.depth <= 0, _FAR).numpy()
             quality = self.settings.full_jpeg if full else self.settings.preview_jpeg

@@ -100,15 +100,16 @@ def metrics_markdown(path: Path) -> str | None:
 
 
 class TrainingPanel:
-    """GUI folder "Training": status line, metrics table, one chart per scalar, refreshed every `poll_s`."""
+    """GUI folder "Training" (folded unless `expanded`): status line, metrics table, one chart per scalar,
+    refreshed every `poll_s`."""
 
-    def __init__(self, server, run_dir: str | Path, poll_s: float = 1.0):
+    def __init__(self, server, run_dir: str | Path, poll_s: float = 1.0, expanded: bool = True):
         self.server, self.run_dir = server, Path(run_dir)
         self.log = ScalarLog(self.run_dir / "scalars.jsonl")
         self.poll_s = poll_s
         self.charts: dict[str, object] = {}
         self._metrics_mtime: float | None = None
-        with server.gui.add_folder("Training") as self.folder:
+        with server.gui.add_folder("Training", expand_by_default=expanded) as self.folder:
             self.status = server.gui.add_markdown(f"run `{self.run_dir}`: waiting for scalars.jsonl")
             self.metrics = server.gui.add_markdown("", visible=False)
         self._stop = threading.Event()

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from scene3d.cameras import Cameras
 from scene3d.gaussians.rasterize import rasterize_gaussians
+from scene3d.rotations import rotmat_to_quat
 
 
 @dataclass
@@ -44,28 +45,6 @@ class LiftedGaussians:
 
     def __len__(self) -> int:
         return len(self.means)
-
-
-def rotmat_to_quat(rot: Float[Tensor, "*B 3 3"]) -> Float[Tensor, "*B 4"]:
-    """Unit wxyz quaternions of rotation matrices (Shepperd's method, branch-free via the largest
-    of the four candidate denominators)."""
-    m = rot
-    tr = m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2]
-    cands = torch.stack([
-        torch.stack([1 + tr, m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0],
-                     m[..., 1, 0] - m[..., 0, 1]], -1),
-        torch.stack([m[..., 2, 1] - m[..., 1, 2], 1 + m[..., 0, 0] - m[..., 1, 1] - m[..., 2, 2],
-                     m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0]], -1),
-        torch.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 0, 1] + m[..., 1, 0],
-                     1 - m[..., 0, 0] + m[..., 1, 1] - m[..., 2, 2], m[..., 1, 2] + m[..., 2, 1]], -1),
-        torch.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1],
-                     1 - m[..., 0, 0] - m[..., 1, 1] + m[..., 2, 2]], -1),
-    ], -2)  # [..., 4 candidates, 4]; candidate k has its k-th entry = 4 q_k^2
-    diag = torch.diagonal(cands, dim1=-2, dim2=-1)
-    best = diag.argmax(-1)
-    q = torch.gather(cands, -2, best[..., None, None].expand(*best.shape, 1, 4)).squeeze(-2)
-    q = F.normalize(q, dim=-1)
-    return torch.where(q[..., :1] < 0, -q, q)
 
 
 def depth_confidence(depth: Float[Tensor, "V H W"], valid: Bool[Tensor, "V H W"], tau: float) -> Float[Tensor, "V H W"]:
