@@ -1,4 +1,5 @@
-"""Benchmark: our tiled torch rasterizer vs the brute-force dense reference, side by side in one run.
+"""Benchmark: the compiled CPU rasterizer vs the tiled torch one vs the brute-force dense reference, side
+by side in one run (fwd+bwd at several sizes, feature channels, threads, a fit_splats step).
 
     python scripts/bench_rasterize.py --quick      # < 5 min on 2 cores
     python scripts/bench_rasterize.py              # full sizes and repeats

@@ -227,3 +227,14 @@ def test_view_script_bad_address_is_one_line_exit_2_never_a_hang(args, message):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_gaussian_scenes_open_on_browser_splats_unless_told_otherwise(tmp_path):
+    write_ply(tmp_path / "g.ply", GaussianScene.random(50, torch.tensor([[0.0, 0, 0], [1, 1, 1]]), sh_degree=0))
+    content = open_input(tmp_path / "g.ply")
+    with ViewerServer(content, ViewerConfig(port=0)) as viewer:
+        assert viewer.scene.buffer.value == "splats"
+    config = ViewerConfig(port=0)
+    config.render.browser_splats = False  # a browser without a GPU: the server's rasterizer is faster
+    with ViewerServer(content, config) as viewer:
+        assert viewer.scene.buffer.value == "rgb"

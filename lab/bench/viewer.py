@@ -105,6 +105,26 @@ def splat_world(n: int, seed: int = 0):
     return GaussianScene.from_points(points[keep], colors[keep], sh_degree=0, scale=scales[keep], opacity=0.9)
 
 
+REGION = (slice(200, 600), slice(200, 800))  # of a 1280x800 screenshot: the scene, away from the GUI panel
+
+
+def _first_sharp_on_screen(browser, start: float, ready, timeout: float) -> tuple[float, np.ndarray]:
+    """Screenshots back to back: the time (since `start`) at which the first of two equal screenshots
+    showing a drawn scene (`ready()`, pixel spread in the scene region) was requested. A screenshot of
+    software WebGL takes seconds; timing its request, not its return, keeps that out of the number."""
+    previous = None
+    while time.perf_counter() - start < timeout:
+        requested = time.perf_counter() - start
+        shot = browser.screenshot() if ready() else None
+        drawn = shot is not None and shot[REGION].std() > 25
+        if drawn and previous is not None and np.abs(shot[REGION].astype(float) - previous[1][REGION]).mean() < 0.5:
+            return previous[0], shot
+        previous = (requested, shot) if drawn else None
+        if shot is None:
+            time.sleep(0.05)
+    raise TimeoutError(f"no settled frame within {timeout} s")
+
+
 def _first_sharp_frame(browser, ply, buffer: str, server_side: int, timeout: float) -> dict:
     """Seconds from opening `ply` (read, server start) to a sharp, settled frame of `buffer` on screen."""
     from viewer.inputs import open_input
@@ -115,21 +135,28 @@ def _first_sharp_frame(browser, ply, buffer: str, server_side: int, timeout: flo
     content = open_input(ply)
     config = ViewerConfig(port=0)
     config.render.max_side, config.render.match_canvas = server_side, buffer == "splats"
+    sent = None
     with ViewerServer(content, config) as viewer:
         viewer.scene.buffer.value = buffer
         opened = time.perf_counter() - start
         browser.goto(viewer.url)
-        server_done = (lambda: any(r.frames_shown["full"] for r in viewer.scene.renderers)) if buffer != "splats" \
-            else None
-        shot = browser.wait_for(min_std=25, region=(slice(200, 600), slice(200, 800)), timeout=timeout,
-                                predicate=server_done)
-        first = time.perf_counter() - start
+
+        def ready() -> bool:  # the server's full frame is sent (the browser draws splats itself)
+            nonlocal sent
+            if buffer == "splats":
+                return bool(viewer.server.get_clients())
+            if sent is None and any(r.frames_shown["full"] for r in viewer.scene.renderers):
+                sent = time.perf_counter() - start
+            return sent is not None
+
+        first, shot = _first_sharp_on_screen(browser, start, ready, timeout)
         fps = browser.evaluate("""new Promise(done => { let n = 0; const t0 = performance.now();
             const tick = () => { n++; if (performance.now() - t0 < 3000) requestAnimationFrame(tick);
                                  else done(n / ((performance.now() - t0) / 1000)); };
-            requestAnimationFrame(tick); })""", await_promise=True) if buffer == "splats" else None
-    return {"buffer": buffer, "open_seconds": round(opened, 2), "first_sharp_frame_seconds": round(first, 2),
-            "browser_fps_at_rest": fps, "screenshot_std": float(shot[200:600, 200:800].std())}
+            requestAnimationFrame(tick); })""", await_promise=True)
+    return {"buffer": buffer, "open_seconds": round(opened, 2), "server_frame_sent_seconds": sent and round(sent, 2),
+            "first_sharp_frame_seconds": round(first, 2), "browser_fps_at_rest": round(fps, 2),
+            "screenshot_std": float(shot[REGION].std())}
 
 
 def run_splat_bench(config: SplatBenchConfig, out_dir) -> dict:

@@ -35,6 +35,8 @@ class RenderSettings:
     """Longer side of a full-quality frame at most, in pixels (the GUI slider changes it live)."""
     match_canvas: bool = True
     """Full-quality frames at the browser canvas's resolution (device pixels, HiDPI included), up to max_side."""
+    browser_splats: bool = True
+    """Open Gaussian scenes on the browser-drawn splats (off: on the server's rgb, faster in a browser without GPU)."""
     preview_scale: Annotated[float, Range(0, 1, above=True)] = 0.25
     """Preview frames (while the camera moves) are this fraction of the full resolution."""
     preview_jpeg: Annotated[int, Range(1, 100)] = 50
@@ -157,7 +159,8 @@ class ScenePanel:
         self._closed = False
         buffers = source.buffers if source is not None else ("rgb",)
         with server.gui.add_folder("Scene", visible=source is not None) as self.folder:
-            self.buffer = server.gui.add_dropdown("Buffer", buffers, initial_value=buffers[0])
+            self.buffer = server.gui.add_dropdown("Buffer", buffers, initial_value=buffers[0] if source is None
+                                                  else self.first_buffer(source))
             self.resolution = server.gui.add_slider("Resolution", min=64, max=MAX_SIDE, step=32,
                                                     initial_value=self.settings.max_side,
                                                     hint="Longer side of a full frame (at most, when matching)")
@@ -178,11 +181,16 @@ class ScenePanel:
         with self._render_slots:  # no render of the old source is in flight past this point
             self.source = source
         if source is not None:
-            keep = self.buffer.value if self.buffer.value in source.buffers else source.buffers[0]
+            keep = self.buffer.value if self.buffer.value in source.buffers else self.first_buffer(source)
             self.buffer.options = source.buffers
             self.buffer.value = keep
         self.folder.visible = source is not None
         self._buffer_changed()
+
+    def first_buffer(self, source: SceneSource) -> str:
+        """The buffer a source opens on: its first, or its first server buffer without `browser_splats`."""
+        drawn = () if self.settings.browser_splats else getattr(source, "browser_buffers", ())
+        return next((b for b in source.buffers if b not in drawn), source.buffers[0])
 
     def _buffer_changed(self) -> None:
         for listener in self.listeners:
