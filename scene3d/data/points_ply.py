@@ -32,14 +32,21 @@ def write_points_ply(path: str | Path, points: np.ndarray, colors: np.ndarray) -
 
 def read_points_ply(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     """(points [P,3] float32, colors [P,3] uint8 or None) of a PLY's vertex element."""
-    path = Path(path)
-    cols = read_ply_elements(path)["vertex"]
-    if not {"x", "y", "z"} <= cols.keys():
+    return vertex_points(Path(path), read_ply_elements(path)["vertex"])
+
+
+def vertex_points(path: Path, vertex: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+    """(positions [N,3] float32, colours [N,3] uint8 or None) of a PLY vertex element (`read_ply_elements`);
+    float colours in [0, 1] are scaled to 0..255."""
+    if not {"x", "y", "z"} <= vertex.keys():
         raise DataError(path, "vertex", "the vertex element needs x, y, z")
     with np.errstate(over="ignore", invalid="ignore"):
-        points = np.stack([cols[c] for c in "xyz"], -1).astype(np.float32)
+        points = np.stack([vertex[c] for c in "xyz"], -1).astype(np.float32)
     if not np.isfinite(points).all():
-        raise DataError(path, "vertex", "vertex positions contain NaN or infinity (or values beyond float32)")
-    colors = (np.stack([cols[c] for c in ("red", "green", "blue")], -1).astype(np.uint8)
-              if {"red", "green", "blue"} <= cols.keys() else None)
-    return points, colors
+        raise DataError(path, "vertex", "positions contain NaN or infinity (or values beyond float32)")
+    if not {"red", "green", "blue"} <= vertex.keys():
+        return points, None
+    colors = np.stack([vertex[c] for c in ("red", "green", "blue")], -1)
+    if colors.dtype.kind == "f" and colors.max(initial=0) <= 1:
+        colors = colors * 255
+    return points, np.clip(colors, 0, 255).astype(np.uint8)

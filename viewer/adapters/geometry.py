@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from scene3d.data.points_ply import vertex_points
 from scene3d.errors import DataError
 from scene3d.plyfile import read_ply_elements, read_ply_kind
 from viewer.adapters.gaussians import open_gaussians_ply
@@ -18,22 +19,6 @@ from viewer.content import ViewerContent, home_outside_box
 
 MAX_POINTS = 2_000_000  # a larger cloud is drawn evenly strided (the browser holds every point)
 DEFAULT_COLOR = (170, 170, 190)
-
-
-def _vertices(path: Path, vertex: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
-    """(positions [N,3] float32, colours [N,3] uint8 or None) of a vertex element."""
-    if not {"x", "y", "z"} <= vertex.keys():
-        raise DataError(path, "vertex", "the vertex element needs x, y, z")
-    with np.errstate(over="ignore", invalid="ignore"):
-        points = np.stack([vertex[c] for c in "xyz"], -1).astype(np.float32)
-    if not np.isfinite(points).all():
-        raise DataError(path, "vertex", "positions contain NaN or infinity (or values beyond float32)")
-    colors = None
-    if {"red", "green", "blue"} <= vertex.keys():
-        colors = np.stack([vertex[c] for c in ("red", "green", "blue")], -1)
-        colors = (colors * 255 if colors.dtype.kind == "f" and colors.max(initial=0) <= 1 else colors)
-        colors = np.clip(colors, 0, 255).astype(np.uint8)
-    return points, colors
 
 
 def _bounds(points: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,7 +59,7 @@ class PointsPanel:
 
 def open_mesh_ply(path: Path) -> ViewerContent:
     elements = read_ply_elements(path)
-    points, colors = _vertices(path, elements["vertex"])
+    points, colors = vertex_points(path, elements["vertex"])
     face = elements.get("face", {})
     indices = face.get("vertex_indices", face.get("vertex_index"))
     if indices is None or indices.ndim != 2 or indices.shape[1] < 3:
@@ -90,7 +75,7 @@ def open_mesh_ply(path: Path) -> ViewerContent:
 
 
 def open_points_ply(path: Path) -> ViewerContent:
-    points, colors = _vertices(path, read_ply_elements(path)["vertex"])
+    points, colors = vertex_points(path, read_ply_elements(path)["vertex"])
     if len(points) == 0:
         raise DataError(path, "element vertex", "holds no points: nothing to show")
     total = len(points)
