@@ -22,6 +22,7 @@ from scene3d.files import read_bytes, read_head
 
 MAX_PLY_BYTES = 2**36  # 64 GiB: only regular files up to this size are read
 MAX_HEADER_BYTES = 1 << 20
+MAX_LIST_LENGTH = 1024  # vertices of one face
 
 SCALAR_TYPES = {"char": "i1", "uchar": "u1", "int8": "i1", "uint8": "u1", "short": "<i2", "ushort": "<u2",
                 "int16": "<i2", "uint16": "<u2", "int": "<i4", "uint": "<u4", "int32": "<i4", "uint32": "<u4",
@@ -70,6 +71,8 @@ def parse_header(raw: bytes, path: Path) -> tuple[str, list[PlyElement], int]:
                 raise DataError(path, "element vertex", f"property before any 'element' line: {line[:100]!r}")
             element = elements[-1]
             if len(parts) == 5 and parts[1] == "list" and parts[2] in SCALAR_TYPES and parts[3] in SCALAR_TYPES:
+                if np.dtype(SCALAR_TYPES[parts[2]]).kind not in "iu":
+                    raise DataError(path, "property", f"a list's length must be an integer type: {line[:100]!r}")
                 element.lists.append((parts[4], SCALAR_TYPES[parts[2]], SCALAR_TYPES[parts[3]]))
             elif len(parts) == 3 and parts[1] in SCALAR_TYPES:
                 if element.lists:
@@ -124,6 +127,8 @@ def _read_binary(element: PlyElement, raw: bytes, offset: int, path: Path) -> tu
             if len(raw) < position + np.dtype(count_t).itemsize:
                 raise DataError(path, element.name, "file truncated in the first row")
             length = int(np.frombuffer(raw, count_t, 1, position)[0])
+            if not 0 <= length <= MAX_LIST_LENGTH:
+                raise DataError(path, element.name, f"list {name!r} of length {length} (0..{MAX_LIST_LENGTH} read)")
         columns += [(f"{name}:count", count_t), (name, item_t, (length,))]
         position += np.dtype(count_t).itemsize + length * np.dtype(item_t).itemsize
     dtype = np.dtype(columns)
@@ -147,6 +152,8 @@ def _read_ascii(element: PlyElement, tokens: list[bytes], position: int, path: P
             if at >= len(tokens) or not tokens[at].isdigit():
                 raise DataError(path, element.name, "missing or bad list length in the first row")
             lengths.append(int(tokens[at]))
+            if lengths[-1] > MAX_LIST_LENGTH:
+                raise DataError(path, element.name, f"list of length {lengths[-1]} (0..{MAX_LIST_LENGTH} read)")
             at += 1 + lengths[-1]
         width = at - position
     elif element.lists:

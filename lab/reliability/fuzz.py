@@ -326,8 +326,11 @@ def _seed_ply(folder: Path) -> None:
 
 
 def _ply_case(draw, folder: Path) -> Callable[[], Any]:
+    """A damaged PLY, read as 3D Gaussians or by the viewer's reader of any PLY (Gaussians, mesh, points)."""
     from scene3d.gaussians.ply import read_ply
+    from viewer.adapters.geometry import open_ply
 
+    read = draw(st.sampled_from([read_ply, open_ply]))
     path = folder / "scene.ply"
     raw = path.read_bytes()
     end = raw.index(b"end_header\n") + len(b"end_header\n")
@@ -343,11 +346,14 @@ def _ply_case(draw, folder: Path) -> Callable[[], Any]:
                 lines[i] = draw(st.sampled_from(["format binary_big_endian 1.0", "format ascii 1.0", "format x",
                                                  "element vertex", "element vertex -1", "element face 3",
                                                  "property float", "property list uchar int idx",
+                                                 "property list int uint vertex_indices",
+                                                 "property list float int vertex_indices",
                                                  "property float rot_x", "property double x", "property uchar opacity",
                                                  "property float scale_7", "property int f_rest_0", "comment hi",
                                                  "bogus line"]) | st.text(max_size=30).filter(lambda t: "\n" not in t))
             elif op == "insert":
-                lines.insert(i, draw(st.sampled_from(["property float feat_0", "element face 0",
+                lines.insert(i, draw(st.sampled_from(["property float feat_0", "element face 0", "element face 2",
+                                                      "property list uchar int vertex_indices",
                                                       "property float x", "property float f_rest_99"])))
             elif op == "duplicate":
                 lines.insert(i, lines[i])
@@ -361,14 +367,14 @@ def _ply_case(draw, folder: Path) -> Callable[[], Any]:
         body = draw(damaged_bytes(body))
     elif kind == "bytes":
         path.write_bytes(draw(damaged_bytes(raw)))
-        return lambda: read_ply(path)
+        return lambda: read(path)
     else:  # ascii body, possibly with garbage tokens or non-finite numbers
         lines = [line.replace("binary_little_endian", "ascii") for line in lines]
         tokens = draw(st.lists(st.sampled_from(["0", "1.5", "nan", "inf", "-inf", "1e400", "x", "\xff", "--"]),
                                max_size=60))
         body = " ".join(tokens).encode("utf-8", errors="replace")
     path.write_bytes(("\n".join(lines) + "\n").encode("utf-8", errors="replace") + body)
-    return lambda: read_ply(path)
+    return lambda: read(path)
 
 
 def _seed_checkpoint(folder: Path) -> None:

@@ -40,6 +40,8 @@ def vertex_points(path: Path, vertex: dict[str, np.ndarray]) -> tuple[np.ndarray
     float colours in [0, 1] are scaled to 0..255."""
     if not {"x", "y", "z"} <= vertex.keys():
         raise DataError(path, "vertex", "the vertex element needs x, y, z")
+    if any(vertex[c].ndim != 1 for c in ("x", "y", "z", "red", "green", "blue") if c in vertex):
+        raise DataError(path, "vertex", "x, y, z and colours must be scalar properties, not lists")
     with np.errstate(over="ignore", invalid="ignore"):
         points = np.stack([vertex[c] for c in "xyz"], -1).astype(np.float32)
     if not np.isfinite(points).all():

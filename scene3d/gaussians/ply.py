@@ -62,6 +62,8 @@ def read_ply(path: str | Path) -> GaussianScene:
     data = read_ply_elements(path)["vertex"]
     if not data:
         raise DataError(path, "property", "the vertex element has no properties")
+    if lists := [k for k, v in data.items() if v.ndim != 1]:
+        raise DataError(path, "property", f"list properties {lists[:5]} on the vertices are not 3DGS properties")
     n = len(next(iter(data.values())))
     if "opacity" not in data and {"x", "y", "z"} <= data.keys():
         raise DataError(path, "opacity", f"missing vertex property: this PLY is {_KIND_WORDS[read_ply_kind(path)]}, "
