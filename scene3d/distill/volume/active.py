@@ -35,10 +35,12 @@ def parse_active(active: str | tuple[str, ...] | list[str]) -> frozenset[str]:
 # cameras ------------------------------------------------------------------------------------------
 def look_at_target(cameras: Cameras) -> Float[Tensor, "3"]:
     """The point closest (least squares) to every optical axis: what the cameras look at."""
-    d = cameras.forward
+    d = cameras.forward.double()
     projector = torch.eye(3).to(d) - torch.einsum("ni,nj->nij", d, d)              # [N,3,3]
-    lhs, rhs = projector.sum(0), torch.einsum("nij,nj->i", projector, cameras.centers)
-    return torch.linalg.lstsq(lhs, rhs[:, None]).solution[:, 0]
+    lhs, rhs = projector.sum(0), torch.einsum("nij,nj->i", projector, cameras.centers.double())
+    # The minimum-norm solution through the pseudo-inverse, not `lstsq`: CPU lstsq (LAPACK gelsy) varies
+    # in its last bits from call to call, so two runs on one dataset drew different shells.
+    return (torch.linalg.pinv(lhs, rtol=1e-6) @ rhs).to(cameras.centers.dtype)
 
 
 @dataclass
