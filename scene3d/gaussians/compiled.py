@@ -1,4 +1,5 @@
-"""The compiled CPU kernels: `csrc/composite.cpp` (C++, OpenMP over tiles), built on first use.
+"""The compiled CPU kernels, built on first use: `csrc/projection.cpp` (EWA projection, OpenMP over Gaussians)
+and `csrc/composite.cpp` (tile binning and compositing, OpenMP over tiles), bound in `csrc/module.cpp`.
 
 `torch.utils.cpp_extension.load` compiles it with the system compiler into torch's extension cache
 (`$TORCH_EXTENSIONS_DIR`, default `~/.cache/torch_extensions`) once per Python environment (the
@@ -6,8 +7,8 @@ name carries a hash of `sys.prefix`, so two clones with their own venvs never re
 library under a running process); later processes load the cached library. If the build fails,
 `kernel()` returns None after one warning line and the torch path (composite.py, the reference) is
 used instead. `SCENE3D_COMPILED=0` disables the kernel.
-Semantics, inputs and outputs are those of the torch references: `composite.composite_tiled` and
-`tiles.bin_gaussians` (equal lists, tested).
+Semantics, inputs and outputs are those of the torch references: `projection.project_gaussians`,
+`composite.composite_tiled` and `tiles.bin_gaussians` (equal lists, tested).
 """
 
 from __future__ import annotations
@@ -28,15 +29,16 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from scene3d.gaussians.projection import Projected
 from scene3d.gaussians.tiles import TileBins
 
-SOURCE = Path(__file__).parent / "csrc" / "composite.cpp"
+SOURCES = [Path(__file__).parent / "csrc" / f"{name}.cpp" for name in ("module", "projection", "composite")]
 NAME = "scene3d_composite_cpu"
 STALE_LOCK_SECONDS = 900.0  # a build takes about a minute on 2 cores
 _STATE: dict[str, ModuleType | None] = {}
 
 
-def _build(source: Path, name: str) -> ModuleType:
+def _build(sources: list[Path], name: str) -> ModuleType:
     from torch.utils.cpp_extension import _get_build_directory, load
 
     if shutil.which("ninja") is None:  # the `ninja` wheel ships the binary beside Python, maybe off PATH
@@ -45,8 +47,8 @@ def _build(source: Path, name: str) -> ModuleType:
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
     name = f"{name}_{hashlib.sha256(sys.prefix.encode()).hexdigest()[:10]}"
     _remove_stale_lock(Path(_get_build_directory(name, verbose=False)) / "lock")
-    return load(name=name, sources=[str(source)], extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
-                verbose=False)
+    return load(name=name, sources=[str(s) for s in sources], extra_cflags=["-O3", "-fopenmp"],
+                extra_ldflags=["-fopenmp"], verbose=False)
 
 
 def _remove_stale_lock(lock: Path, max_age_s: float = STALE_LOCK_SECONDS) -> None:
@@ -66,7 +68,7 @@ def kernel() -> ModuleType | None:
             _STATE["module"] = None
         else:
             try:
-                _STATE["module"] = _build(SOURCE, NAME)
+                _STATE["module"] = _build(SOURCES, NAME)
             except Exception as err:  # noqa: BLE001 - any build failure means: use the torch path
                 reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 warnings.warn(f"scene3d: compiled CPU rasterizer unavailable ({reason[:200]}); "
@@ -85,6 +87,45 @@ def disabled() -> Iterator[None]:
         yield
     finally:
         _STATE["module"] = saved
+
+
+class CompiledProjection(torch.autograd.Function):
+    """(means [N,3], quats [N,4], scales [N,3]) -> (means2d, conics, depths, radii, cov2d) as
+    `projection.project_gaussians`; gradients to the Gaussians, none to the cameras."""
+
+    @staticmethod
+    def forward(ctx, means, quats, scales, w2c, K, width: int, height: int, eps2d: float, near: float, far: float):
+        inputs = [x.contiguous() for x in (means, quats, scales, w2c, K)]
+        out = kernel().project_forward(*inputs, width, height, eps2d, near, far)
+        ctx.save_for_backward(*inputs)
+        ctx.cfg = (width, height, eps2d, near, far)
+        ctx.mark_non_differentiable(out[3])
+        return tuple(out)
+
+    @staticmethod
+    def backward(ctx, g_means2d, g_conics, g_depths, _g_radii, g_cov2d):
+        saved = ctx.saved_tensors
+        means = saved[0]
+        n_cams, n = saved[3].shape[0], means.shape[0]
+
+        def dense(g, *shape):
+            return means.new_zeros(n_cams, n, *shape) if g is None else g.contiguous()
+
+        grads = kernel().project_backward(*saved, *ctx.cfg, dense(g_means2d, 2), dense(g_conics, 3), dense(g_depths),
+                                          dense(g_cov2d, 3))
+        return *grads, None, None, None, None, None, None, None
+
+
+def project_gaussians_compiled(means: Float[Tensor, "N 3"], quats: Float[Tensor, "N 4"], scales: Float[Tensor, "N 3"],
+                               w2c: Float[Tensor, "C 4 4"], K: Float[Tensor, "C 3 3"], width: int, height: int,
+                               eps2d: float = 0.3, near_plane: float = 0.01, far_plane: float = 1e10) -> Projected:
+    """`projection.project_gaussians(means, covariance_3d(quats, scales), ...)` in one fused kernel; the
+    cameras must not need gradients."""
+    if w2c.requires_grad or K.requires_grad:
+        raise ValueError("the compiled projection gives no camera gradients; use projection.project_gaussians")
+    means2d, conics, depths, radii, cov2d = CompiledProjection.apply(means, quats, scales, w2c.detach(), K.detach(),
+                                                                     width, height, eps2d, near_plane, far_plane)
+    return Projected(means2d=means2d, conics=conics, depths=depths, radii=radii, cov2d=cov2d)
 
 
 class CompiledComposite(torch.autograd.Function):

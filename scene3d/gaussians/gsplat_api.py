@@ -18,8 +18,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from scene3d.gaussians.projection import covariance_3d, project_gaussians
-from scene3d.gaussians.rasterize import Backend, composite, resolve_backend
+from scene3d.gaussians.rasterize import Backend, composite, project, resolve_backend
 from scene3d.gaussians.sh import eval_sh
 
 RenderMode = Literal["RGB", "D", "ED", "RGB+D", "RGB+ED"]
@@ -69,8 +68,7 @@ def rasterization(means: Float[Tensor, "N 3"], quats: Float[Tensor, "N 4"], scal
     if kind == "gsplat":
         raise ValueError("rasterization: backend 'gsplat' is gsplat.rasterization itself; call it directly")
     n_cams = len(viewmats)
-    proj = project_gaussians(means, covariance_3d(quats, scales), viewmats, Ks, width, height, eps2d=eps2d,
-                             near_plane=near_plane, far_plane=far_plane)
+    proj = project(means, quats, scales, viewmats, Ks, width, height, kind, eps2d, near_plane, far_plane)
     opac = opacities[None].expand(n_cams, -1)
     if rasterize_mode == "antialiased":
         a, b, c = proj.cov2d.unbind(-1)

@@ -1,6 +1,7 @@
 """`rasterize(scene, cameras)`: one entry point, four backends.
 
-- "compiled": projection.py -> tiles.py -> the C++/OpenMP compositing kernel (compiled.py); CPU only.
+- "compiled": the C++/OpenMP kernels of compiled.py (projection, tile binning, compositing); CPU only.
+  Cameras that need gradients are projected by projection.py (the compiled projection gives none).
 - "torch": our tiled pure-torch rasterizer (projection.py -> tiles.py -> composite.py), any device;
   the reference of "compiled" and its fallback.
 - "gsplat": `gsplat.rasterization` (CUDA kernels), same conventions and outputs; CUDA only.
@@ -18,7 +19,12 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from scene3d.cameras import Cameras
-from scene3d.gaussians.compiled import bin_gaussians_compiled, composite_compiled, kernel
+from scene3d.gaussians.compiled import (
+    bin_gaussians_compiled,
+    composite_compiled,
+    kernel,
+    project_gaussians_compiled,
+)
 from scene3d.gaussians.composite import composite_tiled
 from scene3d.gaussians.projection import Projected, covariance_3d, project_gaussians
 from scene3d.gaussians.reference import composite_dense
@@ -97,8 +103,8 @@ def rasterize_gaussians(means: Float[Tensor, "N 3"], quats: Float[Tensor, "N 4"]
     if backend == "gsplat":
         raise ValueError("rasterize_gaussians runs the compiled, torch or dense backend; use rasterize() for gsplat")
     n_cams, width, height = len(cameras), cameras.width, cameras.height
-    proj = project_gaussians(means, covariance_3d(quats, scales), cameras.w2c, cameras.K, width, height,
-                             eps2d=eps2d, near_plane=near_plane, far_plane=far_plane)
+    proj = project(means, quats, scales, cameras.w2c, cameras.K, width, height, backend, eps2d, near_plane,
+                   far_plane)
     if colors.ndim == 2:
         colors = colors[None].expand(n_cams, -1, -1)
     feats = torch.cat([colors, proj.depths[..., None]], dim=-1)  # depth rides along as a channel
@@ -109,6 +115,18 @@ def rasterize_gaussians(means: Float[Tensor, "N 3"], quats: Float[Tensor, "N 4"]
     out_colors = acc[..., :-1] + (1.0 - alpha)[..., None] * bg[:, None, None, :]
     depth = acc[..., -1] / alpha.clamp(min=1e-10)
     return RenderOutput(out_colors, depth, alpha, proj.means2d, proj.radii)
+
+
+def project(means: Float[Tensor, "N 3"], quats: Float[Tensor, "N 4"], scales: Float[Tensor, "N 3"],
+            w2c: Float[Tensor, "C 4 4"], K: Float[Tensor, "C 3 3"], width: int, height: int,
+            backend: Literal["compiled", "torch", "dense"], eps2d: float = 0.3, near_plane: float = 0.01,
+            far_plane: float = 1e10) -> Projected:
+    """Screen-space Gaussians: the fused compiled kernel for the compiled backend (unless the cameras need
+    gradients), else `projection.project_gaussians`."""
+    if backend == "compiled" and not (w2c.requires_grad or K.requires_grad):
+        return project_gaussians_compiled(means, quats, scales, w2c, K, width, height, eps2d, near_plane, far_plane)
+    return project_gaussians(means, covariance_3d(quats, scales), w2c, K, width, height, eps2d=eps2d,
+                             near_plane=near_plane, far_plane=far_plane)
 
 
 def composite(proj: Projected, opacities: Float[Tensor, "C N"], feats: Float[Tensor, "C N D"], width: int,

@@ -346,9 +346,3 @@ std::vector<torch::Tensor> bin_tiles(torch::Tensor means, torch::Tensor extent, 
   }
   return {ids, start, count};
 }
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("composite_forward", &composite_forward, "tiled compositing forward (CPU)");
-  m.def("composite_backward", &composite_backward, "tiled compositing backward (CPU)");
-  m.def("bin_tiles", &bin_tiles, "tile lists of every (tile, Gaussian) overlap (CPU)");
-}
