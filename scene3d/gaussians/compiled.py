@@ -137,8 +137,8 @@ class CompiledComposite(torch.autograd.Function):
         inputs = [x.contiguous() for x in (means2d, conics, opacities, feats)]
         tiling = (bins.tile_size, bins.tiles_x, bins.tiles_y)
         lists = (bins.pair_ids.contiguous(), bins.tile_start.contiguous(), bins.tile_count.contiguous())
-        acc, trans = kernel().composite_forward(*inputs, *lists, *tiling, bins.n_images, width, height)
-        ctx.save_for_backward(*inputs, *lists, acc, trans)
+        acc, trans, work = kernel().composite_forward(*inputs, *lists, *tiling, bins.n_images, width, height)
+        ctx.save_for_backward(*inputs, *lists, acc, trans, work)
         ctx.cfg = (*tiling, width, height)
         return acc, 1.0 - trans
 
@@ -161,11 +161,11 @@ def composite_compiled(means2d: Float[Tensor, "C N 2"], conics: Float[Tensor, "C
 @torch.no_grad()
 def bin_gaussians_compiled(means2d: Float[Tensor, "C N 2"], extent: Float[Tensor, "C N 2"],
                            depths: Float[Tensor, "C N"], width: int, height: int, tile_size: int = 16) -> TileBins:
-    """`tiles.bin_gaussians` with a counting sort in C++: the same TileBins."""
+    """`tiles.bin_gaussians` in C++ (a radix sort by depth, then a counting sort into tiles): the same TileBins."""
     n_img, n = depths.shape
     tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
-    order = torch.argsort(depths.flatten(), stable=True)
     ids, start, count = kernel().bin_tiles(means2d.reshape(-1, 2).contiguous(),
-                                           extent.to(means2d.dtype).reshape(-1, 2).contiguous(), order, n,
-                                           tile_size, tiles_x, tiles_y, n_img)
+                                           extent.to(means2d.dtype).reshape(-1, 2).contiguous(),
+                                           depths.to(means2d.dtype).reshape(-1).contiguous(), n, tile_size, tiles_x,
+                                           tiles_y, n_img)
     return TileBins(tile_size, tiles_x, tiles_y, n_img, ids, start, count)

@@ -183,14 +183,17 @@ def test_disabled_by_environment(monkeypatch):
     assert resolve_backend("auto", torch.device("cpu")) == "torch"
 
 
-@pytest.mark.parametrize("tile_size", [4, 16])
-def test_compiled_binning_equals_torch_binning(tile_size):
-    """Two images, Gaussians on and off screen, zero extents (culled) and equal depths (stable order)."""
+@pytest.mark.parametrize("tile_size,dtype", [(4, torch.float32), (16, torch.float32), (8, torch.float64)])
+def test_compiled_binning_equals_torch_binning(tile_size, dtype):
+    """Two images, Gaussians on and off screen, zero extents (culled), equal depths (stable order), negative
+    depths and both zeros (the radix sort's keys)."""
     g = torch.Generator().manual_seed(tile_size)
-    means2d = torch.rand(2, 500, 2, generator=g) * 80 - 10
-    extent = torch.rand(2, 500, 2, generator=g) * 12
+    means2d = (torch.rand(2, 500, 2, generator=g) * 80 - 10).to(dtype)
+    extent = (torch.rand(2, 500, 2, generator=g) * 12).to(dtype)
     extent[:, ::7] = 0
-    depths = torch.rand(2, 500, generator=g).round(decimals=1)
+    depths = (torch.rand(2, 500, generator=g) * 4 - 1).round(decimals=1).to(dtype)
+    depths[:, ::11] = -0.0
+    depths[:, 5::13] = 1e30
     ref = bin_gaussians(means2d, extent, depths, 61, 47, tile_size)
     ours = compiled.bin_gaussians_compiled(means2d, extent, depths, 61, 47, tile_size)
     assert len(ref.pair_ids) > 1000

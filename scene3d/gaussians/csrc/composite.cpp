@@ -7,8 +7,8 @@
 // Inputs are flat over (image, Gaussian): ids = image * N + gaussian, as in TileBins.pair_ids.
 // The backward replays each pixel front to back (the same float operations as the forward, so it stops at the
 // same Gaussian) with dL/dalpha_i = T_i g.c_i - (g.S_i - g_A T_final) / (1 - alpha_i), S_i = features behind i.
-// Gradients go to per-thread buffers over a static tile schedule, summed in thread order: deterministic for a
-// given thread count.
+// Gradients go to per-thread buffers, each thread taking a contiguous run of tiles that holds an equal share of
+// the work the forward measured per tile; buffers are summed in thread order: deterministic for a thread count.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 namespace {
@@ -89,7 +90,7 @@ inline scalar_t splat_alpha(const Splat<scalar_t>& s, scalar_t dx, scalar_t dy, 
 template <typename scalar_t>
 void forward_kernel(const scalar_t* means, const scalar_t* conics, const scalar_t* opac, const scalar_t* feats,
                     int64_t D, const int64_t* ids, const int64_t* start, const int64_t* count, int64_t n_tiles,
-                    const Tiling& t, scalar_t* acc, scalar_t* trans, int threads) {
+                    const Tiling& t, scalar_t* acc, scalar_t* trans, int64_t* work, int threads) {
   const std::vector<int64_t> tiles = active_tiles(count, n_tiles);
   const scalar_t t_min = static_cast<scalar_t>(1e-4);
 #pragma omp parallel num_threads(threads)
@@ -101,12 +102,13 @@ void forward_kernel(const scalar_t* means, const scalar_t* conics, const scalar_
       const int64_t P = r.pw * r.ph;
       std::fill(T.begin(), T.begin() + P, scalar_t(1));
       std::fill(A.begin(), A.begin() + P * D, scalar_t(0));
-      int64_t alive = P;
+      int64_t alive = P, cost = 0;
       const int64_t* list = ids + start[tiles[k]];
       for (int64_t j = 0; j < count[tiles[k]] && alive > 0; ++j) {
         const Splat<scalar_t> s = load_splat(list[j], means, conics, opac);
         const scalar_t* f = feats + list[j] * D;
         const Span sp = splat_span(s, r);
+        cost += 4 + (sp.y1 - sp.y0) * (sp.x1 - sp.x0);
         for (int64_t y = sp.y0; y < sp.y1; ++y) {
           const scalar_t dy = s.my - static_cast<scalar_t>(r.oy + y + 0.5);
           for (int64_t x = sp.x0; x < sp.x1; ++x) {
@@ -129,6 +131,7 @@ void forward_kernel(const scalar_t* means, const scalar_t* conics, const scalar_
           }
         }
       }
+      work[tiles[k]] = cost;
       for (int64_t y = 0; y < r.ph; ++y)
         for (int64_t x = 0; x < r.pw; ++x) {
           const int64_t p = y * r.pw + x, pix = (r.img * t.height + r.oy + y) * t.width + r.ox + x;
@@ -143,18 +146,27 @@ template <typename scalar_t>
 void backward_kernel(const scalar_t* means, const scalar_t* conics, const scalar_t* opac, const scalar_t* feats,
                      int64_t D, const int64_t* ids, const int64_t* start, const int64_t* count, int64_t n_tiles,
                      const Tiling& t, const scalar_t* acc, const scalar_t* trans, const scalar_t* g_acc,
-                     const scalar_t* g_alpha, scalar_t* buf, int64_t M, int threads) {
+                     const scalar_t* g_alpha, const int64_t* work, scalar_t* buf, int64_t M, int threads) {
   const std::vector<int64_t> tiles = active_tiles(count, n_tiles);
   const scalar_t t_min = static_cast<scalar_t>(1e-4);
   const int64_t stride = 6 + D;  // per Gaussian: means (2), conics (3), opacity, features (D)
+  std::vector<int64_t> before(tiles.size() + 1, 0);  // forward work of the tiles before each
+  for (size_t k = 0; k < tiles.size(); ++k) before[k + 1] = before[k] + std::max<int64_t>(work[tiles[k]], 1);
 #pragma omp parallel num_threads(threads)
   {
-    scalar_t* out = buf + static_cast<int64_t>(omp_get_thread_num()) * M * stride;
+    const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+    scalar_t* out = buf + static_cast<int64_t>(tid) * M * stride;
     const int64_t Pmax = t.ts * t.ts;
     std::vector<scalar_t> T(Pmax), gF(Pmax), gATf(Pmax), cum(Pmax), gfeat(D);
     std::vector<const scalar_t*> gp(Pmax);
-#pragma omp for schedule(static, 1)
-    for (int64_t k = 0; k < static_cast<int64_t>(tiles.size()); ++k) {
+    // A contiguous run of tiles holding 1/nt of the forward's work: balanced and deterministic.
+    auto owner = [&](size_t k) {
+      return std::min<int64_t>(nt - 1, (before[k] + before[k + 1]) * nt / (2 * before.back()));
+    };
+    const size_t n = tiles.size();
+    size_t first = 0;
+    while (first < n && owner(first) < tid) ++first;
+    for (size_t k = first; k < n && owner(k) == tid; ++k) {
       const TileRect r = tile_rect(tiles[k], t);
       int64_t alive = r.pw * r.ph;
       for (int64_t y = 0; y < r.ph; ++y)
@@ -244,7 +256,7 @@ void check_inputs(const torch::Tensor& means, const torch::Tensor& conics, const
 
 }  // namespace
 
-// -> (acc [C,H,W,D], T_final [C,H,W])
+// -> (acc [C,H,W,D], T_final [C,H,W], work per tile [T] (pixel visits, for the backward's schedule))
 std::vector<torch::Tensor> composite_forward(torch::Tensor means, torch::Tensor conics, torch::Tensor opac,
                                              torch::Tensor feats, torch::Tensor ids, torch::Tensor start,
                                              torch::Tensor count, int64_t ts, int64_t tiles_x, int64_t tiles_y,
@@ -253,14 +265,15 @@ std::vector<torch::Tensor> composite_forward(torch::Tensor means, torch::Tensor 
   const int64_t D = feats.size(1);
   auto acc = torch::zeros({n_images, height, width, D}, feats.options());
   auto trans = torch::ones({n_images, height, width}, feats.options());
+  auto work = torch::zeros_like(count);
   const Tiling t = make_tiling(ts, tiles_x, tiles_y, width, height);
   AT_DISPATCH_FLOATING_TYPES(feats.scalar_type(), "composite_forward", [&] {
     forward_kernel<scalar_t>(means.data_ptr<scalar_t>(), conics.data_ptr<scalar_t>(), opac.data_ptr<scalar_t>(),
                              feats.data_ptr<scalar_t>(), D, ids.data_ptr<int64_t>(), start.data_ptr<int64_t>(),
                              count.data_ptr<int64_t>(), count.numel(), t, acc.data_ptr<scalar_t>(),
-                             trans.data_ptr<scalar_t>(), at::get_num_threads());
+                             trans.data_ptr<scalar_t>(), work.data_ptr<int64_t>(), at::get_num_threads());
   });
-  return {acc, trans};
+  return {acc, trans, work};
 }
 
 // -> (d means [M,2], d conics [M,3], d opacities [M], d feats [M,D])
@@ -268,8 +281,11 @@ std::vector<torch::Tensor> composite_backward(torch::Tensor means, torch::Tensor
                                               torch::Tensor feats, torch::Tensor ids, torch::Tensor start,
                                               torch::Tensor count, int64_t ts, int64_t tiles_x, int64_t tiles_y,
                                               int64_t width, int64_t height, torch::Tensor acc,
-                                              torch::Tensor trans, torch::Tensor g_acc, torch::Tensor g_alpha) {
+                                              torch::Tensor trans, torch::Tensor work, torch::Tensor g_acc,
+                                              torch::Tensor g_alpha) {
   check_inputs(means, conics, opac, feats, ids, start, count);
+  TORCH_CHECK(work.is_contiguous() && work.scalar_type() == torch::kInt64 && work.numel() == count.numel(),
+              "composite_cpu: work must be the forward's int64 work per tile");
   for (const auto* x : {&acc, &trans, &g_acc, &g_alpha})
     TORCH_CHECK(x->is_contiguous() && x->scalar_type() == feats.scalar_type(),
                 "composite_cpu: image tensors must be contiguous and of the features' dtype");
@@ -282,7 +298,7 @@ std::vector<torch::Tensor> composite_backward(torch::Tensor means, torch::Tensor
                               feats.data_ptr<scalar_t>(), D, ids.data_ptr<int64_t>(), start.data_ptr<int64_t>(),
                               count.data_ptr<int64_t>(), count.numel(), t, acc.data_ptr<scalar_t>(),
                               trans.data_ptr<scalar_t>(), g_acc.data_ptr<scalar_t>(), g_alpha.data_ptr<scalar_t>(),
-                              buf.data_ptr<scalar_t>(), M, threads);
+                              work.data_ptr<int64_t>(), buf.data_ptr<scalar_t>(), M, threads);
   });
   auto g = threads == 1 ? buf[0] : buf.sum(0);
   return {g.slice(1, 0, 2).contiguous(), g.slice(1, 2, 5).contiguous(), g.select(1, 5).contiguous(),
@@ -309,24 +325,72 @@ void tile_rects(const scalar_t* means, const scalar_t* extent, int64_t M, int64_
   }
 }
 
+
+// Order-preserving unsigned keys of floats (negative zero as zero; NaN after +inf, as torch sorts them).
+inline uint32_t sort_key(float v) {
+  uint32_t b;
+  std::memcpy(&b, &v, sizeof b);
+  if (v != v) return ~uint32_t(0);
+  if (v == 0) b = 0;
+  return b ^ ((b >> 31) ? 0xFFFFFFFFu : 0x80000000u);
+}
+inline uint64_t sort_key(double v) {
+  uint64_t b;
+  std::memcpy(&b, &v, sizeof b);
+  if (v != v) return ~uint64_t(0);
+  if (v == 0) b = 0;
+  return b ^ ((b >> 63) ? ~uint64_t(0) : (uint64_t(1) << 63));
+}
+
+// `ids` stably sorted by the keys of `depths` (LSD radix sort, 8 bits a pass; passes whose digit is the same
+// for every key are skipped).
+template <typename scalar_t>
+std::vector<int64_t> depth_order(const scalar_t* depths, std::vector<int64_t> ids) {
+  using key_t = decltype(sort_key(scalar_t(0)));
+  const size_t n = ids.size();
+  std::vector<key_t> keys(n), keys2(n);
+  for (size_t i = 0; i < n; ++i) keys[i] = sort_key(depths[ids[i]]);
+  std::vector<int64_t> ids2(n);
+  for (int shift = 0; shift < static_cast<int>(8 * sizeof(key_t)); shift += 8) {
+    size_t hist[257] = {0};
+    for (size_t i = 0; i < n; ++i) ++hist[((keys[i] >> shift) & 0xFF) + 1];
+    if (n == 0 || hist[((keys[0] >> shift) & 0xFF) + 1] == n) continue;  // one digit: order unchanged
+    for (int d = 0; d < 256; ++d) hist[d + 1] += hist[d];
+    for (size_t i = 0; i < n; ++i) {
+      const size_t at = hist[(keys[i] >> shift) & 0xFF]++;
+      keys2[at] = keys[i];
+      ids2[at] = ids[i];
+    }
+    keys.swap(keys2);
+    ids.swap(ids2);
+  }
+  return ids;
+}
+
 }  // namespace
 
-// Tile lists of TileBins: every (tile, Gaussian) overlap, each tile's run in the order of `order` (front to back).
-// means / extent [M,2] flat over (image, Gaussian) with N per image; -> (pair_ids, tile_start, tile_count)
-std::vector<torch::Tensor> bin_tiles(torch::Tensor means, torch::Tensor extent, torch::Tensor order, int64_t n,
+// Tile lists of TileBins: every (tile, Gaussian) overlap, each tile's run front to back (a stable sort of
+// `depths`). means / extent [M,2], depths [M], flat over (image, Gaussian) with N per image;
+// -> (pair_ids, tile_start, tile_count)
+std::vector<torch::Tensor> bin_tiles(torch::Tensor means, torch::Tensor extent, torch::Tensor depths, int64_t n,
                                      int64_t ts, int64_t tiles_x, int64_t tiles_y, int64_t n_images) {
-  TORCH_CHECK(means.is_contiguous() && extent.is_contiguous() && order.is_contiguous() &&
-                  extent.scalar_type() == means.scalar_type() && order.scalar_type() == torch::kInt64,
-              "bin_tiles: contiguous means and extent of one dtype, int64 order");
+  TORCH_CHECK(means.is_contiguous() && extent.is_contiguous() && depths.is_contiguous() &&
+                  extent.scalar_type() == means.scalar_type() && depths.scalar_type() == means.scalar_type(),
+              "bin_tiles: contiguous means, extent and depths of one dtype");
   const int64_t M = means.size(0), per = tiles_x * tiles_y;
   auto rect = torch::empty({M, 4}, torch::kInt64);
   int64_t* r = rect.data_ptr<int64_t>();
+  std::vector<int64_t> order;
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "bin_tiles", [&] {
     tile_rects<scalar_t>(means.data_ptr<scalar_t>(), extent.data_ptr<scalar_t>(), M, ts, tiles_x, tiles_y, r);
+    std::vector<int64_t> visible;
+    for (int64_t i = 0; i < M; ++i)
+      if (r[4 * i + 1] > r[4 * i] && r[4 * i + 3] > r[4 * i + 2]) visible.push_back(i);
+    order = depth_order(depths.data_ptr<scalar_t>(), std::move(visible));
   });
   auto count = torch::zeros({n_images * per}, torch::kInt64);
   int64_t* c = count.data_ptr<int64_t>();
-  for (int64_t i = 0; i < M; ++i) {
+  for (const int64_t i : order) {
     const int64_t* q = r + 4 * i;
     const int64_t base = (i / n) * per;
     for (int64_t ty = q[2]; ty < q[3]; ++ty)
@@ -337,9 +401,8 @@ std::vector<torch::Tensor> bin_tiles(torch::Tensor means, torch::Tensor extent, 
   int64_t* cur = cursor.data_ptr<int64_t>();
   auto ids = torch::empty({count.sum().item<int64_t>()}, torch::kInt64);
   int64_t* out = ids.data_ptr<int64_t>();
-  const int64_t* ord = order.data_ptr<int64_t>();
-  for (int64_t k = 0; k < order.numel(); ++k) {
-    const int64_t i = ord[k], base = (i / n) * per;
+  for (const int64_t i : order) {
+    const int64_t base = (i / n) * per;
     const int64_t* q = r + 4 * i;
     for (int64_t ty = q[2]; ty < q[3]; ++ty)
       for (int64_t tx = q[0]; tx < q[1]; ++tx) out[cur[base + ty * tiles_x + tx]++] = i;

@@ -11,7 +11,7 @@ std::vector<torch::Tensor> project_backward(torch::Tensor means, torch::Tensor q
                                             torch::Tensor w2c, torch::Tensor K, int64_t width, int64_t height,
                                             double eps2d, double near, double far, torch::Tensor g_means2d,
                                             torch::Tensor g_conics, torch::Tensor g_depths, torch::Tensor g_cov2d);
-std::vector<torch::Tensor> bin_tiles(torch::Tensor means, torch::Tensor extent, torch::Tensor order, int64_t n,
+std::vector<torch::Tensor> bin_tiles(torch::Tensor means, torch::Tensor extent, torch::Tensor depths, int64_t n,
                                      int64_t ts, int64_t tiles_x, int64_t tiles_y, int64_t n_images);
 std::vector<torch::Tensor> composite_forward(torch::Tensor means, torch::Tensor conics, torch::Tensor opac,
                                              torch::Tensor feats, torch::Tensor ids, torch::Tensor start,
@@ -21,7 +21,8 @@ std::vector<torch::Tensor> composite_backward(torch::Tensor means, torch::Tensor
                                               torch::Tensor feats, torch::Tensor ids, torch::Tensor start,
                                               torch::Tensor count, int64_t ts, int64_t tiles_x, int64_t tiles_y,
                                               int64_t width, int64_t height, torch::Tensor acc,
-                                              torch::Tensor trans, torch::Tensor g_acc, torch::Tensor g_alpha);
+                                              torch::Tensor trans, torch::Tensor work, torch::Tensor g_acc,
+                                              torch::Tensor g_alpha);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("project_forward", &project_forward, "EWA projection of 3D Gaussians forward (CPU)");
