@@ -57,6 +57,11 @@ class Viewpoint:
         center = torch.tensor([[y, x]], device=device, dtype=torch.float32).expand(batch_size, 2)
         return cls(center.clone(), torch.full((batch_size,), float(s), device=device))
 
+    @classmethod
+    def cat(cls, viewpoints: list[Viewpoint]) -> Viewpoint:
+        """The batches one after another."""
+        return cls(torch.cat([v.center for v in viewpoints]), torch.cat([v.scale for v in viewpoints]))
+
     @property
     def batch_size(self) -> int:
         return self.center.shape[0]

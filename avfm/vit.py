@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from avfm.attention import from_heads, rope_attention, to_heads
 from avfm.coords import flat_grid
-from avfm.rope import RoPE, compute_rope, rope_periods
+from avfm.rope import RoPE, compute_rope, rope_periods, rotate
 
 
 class PatchEmbed(nn.Module):
@@ -57,8 +57,14 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: Float[Tensor, "B N D"], rope: RoPE) -> Float[Tensor, "B N D"]:
         qkv = F.linear(x, self.qkv.weight, self.qkv.bias * self.qkv_bias_mask)
-        q, k, v = (to_heads(t, self.heads) for t in qkv.chunk(3, dim=-1))
-        return self.proj(from_heads(rope_attention(q, k, v, rope, rope)))
+        if rope.sin.shape[2] < x.shape[1]:  # tables of the patches only: prefix tokens pass unrotated
+            q, k, v = (to_heads(t, self.heads) for t in qkv.chunk(3, dim=-1))
+            return self.proj(from_heads(rope_attention(q, k, v, rope, rope)))
+        # tables over every token: q and k rotated together, one fused pass
+        qkv = rearrange(qkv, "b n (three h d) -> b n three h d", three=3, h=self.heads)
+        qk = rotate(qkv[:, :, :2], RoPE(*(rearrange(t, "b 1 n f -> b n 1 1 f") for t in rope)))
+        q, k, v = (rearrange(t, "b n h d -> b h n d") for t in (*qk.unbind(2), qkv[:, :, 2]))
+        return self.proj(from_heads(F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype))))
 
 
 class Block(nn.Module):

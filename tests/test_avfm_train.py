@@ -19,8 +19,10 @@ from avfm.train import (
     TeacherConfig,
     TrainConfig,
     make_teacher,
+    rollout_loss,
     setup,
     train,
+    train_step,
     validation_loss,
 )
 from scene3d.checkpoint import load_checkpoint
@@ -171,6 +173,36 @@ def test_training_loss_falls(tmp_path):
     assert sum(metrics[f"val/{k}"] for k in before) < 0.93 * sum(before.values())
     assert (tmp_path / "avfm" / "run" / "metrics.json").is_file()
     assert (tmp_path / "avfm" / "run" / "scalars.jsonl").is_file()
+
+
+def test_both_branches_in_one_batch_equal_two_separate_rollouts(monkeypatch):
+    """`train_step` runs F-IID and R-IID as one batch of 2B scenes: its losses and gradients equal those of the
+    two rollouts run one after the other (as the reference does) with the same length and viewpoints."""
+    import avfm.train as train_module
+    from avfm.glimpse import Viewpoint
+    from avfm.model import build_model
+
+    torch.manual_seed(0)
+    model, b = build_model("canvit_tiny"), 3
+    cfg = TrainConfig(model="canvit_tiny", p_stop=0.3)
+    scenes, patches, cls = torch.rand(b, 3, 64, 64), torch.randn(b, 64, 96), torch.randn(b, 96)
+    drawn, draw = [], train_module.sample_viewpoints
+    monkeypatch.setattr(train_module, "sample_viewpoints", lambda *a: drawn.append(draw(*a)) or drawn[-1])
+    info = train_step(model, scenes, patches, cls, torch.Generator().manual_seed(3), cfg)
+    batched = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert info["glimpses"] >= 4 and len(drawn) == info["glimpses"] // 2  # R-IID's first + one per later step
+
+    model.zero_grad(set_to_none=True)
+    losses = {}
+    for branch, half, first in (("f_iid", slice(0, b), Viewpoint.full(b)), ("r_iid", slice(b, 2 * b), drawn[0])):
+        replay = iter(vp[half] for vp in drawn[1:])
+        monkeypatch.setattr(train_module, "sample_viewpoints", lambda *a: next(replay))
+        out = rollout_loss(model, scenes, patches, cls, first, None, cfg, length=info["glimpses"] // 2)
+        losses.update({f"{branch}/{k}": out[k].mean().item() for k in ("patch", "cls")})
+    for key, value in losses.items():
+        assert info[key] == pytest.approx(value, rel=1e-5), key
+    for name, grad in batched.items():  # separate rollouts sum their two means; the batch averages them
+        torch.testing.assert_close(grad, model.get_parameter(name).grad / 2, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_old_run_folder_is_one_clear_error(tmp_path):
