@@ -195,8 +195,8 @@ def test_both_branches_in_one_batch_equal_two_separate_rollouts(monkeypatch):
     model.zero_grad(set_to_none=True)
     losses = {}
     for branch, half, first in (("f_iid", slice(0, b), Viewpoint.full(b)), ("r_iid", slice(b, 2 * b), drawn[0])):
-        replay = iter(vp[half] for vp in drawn[1:])
-        monkeypatch.setattr(train_module, "sample_viewpoints", lambda *a: next(replay))
+        replay = iter([vp[half] for vp in drawn[1:]])
+        monkeypatch.setattr(train_module, "sample_viewpoints", lambda *a, replay=replay: next(replay))
         out = rollout_loss(model, scenes, patches, cls, first, None, cfg, length=info["glimpses"] // 2)
         losses.update({f"{branch}/{k}": out[k].mean().item() for k in ("patch", "cls")})
     for key, value in losses.items():
