@@ -192,6 +192,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     result["rollout_canvit_b_canvas32"] = step1_vs_step32(b, 32, 3 if cfg.quick else 10)
     result["rollout_canvit_tiny_canvas32"] = step1_vs_step32(tiny, 32, 10)
 
+    peak = matmul_flops_per_s()  # again, next to the training run: the machine's rate drifts with its load
     tp = training_throughput("canvit_tiny", 8, 2 if cfg.quick else 6)
     result["training_canvit_tiny"] = {
         **tp,
