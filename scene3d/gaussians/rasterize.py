@@ -24,6 +24,7 @@ from scene3d.gaussians.compiled import (
     composite_compiled,
     kernel,
     project_gaussians_compiled,
+    screen_extent_compiled,
 )
 from scene3d.gaussians.composite import composite_tiled
 from scene3d.gaussians.projection import Projected, covariance_3d, project_gaussians
@@ -85,7 +86,8 @@ def rasterize(scene: GaussianScene, cameras: Cameras, backend: Backend = "auto",
     if kind == "gsplat":
         return _rasterize_gsplat(scene, cameras, background, sh_degree, features, near_plane, far_plane, eps2d)
     colors = scene.colors(cameras.centers, sh_degree) if features is None else features
-    return rasterize_gaussians(scene.means, scene.quats, scene.scales, scene.opacities, colors, cameras,
+    # raw quaternions: both projections normalise them (as F.normalize), once is enough
+    return rasterize_gaussians(scene.means, scene.params["quats"], scene.scales, scene.opacities, colors, cameras,
                                backend=kind, background=background, near_plane=near_plane,
                                far_plane=far_plane, eps2d=eps2d, tile_size=tile_size, chunk=chunk,
                                max_chunk=max_chunk)
@@ -98,7 +100,7 @@ def rasterize_gaussians(means: Float[Tensor, "N 3"], quats: Float[Tensor, "N 4"]
                         far_plane: float = 1e10, eps2d: float = 0.3, tile_size: int = 8,
                         chunk: int = 32, max_chunk: int = 256, pixel_chunk: int | None = None) -> RenderOutput:
     """The functional core of the CPU backends on raw (activated) Gaussian parameters ("auto": compiled
-    on CPU when it builds, else torch; gsplat is not offered here)."""
+    on CPU when it builds, else torch; gsplat is not offered here). Quaternions (wxyz) need not be unit."""
     backend = resolve_backend(backend, means.device, gsplat=False, dtype=means.dtype)
     if backend == "gsplat":
         raise ValueError("rasterize_gaussians runs the compiled, torch or dense backend; use rasterize() for gsplat")
@@ -136,8 +138,9 @@ def composite(proj: Projected, opacities: Float[Tensor, "C N"], feats: Float[Ten
     if backend == "dense":
         return composite_dense(proj.means2d, proj.conics, opacities, feats, proj.depths, proj.radii.all(-1) > 0,
                                width, height, pixel_chunk)
-    ext = screen_extent(proj.radii, proj.cov2d.detach(), opacities.detach())
-    binner = bin_gaussians_compiled if backend == "compiled" else bin_gaussians
+    extent, binner = ((screen_extent_compiled, bin_gaussians_compiled) if backend == "compiled"
+                      else (screen_extent, bin_gaussians))
+    ext = extent(proj.radii, proj.cov2d.detach(), opacities.detach())
     bins = binner(proj.means2d.detach(), ext, proj.depths.detach(), width, height, tile_size)
     if backend == "compiled":
         return composite_compiled(proj.means2d, proj.conics, opacities, feats, bins, width, height)

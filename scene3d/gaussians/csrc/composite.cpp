@@ -9,6 +9,10 @@
 // same Gaussian) with dL/dalpha_i = T_i g.c_i - (g.S_i - g_A T_final) / (1 - alpha_i), S_i = features behind i.
 // Gradients go to per-thread buffers, each thread taking a contiguous run of tiles that holds an equal share of
 // the work the forward measured per tile; buffers are summed in thread order: deterministic for a thread count.
+// float32 runs the SIMD kernels (8 pixels of a tile row at once, GCC vector extensions, an AVX2 clone chosen at
+// run time where the CPU has it); float64 runs the scalar kernels, the readable statement of the same loops.
+// Forward and backward of one dtype share the code that decides alpha and the early stop, so the backward's
+// replay stops where the forward stopped.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -17,6 +21,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <new>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -37,18 +44,34 @@ TileRect tile_rect(int64_t tile, const Tiling& t) {
   return r;
 }
 
+// One Gaussian's constants, computed once per call (not once per tile it touches).
 template <typename scalar_t>
 struct Splat {
   scalar_t mx, my, a, b, c, op, level;  // level: power above which alpha < 1/255 for sure
+  double hx, hy;                        // half-widths of the box of the ellipse power <= level; < 0: the whole tile
 };
 
 template <typename scalar_t>
-Splat<scalar_t> load_splat(int64_t id, const scalar_t* means, const scalar_t* conics, const scalar_t* opac) {
+Splat<scalar_t> make_splat(int64_t id, const scalar_t* means, const scalar_t* conics, const scalar_t* opac) {
   Splat<scalar_t> s{means[2 * id], means[2 * id + 1], conics[3 * id], conics[3 * id + 1], conics[3 * id + 2],
-                    opac[id], 0};
+                    opac[id], 0, -1, -1};
   s.level = std::log(std::max(static_cast<scalar_t>(255.0) * s.op, static_cast<scalar_t>(1e-30))) +
             static_cast<scalar_t>(1e-3);
+  const double det = static_cast<double>(s.a) * s.c - static_cast<double>(s.b) * s.b;
+  if (det > 0 && s.level > 0) {
+    const double hx = std::sqrt(2.0 * s.level * s.c / det), hy = std::sqrt(2.0 * s.level * s.a / det);
+    if (std::isfinite(hx) && std::isfinite(hy)) s.hx = hx, s.hy = hy;
+  }
   return s;
+}
+
+// The constants of all M Gaussians into `out` (the forward computes them, the backward reuses them).
+template <typename scalar_t>
+void make_splats(int64_t M, const scalar_t* means, const scalar_t* conics, const scalar_t* opac,
+                 Splat<scalar_t>* out) {
+  at::parallel_for(0, M, 2048, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) out[i] = make_splat(i, means, conics, opac);
+  });
 }
 
 // Pixels of tile r that splat s can reach, [x0, x1) x [y0, y1) in tile coordinates: the box of the ellipse
@@ -60,14 +83,12 @@ struct Span {
 
 template <typename scalar_t>
 Span splat_span(const Splat<scalar_t>& s, const TileRect& r) {
-  const double det = static_cast<double>(s.a) * s.c - static_cast<double>(s.b) * s.b;
-  if (!(det > 0) || !(s.level > 0)) return Span{0, s.level > 0 ? r.pw : 0, 0, r.ph};
-  const double hx = std::sqrt(2.0 * s.level * s.c / det), hy = std::sqrt(2.0 * s.level * s.a / det);
+  if (!(s.level > 0)) return Span{0, 0, 0, r.ph};
+  if (s.hx < 0) return Span{0, r.pw, 0, r.ph};
   auto lo = [](double v, int64_t n) { return std::clamp<int64_t>(static_cast<int64_t>(std::floor(v)), 0, n); };
   auto hi = [](double v, int64_t n) { return std::clamp<int64_t>(static_cast<int64_t>(std::ceil(v)) + 1, 0, n); };
   const double cx = s.mx - r.ox - 0.5, cy = s.my - r.oy - 0.5;  // mean in tile pixel-index coordinates
-  if (!std::isfinite(hx) || !std::isfinite(hy)) return Span{0, r.pw, 0, r.ph};
-  return Span{lo(cx - hx - 1, r.pw), hi(cx + hx, r.pw), lo(cy - hy - 1, r.ph), hi(cy + hy, r.ph)};
+  return Span{lo(cx - s.hx - 1, r.pw), hi(cx + s.hx, r.pw), lo(cy - s.hy - 1, r.ph), hi(cy + s.hy, r.ph)};
 }
 
 std::vector<int64_t> active_tiles(const int64_t* count, int64_t n_tiles) {
@@ -75,6 +96,26 @@ std::vector<int64_t> active_tiles(const int64_t* count, int64_t n_tiles) {
   for (int64_t t = 0; t < n_tiles; ++t)
     if (count[t] > 0) out.push_back(t);
   return out;
+}
+
+// The forward's work of the tiles before each (prefix sums over `tiles`, each tile counted at least once).
+std::vector<int64_t> work_before(const std::vector<int64_t>& tiles, const int64_t* work) {
+  std::vector<int64_t> before(tiles.size() + 1, 0);
+  for (size_t k = 0; k < tiles.size(); ++k) before[k + 1] = before[k] + std::max<int64_t>(work[tiles[k]], 1);
+  return before;
+}
+
+// Thread tid's tiles [first, last): a contiguous run holding 1/nt of the forward's work (balanced, deterministic).
+std::pair<size_t, size_t> thread_run(const std::vector<int64_t>& before, int tid, int nt) {
+  auto owner = [&](size_t k) {
+    return std::min<int64_t>(nt - 1, (before[k] + before[k + 1]) * nt / (2 * before.back()));
+  };
+  const size_t n = before.size() - 1;
+  size_t first = 0;
+  while (first < n && owner(first) < tid) ++first;
+  size_t last = first;
+  while (last < n && owner(last) == tid) ++last;
+  return {first, last};
 }
 
 // Alpha of splat s at offset (dx, dy), or 0 if skipped; `e` receives exp(-power).
@@ -88,7 +129,7 @@ inline scalar_t splat_alpha(const Splat<scalar_t>& s, scalar_t dx, scalar_t dy, 
 }
 
 template <typename scalar_t>
-void forward_kernel(const scalar_t* means, const scalar_t* conics, const scalar_t* opac, const scalar_t* feats,
+void forward_scalar(const Splat<scalar_t>* splats, const scalar_t* feats,
                     int64_t D, const int64_t* ids, const int64_t* start, const int64_t* count, int64_t n_tiles,
                     const Tiling& t, scalar_t* acc, scalar_t* trans, int64_t* work, int threads) {
   const std::vector<int64_t> tiles = active_tiles(count, n_tiles);
@@ -105,7 +146,7 @@ void forward_kernel(const scalar_t* means, const scalar_t* conics, const scalar_
       int64_t alive = P, cost = 0;
       const int64_t* list = ids + start[tiles[k]];
       for (int64_t j = 0; j < count[tiles[k]] && alive > 0; ++j) {
-        const Splat<scalar_t> s = load_splat(list[j], means, conics, opac);
+        const Splat<scalar_t>& s = splats[list[j]];
         const scalar_t* f = feats + list[j] * D;
         const Span sp = splat_span(s, r);
         cost += 4 + (sp.y1 - sp.y0) * (sp.x1 - sp.x0);
@@ -143,15 +184,14 @@ void forward_kernel(const scalar_t* means, const scalar_t* conics, const scalar_
 }
 
 template <typename scalar_t>
-void backward_kernel(const scalar_t* means, const scalar_t* conics, const scalar_t* opac, const scalar_t* feats,
+void backward_scalar(const Splat<scalar_t>* splats, const scalar_t* feats,
                      int64_t D, const int64_t* ids, const int64_t* start, const int64_t* count, int64_t n_tiles,
                      const Tiling& t, const scalar_t* acc, const scalar_t* trans, const scalar_t* g_acc,
                      const scalar_t* g_alpha, const int64_t* work, scalar_t* buf, int64_t M, int threads) {
   const std::vector<int64_t> tiles = active_tiles(count, n_tiles);
   const scalar_t t_min = static_cast<scalar_t>(1e-4);
   const int64_t stride = 6 + D;  // per Gaussian: means (2), conics (3), opacity, features (D)
-  std::vector<int64_t> before(tiles.size() + 1, 0);  // forward work of the tiles before each
-  for (size_t k = 0; k < tiles.size(); ++k) before[k + 1] = before[k] + std::max<int64_t>(work[tiles[k]], 1);
+  const std::vector<int64_t> before = work_before(tiles, work);
 #pragma omp parallel num_threads(threads)
   {
     const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -159,14 +199,8 @@ void backward_kernel(const scalar_t* means, const scalar_t* conics, const scalar
     const int64_t Pmax = t.ts * t.ts;
     std::vector<scalar_t> T(Pmax), gF(Pmax), gATf(Pmax), cum(Pmax), gfeat(D);
     std::vector<const scalar_t*> gp(Pmax);
-    // A contiguous run of tiles holding 1/nt of the forward's work: balanced and deterministic.
-    auto owner = [&](size_t k) {
-      return std::min<int64_t>(nt - 1, (before[k] + before[k + 1]) * nt / (2 * before.back()));
-    };
-    const size_t n = tiles.size();
-    size_t first = 0;
-    while (first < n && owner(first) < tid) ++first;
-    for (size_t k = first; k < n && owner(k) == tid; ++k) {
+    const auto [first, last] = thread_run(before, tid, nt);
+    for (size_t k = first; k < last; ++k) {
       const TileRect r = tile_rect(tiles[k], t);
       int64_t alive = r.pw * r.ph;
       for (int64_t y = 0; y < r.ph; ++y)
@@ -182,7 +216,7 @@ void backward_kernel(const scalar_t* means, const scalar_t* conics, const scalar
         }
       const int64_t* list = ids + start[tiles[k]];
       for (int64_t j = 0; j < count[tiles[k]] && alive > 0; ++j) {
-        const Splat<scalar_t> s = load_splat(list[j], means, conics, opac);
+        const Splat<scalar_t>& s = splats[list[j]];
         const scalar_t* f = feats + list[j] * D;
         scalar_t gm0 = 0, gm1 = 0, gc0 = 0, gc1 = 0, gc2 = 0, go = 0;
         bool touched = false;
@@ -239,6 +273,249 @@ void backward_kernel(const scalar_t* means, const scalar_t* conics, const scalar
   }
 }
 
+// ---- float32: 8 pixels of a tile row at once ---------------------------------------------------------------------
+
+// Vectors never cross a call: the helpers are always inlined into each clone (an AVX2 caller and a default-target
+// callee would disagree on how a vector is passed).
+#pragma GCC diagnostic ignored "-Wpsabi"
+constexpr int kLanes = 8;
+typedef float vf __attribute__((vector_size(32), aligned(32)));
+typedef int32_t vi __attribute__((vector_size(32), aligned(32)));
+const vf kZero = {};
+const vf kLane = {0, 1, 2, 3, 4, 5, 6, 7};
+const vi kLaneI = {0, 1, 2, 3, 4, 5, 6, 7};
+
+[[gnu::always_inline]] inline vf broadcast(float x) { return kZero + x; }
+
+[[gnu::always_inline]] inline bool any(vi m) {
+  uint64_t w[4];
+  std::memcpy(w, &m, sizeof w);
+  return (w[0] | w[1] | w[2] | w[3]) != 0;
+}
+
+[[gnu::always_inline]] inline float hsum(vf v) {  // lane order fixed: deterministic
+  float s = 0;
+  for (int l = 0; l < kLanes; ++l) s += v[l];
+  return s;
+}
+
+// exp(x) for x <= 0, clamped below at -80 (Cephes' expf: 2^n e^r, |r| <= ln 2 / 2, a degree-6 polynomial).
+[[gnu::always_inline]] inline vf exp_neg(vf x) {
+  x = x < -80.0f ? broadcast(-80.0f) : x;
+  const vf magic = broadcast(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer in the low mantissa bits
+  const vf t = x * 1.44269504088896341f + magic;
+  const vf n = t - magic;
+  const vf r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  vf p = broadcast(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  return (vf)((vi)p + (((vi)t - (vi)magic) << 23));
+}
+
+// Splat s on one tile row chunk of 8 pixels (centres px, offset dy): the lanes that composite it (in the span, not
+// stopped, alpha >= 1/255), exp(-power), alpha and whether alpha is unclamped. Forward and backward both call this.
+struct RowAlpha {
+  vf dx, e, alpha;
+  vi hit, unclamped;
+};
+
+[[gnu::always_inline]] inline RowAlpha row_alpha(const Splat<float>& s, vf px, float dy, vi in_span, vf T) {
+  RowAlpha o;
+  o.dx = s.mx - px;
+  const vf power = 0.5f * (s.a * o.dx * o.dx + s.c * dy * dy) + s.b * o.dx * dy;
+  o.hit = in_span & (power <= s.level) & (T != 0.0f);
+  if (!any(o.hit)) return o;
+  o.e = exp_neg(-power);
+  const vf oe = s.op * o.e;
+  o.unclamped = oe < 0.999f;
+  o.alpha = o.unclamped ? oe : broadcast(0.999f);
+  o.hit &= o.alpha >= static_cast<float>(1.0 / 255.0);
+  return o;
+}
+
+// Per-thread scratch of n vectors, 32-byte aligned (std::vector would drop the vector type's alignment).
+struct Scratch {
+  explicit Scratch(int64_t n)
+      : p(static_cast<vf*>(::operator new(std::max<int64_t>(n, 1) * sizeof(vf), std::align_val_t(32)))) {}
+  ~Scratch() { ::operator delete(p, std::align_val_t(32)); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  vf* p;
+};
+
+// Vectors of pixels of a tile: row y's pixels x are lane x % 8 of vector y * K + x / 8.
+struct TileVectors {
+  int64_t K, V;  // vectors per row, per tile
+  explicit TileVectors(int64_t ts) : K((ts + kLanes - 1) / kLanes), V(ts * K) {}
+};
+
+// Composite one tile; T and A (planar: feature d of vector v at A[d V + v]) are this thread's scratch.
+// Returns the tile's work (pixel visits).
+__attribute__((target_clones("avx2", "default")))
+int64_t forward_tile(const Splat<float>* splats, const float* feats, int64_t D, const int64_t* list, int64_t n,
+                     const TileRect& r, const Tiling& t, const TileVectors& tv, vf* T, vf* A, float* acc,
+                     float* trans) {
+  const int64_t K = tv.K, V = tv.V;
+  for (int64_t v = 0; v < V; ++v) {  // 1 on the tile's pixels, 0 on the lanes past its right edge
+    const vi x = kLaneI + static_cast<int32_t>((v % K) * kLanes);
+    T[v] = x < static_cast<int32_t>(r.pw) ? broadcast(1) : kZero;
+  }
+  std::fill(A, A + D * V, kZero);
+  int64_t alive = r.pw * r.ph, cost = 0;
+  for (int64_t j = 0; j < n && alive > 0; ++j) {
+    const Splat<float>& s = splats[list[j]];
+    const float* f = feats + list[j] * D;
+    const Span sp = splat_span(s, r);
+    cost += 4 + (sp.y1 - sp.y0) * (sp.x1 - sp.x0);
+    if (sp.x1 <= sp.x0) continue;
+    for (int64_t y = sp.y0; y < sp.y1; ++y) {
+      const float dy = s.my - static_cast<float>(r.oy + y + 0.5);
+      for (int64_t c = sp.x0 / kLanes; c <= (sp.x1 - 1) / kLanes; ++c) {
+        const vi xs = kLaneI + static_cast<int32_t>(c * kLanes);
+        const int64_t v = y * K + c;
+        const RowAlpha ra = row_alpha(s, kLane + static_cast<float>(r.ox + c * kLanes + 0.5), dy,
+                                      (xs >= static_cast<int32_t>(sp.x0)) & (xs < static_cast<int32_t>(sp.x1)), T[v]);
+        if (!any(ra.hit)) continue;
+        const vf tn = T[v] * (1.0f - ra.alpha);
+        const vi stop = ra.hit & (tn <= 1e-4f);
+        if (any(stop))
+          for (int l = 0; l < kLanes; ++l)
+            if (stop[l]) {
+              trans[(r.img * t.height + r.oy + y) * t.width + r.ox + c * kLanes + l] = T[v][l];
+              --alive;
+            }
+        const vi comp = ra.hit & ~stop;
+        const vf w = comp ? ra.alpha * T[v] : kZero;
+        for (int64_t d = 0; d < D; ++d) A[d * V + v] += w * f[d];
+        T[v] = stop ? kZero : (comp ? tn : T[v]);
+      }
+    }
+  }
+  for (int64_t y = 0; y < r.ph; ++y)
+    for (int64_t x = 0; x < r.pw; ++x) {
+      const int64_t v = y * K + x / kLanes, l = x % kLanes, pix = (r.img * t.height + r.oy + y) * t.width + r.ox + x;
+      if (T[v][l] != 0) trans[pix] = T[v][l];
+      for (int64_t d = 0; d < D; ++d) acc[pix * D + d] = A[d * V + v][l];
+    }
+  return cost;
+}
+
+void forward_simd(const Splat<float>* splats, const float* feats, int64_t D, const int64_t* ids, const int64_t* start,
+                  const int64_t* count, int64_t n_tiles, const Tiling& t, float* acc, float* trans, int64_t* work,
+                  int threads) {
+  const std::vector<int64_t> tiles = active_tiles(count, n_tiles);
+  const TileVectors tv(t.ts);
+#pragma omp parallel num_threads(threads)
+  {
+    Scratch T(tv.V), A(tv.V * D);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t k = 0; k < static_cast<int64_t>(tiles.size()); ++k)
+      work[tiles[k]] = forward_tile(splats, feats, D, ids + start[tiles[k]], count[tiles[k]], tile_rect(tiles[k], t),
+                                    t, tv, T.p, A.p, acc, trans);
+  }
+}
+
+// The gradients of one tile into `out` ([M, 6 + D] per Gaussian); T, gF, gATf, cum, G (planar, as A above) and
+// gfeat are this thread's scratch.
+__attribute__((target_clones("avx2", "default")))
+void backward_tile(const Splat<float>* splats, const float* feats, int64_t D, const int64_t* list, int64_t n,
+                   const TileRect& r, const Tiling& t, const TileVectors& tv, const float* acc, const float* trans,
+                   const float* g_acc, const float* g_alpha, vf* T, vf* gF, vf* gATf, vf* cum, vf* G, vf* gfeat,
+                   float* out) {
+  const int64_t K = tv.K, V = tv.V, stride = 6 + D;
+  std::fill(T, T + V, kZero);
+  std::fill(gF, gF + V, kZero);
+  std::fill(gATf, gATf + V, kZero);
+  std::fill(cum, cum + V, kZero);
+  std::fill(G, G + D * V, kZero);
+  for (int64_t y = 0; y < r.ph; ++y)
+    for (int64_t x = 0; x < r.pw; ++x) {
+      const int64_t v = y * K + x / kLanes, l = x % kLanes, pix = (r.img * t.height + r.oy + y) * t.width + r.ox + x;
+      const float* gp = g_acc + pix * D;
+      float dot = 0;
+      for (int64_t d = 0; d < D; ++d) dot += gp[d] * acc[pix * D + d];
+      for (int64_t d = 0; d < D; ++d) G[d * V + v][l] = gp[d];
+      T[v][l] = 1;
+      gF[v][l] = dot;
+      gATf[v][l] = g_alpha[pix] * trans[pix];
+    }
+  int64_t alive = r.pw * r.ph;
+  for (int64_t j = 0; j < n && alive > 0; ++j) {
+    const Splat<float>& s = splats[list[j]];
+    const float* f = feats + list[j] * D;
+    const Span sp = splat_span(s, r);
+    if (sp.x1 <= sp.x0) continue;
+    vf gm0 = kZero, gm1 = kZero, gc0 = kZero, gc1 = kZero, gc2 = kZero, go = kZero;
+    bool touched = false;
+    std::fill(gfeat, gfeat + D, kZero);
+    for (int64_t y = sp.y0; y < sp.y1; ++y) {
+      const float dy = s.my - static_cast<float>(r.oy + y + 0.5);
+      for (int64_t c = sp.x0 / kLanes; c <= (sp.x1 - 1) / kLanes; ++c) {
+        const vi xs = kLaneI + static_cast<int32_t>(c * kLanes);
+        const int64_t v = y * K + c;
+        const RowAlpha ra = row_alpha(s, kLane + static_cast<float>(r.ox + c * kLanes + 0.5), dy,
+                                      (xs >= static_cast<int32_t>(sp.x0)) & (xs < static_cast<int32_t>(sp.x1)), T[v]);
+        if (!any(ra.hit)) continue;
+        const vf tn = T[v] * (1.0f - ra.alpha);
+        const vi stop = ra.hit & (tn <= 1e-4f);
+        if (any(stop))
+          for (int l = 0; l < kLanes; ++l) alive -= stop[l] != 0;
+        const vi comp = ra.hit & ~stop;
+        if (any(comp)) {
+          touched = true;
+          const vf w = comp ? ra.alpha * T[v] : kZero;
+          vf gc = kZero;
+          for (int64_t d = 0; d < D; ++d) gc += G[d * V + v] * f[d];
+          for (int64_t d = 0; d < D; ++d) gfeat[d] += w * G[d * V + v];
+          cum[v] = comp ? cum[v] + w * gc : cum[v];
+          const vi ok = comp & ra.unclamped;
+          const vf d_alpha = T[v] * gc - ((gF[v] - cum[v]) - gATf[v]) / (1.0f - (comp ? ra.alpha : kZero));
+          const vf d_power = -d_alpha * ra.alpha;
+          gm0 += ok ? d_power * (s.a * ra.dx + s.b * dy) : kZero;
+          gm1 += ok ? d_power * (s.b * ra.dx + s.c * dy) : kZero;
+          gc0 += ok ? d_power * 0.5f * ra.dx * ra.dx : kZero;
+          gc1 += ok ? d_power * ra.dx * dy : kZero;
+          gc2 += ok ? d_power * 0.5f * dy * dy : kZero;
+          go += ok ? d_alpha * ra.e : kZero;
+        }
+        T[v] = stop ? kZero : (comp ? tn : T[v]);
+      }
+    }
+    if (!touched) continue;
+    float* o = out + list[j] * stride;
+    o[0] += hsum(gm0);
+    o[1] += hsum(gm1);
+    o[2] += hsum(gc0);
+    o[3] += hsum(gc1);
+    o[4] += hsum(gc2);
+    o[5] += hsum(go);
+    for (int64_t d = 0; d < D; ++d) o[6 + d] += hsum(gfeat[d]);
+  }
+}
+
+void backward_simd(const Splat<float>* splats, const float* feats, int64_t D, const int64_t* ids,
+                   const int64_t* start, const int64_t* count, int64_t n_tiles, const Tiling& t, const float* acc,
+                   const float* trans, const float* g_acc, const float* g_alpha, const int64_t* work, float* buf,
+                   int64_t M, int threads) {
+  const std::vector<int64_t> tiles = active_tiles(count, n_tiles);
+  const std::vector<int64_t> before = work_before(tiles, work);
+  const TileVectors tv(t.ts);
+#pragma omp parallel num_threads(threads)
+  {
+    const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+    Scratch T(tv.V), gF(tv.V), gATf(tv.V), cum(tv.V), G(tv.V * D), gfeat(D);
+    const auto [first, last] = thread_run(before, tid, nt);
+    for (size_t k = first; k < last; ++k)
+      backward_tile(splats, feats, D, ids + start[tiles[k]], count[tiles[k]], tile_rect(tiles[k], t), t, tv, acc,
+                    trans, g_acc, g_alpha, T.p, gF.p, gATf.p, cum.p, G.p, gfeat.p,
+                    buf + static_cast<int64_t>(tid) * M * (6 + D));
+  }
+}
+
 Tiling make_tiling(int64_t ts, int64_t tiles_x, int64_t tiles_y, int64_t width, int64_t height) {
   return Tiling{ts, tiles_x, tiles_y, width, height};
 }
@@ -256,53 +533,81 @@ void check_inputs(const torch::Tensor& means, const torch::Tensor& conics, const
 
 }  // namespace
 
-// -> (acc [C,H,W,D], T_final [C,H,W], work per tile [T] (pixel visits, for the backward's schedule))
+// -> (acc [C,H,W,D], T_final [C,H,W], work per tile [T] (pixel visits, for the backward's schedule),
+//     splats (the per-Gaussian constants, opaque bytes for the backward))
 std::vector<torch::Tensor> composite_forward(torch::Tensor means, torch::Tensor conics, torch::Tensor opac,
                                              torch::Tensor feats, torch::Tensor ids, torch::Tensor start,
                                              torch::Tensor count, int64_t ts, int64_t tiles_x, int64_t tiles_y,
                                              int64_t n_images, int64_t width, int64_t height) {
   check_inputs(means, conics, opac, feats, ids, start, count);
-  const int64_t D = feats.size(1);
+  const int64_t M = feats.size(0), D = feats.size(1);
   auto acc = torch::zeros({n_images, height, width, D}, feats.options());
   auto trans = torch::ones({n_images, height, width}, feats.options());
   auto work = torch::zeros_like(count);
+  torch::Tensor splats;
   const Tiling t = make_tiling(ts, tiles_x, tiles_y, width, height);
   AT_DISPATCH_FLOATING_TYPES(feats.scalar_type(), "composite_forward", [&] {
-    forward_kernel<scalar_t>(means.data_ptr<scalar_t>(), conics.data_ptr<scalar_t>(), opac.data_ptr<scalar_t>(),
-                             feats.data_ptr<scalar_t>(), D, ids.data_ptr<int64_t>(), start.data_ptr<int64_t>(),
-                             count.data_ptr<int64_t>(), count.numel(), t, acc.data_ptr<scalar_t>(),
-                             trans.data_ptr<scalar_t>(), work.data_ptr<int64_t>(), at::get_num_threads());
+    splats = torch::empty({M * static_cast<int64_t>(sizeof(Splat<scalar_t>))}, torch::kUInt8);
+    auto* sp = reinterpret_cast<Splat<scalar_t>*>(splats.data_ptr<uint8_t>());
+    make_splats<scalar_t>(M, means.data_ptr<scalar_t>(), conics.data_ptr<scalar_t>(), opac.data_ptr<scalar_t>(), sp);
+    auto kernel = [] {
+      if constexpr (std::is_same_v<scalar_t, float>) return forward_simd;
+      else return forward_scalar<scalar_t>;
+    }();
+    kernel(sp, feats.data_ptr<scalar_t>(), D, ids.data_ptr<int64_t>(), start.data_ptr<int64_t>(),
+           count.data_ptr<int64_t>(), count.numel(), t, acc.data_ptr<scalar_t>(), trans.data_ptr<scalar_t>(),
+           work.data_ptr<int64_t>(), at::get_num_threads());
   });
-  return {acc, trans, work};
+  return {acc, trans, work, splats};
 }
 
-// -> (d means [M,2], d conics [M,3], d opacities [M], d feats [M,D])
-std::vector<torch::Tensor> composite_backward(torch::Tensor means, torch::Tensor conics, torch::Tensor opac,
-                                              torch::Tensor feats, torch::Tensor ids, torch::Tensor start,
+// -> (d means [M,2], d conics [M,3], d opacities [M], d feats [M,D]); `splats` and `work` from the forward.
+std::vector<torch::Tensor> composite_backward(torch::Tensor feats, torch::Tensor ids, torch::Tensor start,
                                               torch::Tensor count, int64_t ts, int64_t tiles_x, int64_t tiles_y,
                                               int64_t width, int64_t height, torch::Tensor acc,
-                                              torch::Tensor trans, torch::Tensor work, torch::Tensor g_acc,
-                                              torch::Tensor g_alpha) {
-  check_inputs(means, conics, opac, feats, ids, start, count);
+                                              torch::Tensor trans, torch::Tensor work, torch::Tensor splats,
+                                              torch::Tensor g_acc, torch::Tensor g_alpha) {
+  check_inputs(feats, feats, feats, feats, ids, start, count);
+  const int64_t M = feats.size(0), D = feats.size(1), stride = 6 + D;
   TORCH_CHECK(work.is_contiguous() && work.scalar_type() == torch::kInt64 && work.numel() == count.numel(),
               "composite_cpu: work must be the forward's int64 work per tile");
   for (const auto* x : {&acc, &trans, &g_acc, &g_alpha})
     TORCH_CHECK(x->is_contiguous() && x->scalar_type() == feats.scalar_type(),
                 "composite_cpu: image tensors must be contiguous and of the features' dtype");
-  const int64_t M = feats.size(0), D = feats.size(1);
   const int threads = at::get_num_threads();
-  auto buf = torch::zeros({threads, M, 6 + D}, feats.options());
+  auto buf = torch::zeros({threads, M, stride}, feats.options());
+  auto g_means = torch::empty({M, 2}, feats.options()), g_conics = torch::empty({M, 3}, feats.options());
+  auto g_opac = torch::empty({M}, feats.options()), g_feats = torch::empty({M, D}, feats.options());
   const Tiling t = make_tiling(ts, tiles_x, tiles_y, width, height);
   AT_DISPATCH_FLOATING_TYPES(feats.scalar_type(), "composite_backward", [&] {
-    backward_kernel<scalar_t>(means.data_ptr<scalar_t>(), conics.data_ptr<scalar_t>(), opac.data_ptr<scalar_t>(),
-                              feats.data_ptr<scalar_t>(), D, ids.data_ptr<int64_t>(), start.data_ptr<int64_t>(),
-                              count.data_ptr<int64_t>(), count.numel(), t, acc.data_ptr<scalar_t>(),
-                              trans.data_ptr<scalar_t>(), g_acc.data_ptr<scalar_t>(), g_alpha.data_ptr<scalar_t>(),
-                              work.data_ptr<int64_t>(), buf.data_ptr<scalar_t>(), M, threads);
+    TORCH_CHECK(splats.is_contiguous() && splats.numel() == M * static_cast<int64_t>(sizeof(Splat<scalar_t>)),
+                "composite_cpu: splats must be the forward's");
+    auto kernel = [] {
+      if constexpr (std::is_same_v<scalar_t, float>) return backward_simd;
+      else return backward_scalar<scalar_t>;
+    }();
+    scalar_t* b = buf.data_ptr<scalar_t>();
+    kernel(reinterpret_cast<const Splat<scalar_t>*>(splats.data_ptr<uint8_t>()), feats.data_ptr<scalar_t>(), D,
+           ids.data_ptr<int64_t>(), start.data_ptr<int64_t>(), count.data_ptr<int64_t>(), count.numel(), t,
+           acc.data_ptr<scalar_t>(), trans.data_ptr<scalar_t>(), g_acc.data_ptr<scalar_t>(),
+           g_alpha.data_ptr<scalar_t>(), work.data_ptr<int64_t>(), b, M, threads);
+    // The threads' buffers summed in thread order, straight into the four gradients.
+    scalar_t *gm = g_means.data_ptr<scalar_t>(), *gc = g_conics.data_ptr<scalar_t>();
+    scalar_t *go = g_opac.data_ptr<scalar_t>(), *gf = g_feats.data_ptr<scalar_t>();
+    at::parallel_for(0, M, 1024, [&](int64_t lo, int64_t hi) {
+      std::vector<scalar_t> sum(stride);
+      for (int64_t i = lo; i < hi; ++i) {
+        std::copy(b + i * stride, b + (i + 1) * stride, sum.begin());
+        for (int k = 1; k < threads; ++k)
+          for (int64_t c = 0; c < stride; ++c) sum[c] += b[(k * M + i) * stride + c];
+        std::copy(sum.begin(), sum.begin() + 2, gm + 2 * i);
+        std::copy(sum.begin() + 2, sum.begin() + 5, gc + 3 * i);
+        go[i] = sum[5];
+        std::copy(sum.begin() + 6, sum.end(), gf + i * D);
+      }
+    });
   });
-  auto g = threads == 1 ? buf[0] : buf.sum(0);
-  return {g.slice(1, 0, 2).contiguous(), g.slice(1, 2, 5).contiguous(), g.select(1, 5).contiguous(),
-          g.slice(1, 6, 6 + D).contiguous()};
+  return {g_means, g_conics, g_opac, g_feats};
 }
 
 namespace {
@@ -368,6 +673,35 @@ std::vector<int64_t> depth_order(const scalar_t* depths, std::vector<int64_t> id
 }
 
 }  // namespace
+
+// tiles.screen_extent: per Gaussian and image axis, the smaller of the radius and the exact half-width of the
+// ellipse where opacity exp(-power) >= 1/255; 0 for a Gaussian that is culled or never reaches 1/255.
+// radii [M,2] int32, cov2d [M,3] (a, b, c of the 2D covariance), opacities [M] -> [M,2]
+torch::Tensor screen_extent(torch::Tensor radii, torch::Tensor cov2d, torch::Tensor opac) {
+  TORCH_CHECK(radii.is_contiguous() && cov2d.is_contiguous() && opac.is_contiguous() &&
+                  radii.scalar_type() == torch::kInt32 && opac.scalar_type() == cov2d.scalar_type(),
+              "screen_extent: contiguous int32 radii, and cov2d and opacities of one dtype");
+  const int64_t M = opac.numel();
+  auto out = torch::empty({M, 2}, cov2d.options());
+  const int32_t* rad = radii.data_ptr<int32_t>();
+  AT_DISPATCH_FLOATING_TYPES(cov2d.scalar_type(), "screen_extent", [&] {
+    const scalar_t *cov = cov2d.data_ptr<scalar_t>(), *op = opac.data_ptr<scalar_t>();
+    scalar_t* ext = out.data_ptr<scalar_t>();
+    at::parallel_for(0, M, 4096, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        const scalar_t level = std::log(std::max(static_cast<scalar_t>(255.0) * op[i], static_cast<scalar_t>(1e-12)));
+        for (int axis = 0; axis < 2; ++axis) {
+          const scalar_t exact = std::sqrt(std::max(2 * level, scalar_t(0)) * cov[3 * i + 2 * axis]) *
+                                     static_cast<scalar_t>(1.0001) + static_cast<scalar_t>(1e-3);
+          const scalar_t r = static_cast<scalar_t>(rad[2 * i + axis]);
+          const scalar_t e = std::isnan(exact) ? exact : std::min(r, exact);  // NaN as torch.minimum
+          ext[2 * i + axis] = (level > 0 && rad[2 * i + axis] > 0) ? e : scalar_t(0);
+        }
+      }
+    });
+  });
+  return out;
+}
 
 // Tile lists of TileBins: every (tile, Gaussian) overlap, each tile's run front to back (a stable sort of
 // `depths`). means / extent [M,2], depths [M], flat over (image, Gaussian) with N per image;
