@@ -98,6 +98,13 @@ std::vector<int64_t> active_tiles(const int64_t* count, int64_t n_tiles) {
   return out;
 }
 
+// The forward's order: longest lists first, so the dynamic schedule does not end on one heavy tile.
+std::vector<int64_t> tiles_by_count(const int64_t* count, int64_t n_tiles) {
+  std::vector<int64_t> out = active_tiles(count, n_tiles);
+  std::stable_sort(out.begin(), out.end(), [&](int64_t a, int64_t b) { return count[a] > count[b]; });
+  return out;
+}
+
 // The forward's work of the tiles before each (prefix sums over `tiles`, each tile counted at least once).
 std::vector<int64_t> work_before(const std::vector<int64_t>& tiles, const int64_t* work) {
   std::vector<int64_t> before(tiles.size() + 1, 0);
@@ -132,7 +139,7 @@ template <typename scalar_t>
 void forward_scalar(const Splat<scalar_t>* splats, const scalar_t* feats,
                     int64_t D, const int64_t* ids, const int64_t* start, const int64_t* count, int64_t n_tiles,
                     const Tiling& t, scalar_t* acc, scalar_t* trans, int64_t* work, int threads) {
-  const std::vector<int64_t> tiles = active_tiles(count, n_tiles);
+  const std::vector<int64_t> tiles = tiles_by_count(count, n_tiles);
   const scalar_t t_min = static_cast<scalar_t>(1e-4);
 #pragma omp parallel num_threads(threads)
   {
@@ -195,6 +202,8 @@ void backward_scalar(const Splat<scalar_t>* splats, const scalar_t* feats,
 #pragma omp parallel num_threads(threads)
   {
     const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+    for (int b = tid; b < threads; b += nt)  // each thread zeroes its own buffer (and any a missing thread leaves)
+      std::fill(buf + b * M * stride, buf + (b + 1) * M * stride, scalar_t(0));
     scalar_t* out = buf + static_cast<int64_t>(tid) * M * stride;
     const int64_t Pmax = t.ts * t.ts;
     std::vector<scalar_t> T(Pmax), gF(Pmax), gATf(Pmax), cum(Pmax), gfeat(D);
@@ -407,7 +416,7 @@ int64_t forward_tile(const Splat<float>* splats, const float* feats, int64_t D, 
 void forward_simd(const Splat<float>* splats, const float* feats, int64_t D, const int64_t* ids, const int64_t* start,
                   const int64_t* count, int64_t n_tiles, const Tiling& t, float* acc, float* trans, int64_t* work,
                   int threads) {
-  const std::vector<int64_t> tiles = active_tiles(count, n_tiles);
+  const std::vector<int64_t> tiles = tiles_by_count(count, n_tiles);
   const TileVectors tv(t.ts);
 #pragma omp parallel num_threads(threads)
   {
@@ -507,6 +516,8 @@ void backward_simd(const Splat<float>* splats, const float* feats, int64_t D, co
 #pragma omp parallel num_threads(threads)
   {
     const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+    for (int b = tid; b < threads; b += nt)  // each thread zeroes its own buffer (and any a missing thread leaves)
+      std::fill(buf + b * M * (6 + D), buf + (b + 1) * M * (6 + D), 0.0f);
     Scratch T(tv.V), gF(tv.V), gATf(tv.V), cum(tv.V), G(tv.V * D), gfeat(D);
     const auto [first, last] = thread_run(before, tid, nt);
     for (size_t k = first; k < last; ++k)
@@ -575,7 +586,7 @@ std::vector<torch::Tensor> composite_backward(torch::Tensor feats, torch::Tensor
     TORCH_CHECK(x->is_contiguous() && x->scalar_type() == feats.scalar_type(),
                 "composite_cpu: image tensors must be contiguous and of the features' dtype");
   const int threads = at::get_num_threads();
-  auto buf = torch::zeros({threads, M, stride}, feats.options());
+  auto buf = torch::empty({threads, M, stride}, feats.options());  // zeroed by the kernel's threads
   auto g_means = torch::empty({M, 2}, feats.options()), g_conics = torch::empty({M, 3}, feats.options());
   auto g_opac = torch::empty({M}, feats.options()), g_feats = torch::empty({M, D}, feats.options());
   const Tiling t = make_tiling(ts, tiles_x, tiles_y, width, height);
@@ -647,29 +658,47 @@ inline uint64_t sort_key(double v) {
   return b ^ ((b >> 63) ? ~uint64_t(0) : (uint64_t(1) << 63));
 }
 
-// `ids` stably sorted by the keys of `depths` (LSD radix sort, 8 bits a pass; passes whose digit is the same
-// for every key are skipped).
+// `ids` stably sorted by the keys of `depths`: an LSD radix sort whose passes skip a digit that every key shares.
+// float32 packs (key, position) into one 64-bit item and sorts 11 key bits a pass (3 passes, one array moved);
+// float64 sorts its 64-bit keys 8 bits a pass beside the ids.
 template <typename scalar_t>
 std::vector<int64_t> depth_order(const scalar_t* depths, std::vector<int64_t> ids) {
   using key_t = decltype(sort_key(scalar_t(0)));
   const size_t n = ids.size();
-  std::vector<key_t> keys(n), keys2(n);
-  for (size_t i = 0; i < n; ++i) keys[i] = sort_key(depths[ids[i]]);
-  std::vector<int64_t> ids2(n);
-  for (int shift = 0; shift < static_cast<int>(8 * sizeof(key_t)); shift += 8) {
-    size_t hist[257] = {0};
-    for (size_t i = 0; i < n; ++i) ++hist[((keys[i] >> shift) & 0xFF) + 1];
-    if (n == 0 || hist[((keys[0] >> shift) & 0xFF) + 1] == n) continue;  // one digit: order unchanged
-    for (int d = 0; d < 256; ++d) hist[d + 1] += hist[d];
-    for (size_t i = 0; i < n; ++i) {
-      const size_t at = hist[(keys[i] >> shift) & 0xFF]++;
-      keys2[at] = keys[i];
-      ids2[at] = ids[i];
+  if constexpr (sizeof(key_t) == 4) {
+    std::vector<uint64_t> a(n), b(n);
+    for (size_t i = 0; i < n; ++i) a[i] = (uint64_t(sort_key(depths[ids[i]])) << 32) | static_cast<uint32_t>(i);
+    for (int shift = 32; shift < 64; shift += 11) {
+      const uint64_t mask = (uint64_t(1) << std::min(11, 64 - shift)) - 1;
+      std::vector<size_t> hist(mask + 2, 0);
+      for (size_t i = 0; i < n; ++i) ++hist[((a[i] >> shift) & mask) + 1];
+      if (n == 0 || hist[((a[0] >> shift) & mask) + 1] == n) continue;  // one digit: order unchanged
+      for (uint64_t d = 0; d <= mask; ++d) hist[d + 1] += hist[d];
+      for (size_t i = 0; i < n; ++i) b[hist[(a[i] >> shift) & mask]++] = a[i];
+      a.swap(b);
     }
-    keys.swap(keys2);
-    ids.swap(ids2);
+    std::vector<int64_t> out(n);
+    for (size_t i = 0; i < n; ++i) out[i] = ids[static_cast<uint32_t>(a[i])];
+    return out;
+  } else {
+    std::vector<key_t> keys(n), keys2(n);
+    for (size_t i = 0; i < n; ++i) keys[i] = sort_key(depths[ids[i]]);
+    std::vector<int64_t> ids2(n);
+    for (int shift = 0; shift < static_cast<int>(8 * sizeof(key_t)); shift += 8) {
+      size_t hist[257] = {0};
+      for (size_t i = 0; i < n; ++i) ++hist[((keys[i] >> shift) & 0xFF) + 1];
+      if (n == 0 || hist[((keys[0] >> shift) & 0xFF) + 1] == n) continue;
+      for (int d = 0; d < 256; ++d) hist[d + 1] += hist[d];
+      for (size_t i = 0; i < n; ++i) {
+        const size_t at = hist[(keys[i] >> shift) & 0xFF]++;
+        keys2[at] = keys[i];
+        ids2[at] = ids[i];
+      }
+      keys.swap(keys2);
+      ids.swap(ids2);
+    }
+    return ids;
   }
-  return ids;
 }
 
 }  // namespace
