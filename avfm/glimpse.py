@@ -193,15 +193,28 @@ def _levels_for(num_steps: int) -> int:
     return levels
 
 
-def coarse_to_fine(batch_size: int, num_steps: int, generator=None, device=None) -> list[Viewpoint]:
-    """C2F: quadtree levels 0, 1, 2, ..., tiles of each level in an independent random order per scene."""
+def quadtree_walk(levels: list[int], batch_size: int, num_steps: int, generator=None, device=None
+                  ) -> list[Viewpoint]:
+    """The tiles of the quadtree `levels` in that order, each level's in an independent random order per
+    scene, cut at `num_steps`."""
     out: list[Viewpoint] = []
-    for level in range(_levels_for(num_steps)):
+    for level in levels:
         centers, scale = quadtree_level(level, device)
         order = torch.argsort(torch.rand(batch_size, len(centers), generator=generator), dim=1).to(device)
         for k in range(len(centers)):
             out.append(Viewpoint(centers[order[:, k]], torch.full((batch_size,), scale, device=device)))
     return out[:num_steps]
+
+
+def coarse_to_fine(batch_size: int, num_steps: int, generator=None, device=None) -> list[Viewpoint]:
+    """C2F: quadtree levels 0, 1, 2, ... (as many as `num_steps` needs)."""
+    return quadtree_walk(list(range(_levels_for(num_steps))), batch_size, num_steps, generator, device)
+
+
+def fine_to_coarse(batch_size: int, num_steps: int, generator=None, device=None) -> list[Viewpoint]:
+    """F2C as the reference defines it: the same levels as C2F, finest first, cut at `num_steps` (so 10 steps
+    are 10 of the 16 level-2 tiles, where C2F reversed would give 5 of them, the 4 quadrants and the scene)."""
+    return quadtree_walk(list(range(_levels_for(num_steps)))[::-1], batch_size, num_steps, generator, device)
 
 
 class CoarseToFine(Policy):
@@ -212,10 +225,10 @@ class CoarseToFine(Policy):
 
 
 class FineToCoarse(Policy):
-    """F2C: the C2F sequence of the same budget, reversed (same viewpoints, finest first)."""
+    """F2C (see `fine_to_coarse`)."""
 
     def start(self, batch_size, num_steps, generator=None, device=None):
-        return _ListRun(coarse_to_fine(batch_size, num_steps, generator, device)[::-1])
+        return _ListRun(fine_to_coarse(batch_size, num_steps, generator, device))
 
 
 class _EntropyRun(PolicyRun):
@@ -291,8 +304,10 @@ __all__ = [
     "Viewpoint",
     "build_policy",
     "coarse_to_fine",
+    "fine_to_coarse",
     "extract_glimpse",
     "quadtree_level",
+    "quadtree_walk",
     "sample_rollout_length",
     "sample_viewpoints",
 ]

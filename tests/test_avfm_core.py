@@ -100,6 +100,17 @@ def test_c2f_and_f2c_cover_the_quadtree():
     assert [v.scale[0].item() for v in f2c] == [0.5, 0.5, 0.5, 0.5, 1.0]
 
 
+def test_f2c_starts_at_the_finest_level_the_budget_needs_as_the_reference():
+    """10 glimpses need levels 0-2 (1 + 4 + 16 tiles): F2C takes 10 distinct level-2 tiles per scene (C2F reversed
+    would end on the quadrants and the whole scene); 21 glimpses walk every level, finest first."""
+    f2c = build_policy("f2c").viewpoints(3, 10, torch.Generator().manual_seed(0))
+    assert all(torch.equal(v.scale, torch.full((3,), 0.25)) for v in f2c)
+    for b in range(3):
+        assert len({tuple(v.center[b].tolist()) for v in f2c}) == 10
+    full = build_policy("f2c").viewpoints(1, 21, torch.Generator().manual_seed(0))
+    assert [v.scale.item() for v in full] == [0.25] * 16 + [0.5] * 4 + [1.0]
+
+
 def test_entropy_guided_visits_most_uncertain_tile_first():
     run = build_policy("eg_c2f").start(1, 3)
     assert run.next().scale.item() == 1.0
