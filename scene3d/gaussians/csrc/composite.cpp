@@ -325,24 +325,33 @@ const vi kLaneI = {0, 1, 2, 3, 4, 5, 6, 7};
   return (vf)((vi)p + (((vi)t - (vi)magic) << 23));
 }
 
-// Splat s on one tile row chunk of 8 pixels (centres px, offset dy): the lanes that composite it (in the span, not
-// stopped, alpha >= 1/255), exp(-power), alpha and whether alpha is unclamped. Forward and backward both call this.
+// Splat s on the 8 pixels of vector c of tile row y (its span sp, their transmittance T): which lanes it reaches
+// (in the span, not stopped, alpha >= 1/255), which of those it would stop (T (1 - alpha) <= 1e-4) and which it
+// composites, with exp(-power), alpha (and whether it is unclamped) and the transmittance after it. The forward
+// and the backward both call this, so the backward's replay stops where the forward stopped.
 struct RowAlpha {
-  vf dx, e, alpha;
-  vi hit, unclamped;
+  float dy;
+  vf dx, e, alpha, tn;
+  vi hit, stop, comp, unclamped;
 };
 
-[[gnu::always_inline]] inline RowAlpha row_alpha(const Splat<float>& s, vf px, float dy, vi in_span, vf T) {
+[[gnu::always_inline]] inline RowAlpha row_alpha(const Splat<float>& s, const TileRect& r, const Span& sp, int64_t y,
+                                                 int64_t c, vf T) {
   RowAlpha o;
-  o.dx = s.mx - px;
-  const vf power = 0.5f * (s.a * o.dx * o.dx + s.c * dy * dy) + s.b * o.dx * dy;
-  o.hit = in_span & (power <= s.level) & (T != 0.0f);
+  const vi xs = kLaneI + static_cast<int32_t>(c * kLanes);
+  o.dy = s.my - static_cast<float>(r.oy + y + 0.5);
+  o.dx = s.mx - (kLane + static_cast<float>(r.ox + c * kLanes + 0.5));
+  const vf power = 0.5f * (s.a * o.dx * o.dx + s.c * o.dy * o.dy) + s.b * o.dx * o.dy;
+  o.hit = (xs >= static_cast<int32_t>(sp.x0)) & (xs < static_cast<int32_t>(sp.x1)) & (power <= s.level) & (T != 0.0f);
   if (!any(o.hit)) return o;
   o.e = exp_neg(-power);
   const vf oe = s.op * o.e;
   o.unclamped = oe < 0.999f;
   o.alpha = o.unclamped ? oe : broadcast(0.999f);
   o.hit &= o.alpha >= static_cast<float>(1.0 / 255.0);
+  o.tn = T * (1.0f - o.alpha);
+  o.stop = o.hit & (o.tn <= 1e-4f);
+  o.comp = o.hit & ~o.stop;
   return o;
 }
 
@@ -381,28 +390,21 @@ int64_t forward_tile(const Splat<float>* splats, const float* feats, int64_t D, 
     const Span sp = splat_span(s, r);
     cost += 4 + (sp.y1 - sp.y0) * (sp.x1 - sp.x0);
     if (sp.x1 <= sp.x0) continue;
-    for (int64_t y = sp.y0; y < sp.y1; ++y) {
-      const float dy = s.my - static_cast<float>(r.oy + y + 0.5);
+    for (int64_t y = sp.y0; y < sp.y1; ++y)
       for (int64_t c = sp.x0 / kLanes; c <= (sp.x1 - 1) / kLanes; ++c) {
-        const vi xs = kLaneI + static_cast<int32_t>(c * kLanes);
         const int64_t v = y * K + c;
-        const RowAlpha ra = row_alpha(s, kLane + static_cast<float>(r.ox + c * kLanes + 0.5), dy,
-                                      (xs >= static_cast<int32_t>(sp.x0)) & (xs < static_cast<int32_t>(sp.x1)), T[v]);
+        const RowAlpha ra = row_alpha(s, r, sp, y, c, T[v]);
         if (!any(ra.hit)) continue;
-        const vf tn = T[v] * (1.0f - ra.alpha);
-        const vi stop = ra.hit & (tn <= 1e-4f);
-        if (any(stop))
+        if (any(ra.stop))
           for (int l = 0; l < kLanes; ++l)
-            if (stop[l]) {
+            if (ra.stop[l]) {
               trans[(r.img * t.height + r.oy + y) * t.width + r.ox + c * kLanes + l] = T[v][l];
               --alive;
             }
-        const vi comp = ra.hit & ~stop;
-        const vf w = comp ? ra.alpha * T[v] : kZero;
+        const vf w = ra.comp ? ra.alpha * T[v] : kZero;
         for (int64_t d = 0; d < D; ++d) A[d * V + v] += w * f[d];
-        T[v] = stop ? kZero : (comp ? tn : T[v]);
+        T[v] = ra.stop ? kZero : (ra.comp ? ra.tn : T[v]);
       }
-    }
   }
   for (int64_t y = 0; y < r.ph; ++y)
     for (int64_t x = 0; x < r.pw; ++x) {
@@ -461,29 +463,24 @@ void backward_tile(const Splat<float>* splats, const float* feats, int64_t D, co
     vf gm0 = kZero, gm1 = kZero, gc0 = kZero, gc1 = kZero, gc2 = kZero, go = kZero;
     bool touched = false;
     std::fill(gfeat, gfeat + D, kZero);
-    for (int64_t y = sp.y0; y < sp.y1; ++y) {
-      const float dy = s.my - static_cast<float>(r.oy + y + 0.5);
+    for (int64_t y = sp.y0; y < sp.y1; ++y)
       for (int64_t c = sp.x0 / kLanes; c <= (sp.x1 - 1) / kLanes; ++c) {
-        const vi xs = kLaneI + static_cast<int32_t>(c * kLanes);
         const int64_t v = y * K + c;
-        const RowAlpha ra = row_alpha(s, kLane + static_cast<float>(r.ox + c * kLanes + 0.5), dy,
-                                      (xs >= static_cast<int32_t>(sp.x0)) & (xs < static_cast<int32_t>(sp.x1)), T[v]);
+        const RowAlpha ra = row_alpha(s, r, sp, y, c, T[v]);
         if (!any(ra.hit)) continue;
-        const vf tn = T[v] * (1.0f - ra.alpha);
-        const vi stop = ra.hit & (tn <= 1e-4f);
-        if (any(stop))
-          for (int l = 0; l < kLanes; ++l) alive -= stop[l] != 0;
-        const vi comp = ra.hit & ~stop;
-        if (any(comp)) {
+        if (any(ra.stop))
+          for (int l = 0; l < kLanes; ++l) alive -= ra.stop[l] != 0;
+        if (any(ra.comp)) {
           touched = true;
-          const vf w = comp ? ra.alpha * T[v] : kZero;
+          const vf w = ra.comp ? ra.alpha * T[v] : kZero;
           vf gc = kZero;
           for (int64_t d = 0; d < D; ++d) gc += G[d * V + v] * f[d];
           for (int64_t d = 0; d < D; ++d) gfeat[d] += w * G[d * V + v];
-          cum[v] = comp ? cum[v] + w * gc : cum[v];
-          const vi ok = comp & ra.unclamped;
-          const vf d_alpha = T[v] * gc - ((gF[v] - cum[v]) - gATf[v]) / (1.0f - (comp ? ra.alpha : kZero));
+          cum[v] = ra.comp ? cum[v] + w * gc : cum[v];
+          const vi ok = ra.comp & ra.unclamped;
+          const vf d_alpha = T[v] * gc - ((gF[v] - cum[v]) - gATf[v]) / (1.0f - (ra.comp ? ra.alpha : kZero));
           const vf d_power = -d_alpha * ra.alpha;
+          const float dy = ra.dy;
           gm0 += ok ? d_power * (s.a * ra.dx + s.b * dy) : kZero;
           gm1 += ok ? d_power * (s.b * ra.dx + s.c * dy) : kZero;
           gc0 += ok ? d_power * 0.5f * ra.dx * ra.dx : kZero;
@@ -491,9 +488,8 @@ void backward_tile(const Splat<float>* splats, const float* feats, int64_t D, co
           gc2 += ok ? d_power * 0.5f * dy * dy : kZero;
           go += ok ? d_alpha * ra.e : kZero;
         }
-        T[v] = stop ? kZero : (comp ? tn : T[v]);
+        T[v] = ra.stop ? kZero : (ra.comp ? ra.tn : T[v]);
       }
-    }
     if (!touched) continue;
     float* o = out + list[j] * stride;
     o[0] += hsum(gm0);
