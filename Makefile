@@ -28,6 +28,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -c "from scene3d.gaussians.compiled import kernel; kernel()"  # build the CPU rasterizer now, not mid-run
 	touch $(STAMP)
 
 demo: setup
