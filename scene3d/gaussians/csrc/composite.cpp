@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
 #include <new>
 #include <type_traits>
 #include <utility>
@@ -527,12 +528,13 @@ Tiling make_tiling(int64_t ts, int64_t tiles_x, int64_t tiles_y, int64_t width, 
   return Tiling{ts, tiles_x, tiles_y, width, height};
 }
 
-void check_inputs(const torch::Tensor& means, const torch::Tensor& conics, const torch::Tensor& opac,
-                  const torch::Tensor& feats, const torch::Tensor& ids, const torch::Tensor& start,
-                  const torch::Tensor& count) {
-  for (const auto* x : {&means, &conics, &opac, &feats})
-    TORCH_CHECK(x->device().is_cpu() && x->is_contiguous() && x->scalar_type() == means.scalar_type(),
+void check_floats(std::initializer_list<const torch::Tensor*> xs) {
+  for (const auto* x : xs)
+    TORCH_CHECK(x->device().is_cpu() && x->is_contiguous() && x->scalar_type() == (*xs.begin())->scalar_type(),
                 "composite_cpu: float inputs must be contiguous CPU tensors of one dtype");
+}
+
+void check_lists(const torch::Tensor& ids, const torch::Tensor& start, const torch::Tensor& count) {
   for (const auto* x : {&ids, &start, &count})
     TORCH_CHECK(x->device().is_cpu() && x->is_contiguous() && x->scalar_type() == torch::kInt64,
                 "composite_cpu: tile lists must be contiguous int64 CPU tensors");
@@ -546,7 +548,8 @@ std::vector<torch::Tensor> composite_forward(torch::Tensor means, torch::Tensor 
                                              torch::Tensor feats, torch::Tensor ids, torch::Tensor start,
                                              torch::Tensor count, int64_t ts, int64_t tiles_x, int64_t tiles_y,
                                              int64_t n_images, int64_t width, int64_t height) {
-  check_inputs(means, conics, opac, feats, ids, start, count);
+  check_floats({&means, &conics, &opac, &feats});
+  check_lists(ids, start, count);
   const int64_t M = feats.size(0), D = feats.size(1);
   auto acc = torch::zeros({n_images, height, width, D}, feats.options());
   auto trans = torch::ones({n_images, height, width}, feats.options());
@@ -574,7 +577,8 @@ std::vector<torch::Tensor> composite_backward(torch::Tensor feats, torch::Tensor
                                               int64_t width, int64_t height, torch::Tensor acc,
                                               torch::Tensor trans, torch::Tensor work, torch::Tensor splats,
                                               torch::Tensor g_acc, torch::Tensor g_alpha) {
-  check_inputs(feats, feats, feats, feats, ids, start, count);
+  check_floats({&feats});
+  check_lists(ids, start, count);
   const int64_t M = feats.size(0), D = feats.size(1), stride = 6 + D;
   TORCH_CHECK(work.is_contiguous() && work.scalar_type() == torch::kInt64 && work.numel() == count.numel(),
               "composite_cpu: work must be the forward's int64 work per tile");
