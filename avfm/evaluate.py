@@ -1,6 +1,8 @@
-"""Evaluation of a pretrained CanViT with frozen probes: mIoU and top-1 per glimpse and per policy,
-next to the teacher's probes on the full scene at high resolution, on an input-matched
-low-resolution full image (the pixels of one glimpse) and at matched FLOPs (one glimpse's FLOPs).
+"""Evaluation of a pretrained CanViT with frozen probes: mIoU and top-1 per glimpse and per policy
+(R-IID, F-IID, C2F, F2C, EG-C2F and the repeated-full-view control RFS), next to the teacher's probes on
+the full scene at full resolution, input-matched (the pixels of one full-scene glimpse, on one glimpse's
+token grid) and FLOP-matched (one glimpse's FLOPs). Several pretraining runs (one per seed) are
+evaluated alike and reported as mean and std (`combine_seeds`), written as JSON and one PNG per table.
 """
 
 from __future__ import annotations
@@ -14,18 +16,19 @@ from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+from jaxtyping import Float
 from torch import Tensor
 
 from avfm.coords import flat_grid
 from avfm.data import SceneSet, load_scenes, precompute_targets
 from avfm.flops import canvit_flops, vit_flops
-from avfm.glimpse import Viewpoint, build_policy, sample_viewpoints
+from avfm.glimpse import Viewpoint, build_policy, extract_glimpse, sample_viewpoints
 from avfm.model import CanViT, State
 from avfm.pretrained import load_pretrained
 from avfm.probes import entropy_map, fit_cls_probe, fit_seg_probe, top1
 from avfm.teachers import Teacher, ViTTeacher, build_teacher
 from avfm.train import DataConfig, OptimConfig, TeacherConfig, TrainConfig, setup
-from scene3d.checkpoint import restoring
+from scene3d.checkpoint import atomic_write_json, restoring
 from scene3d.config import Range, check
 from scene3d.errors import CheckpointError
 from scene3d.metrics import miou
@@ -35,7 +38,8 @@ from scene3d.train import RunConfig
 
 @dataclass
 class EvalConfig:
-    run_dir: str = "outputs/avfm/avfm"
+    run_dir: tuple[str, ...] = ("outputs/avfm/avfm",)
+    """Pretraining runs to evaluate, one per seed (`--run-dir a b c`): curves are their mean and std."""
     policies: tuple[str, ...] = ("c2f", "eg_c2f", "full_first", "random", "repeated_full", "f2c")
     steps: Annotated[int, Range(1)] = 10
     probe_rollout: Annotated[int, Range(1)] = 10  # R-IID glimpses per probe-training scene (as the paper)
@@ -58,6 +62,7 @@ class EvalConfig:
 
 def train_config_from_dict(d: dict) -> TrainConfig:
     """Rebuild the nested `TrainConfig` saved beside a run (its config.json)."""
+    from avfm.self_distillation import SelfDistillationConfig
     from avfm.teachers import DenseTeacherConfig
 
     d = dict(d)
@@ -65,7 +70,12 @@ def train_config_from_dict(d: dict) -> TrainConfig:
         raise ValueError("written by an older version, with the run options (run_name, out_root, ...) at its top "
                          "level: move them into a 'run' section with this version's names (name, output_root, ...)")
     teacher = dict(d.pop("teacher"))
-    teacher["train"] = DenseTeacherConfig(**teacher["train"])
+    if "train" in teacher:
+        raise ValueError("written by an older version, with the label-trained teacher's options under 'train' "
+                         "(now 'supervised', and its name 'trained' is now 'supervised')")
+    teacher["supervised"] = DenseTeacherConfig(**teacher["supervised"])
+    ssl = {k: tuple(v) if isinstance(v, list) else v for k, v in teacher["self_supervised"].items()}
+    teacher["self_supervised"] = SelfDistillationConfig(**ssl)
     optim = dict(d.pop("optim"))
     optim["betas"] = tuple(optim["betas"])
     run = dict(d.pop("run"))
@@ -163,15 +173,26 @@ def _teacher_tokens(teacher: Teacher, images: Tensor, batch: int = 32) -> tuple[
     return torch.cat([o.patches for o in outs]), torch.cat([o.cls for o in outs])
 
 
-def teacher_baseline(teacher, train_set: SceneSet, eval_set: SceneSet, px: int, probe_steps: int, seed: int):
-    """The teacher's own probes, trained and evaluated with the scenes resized to px x px."""
+def teacher_view(images: Tensor, px: int, source_px: int | None = None) -> Float[Tensor, "N 3 px px"]:
+    """Scenes [N, 3, H, W] as a teacher baseline sees them: resized to px (antialiased); with `source_px`, the
+    pixels of a full-scene glimpse of source_px (`extract_glimpse`, exactly what CanViT's first C2F glimpse
+    holds) resized to px."""
+    if source_px is not None:
+        images = extract_glimpse(images, Viewpoint.full(len(images)), source_px)
+    return _resize(images, px)
+
+
+def teacher_baseline(teacher, train_set: SceneSet, eval_set: SceneSet, px: int, probe_steps: int, seed: int,
+                     source_px: int | None = None):
+    """The teacher's own probes, trained and evaluated on `teacher_view(scenes, px, source_px)`."""
     num_classes = train_set.num_classes
-    tok, cls = _teacher_tokens(teacher, _resize(train_set.images, px))
+    tok, cls = _teacher_tokens(teacher, teacher_view(train_set.images, px, source_px))
     seg = fit_seg_probe(tok, train_set.labels, num_classes, layer_norm=False, steps=probe_steps, seed=seed)
-    tok_e, cls_e = _teacher_tokens(teacher, _resize(eval_set.images, px))
+    tok_e, cls_e = _teacher_tokens(teacher, teacher_view(eval_set.images, px, source_px))
     with torch.no_grad():
         result = {
             "px": px,
+            "source_px": source_px or eval_set.images.shape[-1],
             "miou": miou(
                 seg(tok_e, size=tuple(eval_set.labels.shape[-2:])).argmax(1), eval_set.labels, num_classes
             ),
@@ -187,6 +208,20 @@ def teacher_baseline(teacher, train_set: SceneSet, eval_set: SceneSet, px: int, 
         c = teacher.vit.cfg
         result["gflops"] = vit_flops(c.dim, c.depth, c.mlp_ratio, c.patch_size, px, 1 + c.registers) / 1e9
     return result
+
+
+def untrained_like(teacher: ViTTeacher, seed: int) -> ViTTeacher:
+    """A ViT teacher of the same configuration at its (seeded) initialisation, frozen."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return ViTTeacher(teacher.vit.cfg).eval().requires_grad_(False)
+
+
+def input_matched_px(model: CanViT, teacher: Teacher) -> int:
+    """The teacher input size whose token grid is one glimpse's ((glimpse_px / patch) tokens a side): the
+    input-matched baseline sees the full scene at glimpse_px, resampled to this size (as the paper, where
+    teacher and glimpse share the 16 px patch, both see 8 x 8 tokens)."""
+    return model.cfg.glimpse_px // model.cfg.patch_size * teacher.patch_size
 
 
 def flop_matched_px(teacher: Teacher, gflops: float) -> int | None:
@@ -212,8 +247,8 @@ def load_published(cfg: EvalConfig) -> tuple[CanViT, Teacher | None, SceneSet, S
 def evaluate(
     model: CanViT, teacher: Teacher | None, train_set: SceneSet, eval_set: SceneSet, cfg: EvalConfig
 ) -> dict:
-    """All metrics of one evaluation (see module docstring); without a teacher, no teacher baselines and no
-    head error."""
+    """All metrics of one model's evaluation (see module docstring); without a teacher, no teacher baselines
+    and no head error. `combine_seeds` turns several (one per pretraining seed) into mean and std."""
     if train_set.labels is None or eval_set.labels is None:
         raise ValueError("evaluation needs dense labels")
     grid = cfg.canvas_grid or model.cfg.canvas_grid
@@ -252,9 +287,13 @@ def evaluate(
     baselines = {} if teacher is None else {
         "teacher_full": teacher_baseline(teacher, train_set, eval_set, full_px, cfg.probe_steps, cfg.seed),
         "teacher_input_matched": teacher_baseline(
-            teacher, train_set, eval_set, model.cfg.glimpse_px, cfg.probe_steps, cfg.seed
+            teacher, train_set, eval_set, input_matched_px(model, teacher), cfg.probe_steps, cfg.seed,
+            source_px=model.cfg.glimpse_px,
         ),
     }
+    if isinstance(teacher, ViTTeacher):  # what training added: the same ViT at its initialisation
+        baselines["teacher_untrained_full"] = teacher_baseline(
+            untrained_like(teacher, cfg.seed), train_set, eval_set, full_px, cfg.probe_steps, cfg.seed)
     px = None if teacher is None else flop_matched_px(teacher, per_glimpse)
     if px is not None:
         baselines["teacher_flop_matched"] = teacher_baseline(
@@ -281,50 +320,118 @@ def evaluate(
     }
 
 
-def plot(metrics: dict, path: Path) -> Path:
-    """mIoU against glimpses (per policy) and against cumulative GFLOPs, with the teacher baselines."""
+POLICY_LABELS = {"c2f": "C2F", "eg_c2f": "EG-C2F", "full_first": "F-IID", "random": "R-IID",
+                 "repeated_full": "RFS (control)", "f2c": "F2C"}
+
+
+def _mean_std(values: list) -> dict:
+    """{"mean", "std", "per_seed"} over the first axis of `values` (scalars or equal-length curves); std is
+    the population standard deviation (0 for one seed)."""
+    t = torch.tensor(values, dtype=torch.float64)
+    mean, std = t.mean(0), t.std(0, correction=0)
+    return {"mean": mean.tolist(), "std": std.tolist(), "per_seed": values}
+
+
+def combine_seeds(runs: list[dict], seeds: list[int]) -> dict:
+    """One evaluation per pretraining seed (`evaluate`'s dicts) -> every curve and baseline as mean and
+    std over the seeds, with each seed's values (`per_seed`, in the order of `seeds`)."""
+    first = runs[0]
+    policies = {name: {metric: _mean_std([r["policies"][name][metric] for r in runs]) for metric in curve}
+                for name, curve in first["policies"].items()}
+    baselines = {}
+    for name, base in first["baselines"].items():
+        scores = {m: _mean_std([r["baselines"][name][m] for r in runs]) for m in ("miou", "top1") if m in base}
+        baselines[name] = {**{k: v for k, v in base.items() if k not in scores}, **scores}
+    locality = {k: _mean_std([r["write_outside_over_inside"][k] for r in runs])
+                for k in first["write_outside_over_inside"]}
+    static = {k: v for k, v in first.items() if k not in ("policies", "baselines", "write_outside_over_inside")}
+    return {"seeds": list(seeds), **static, "policies": policies, "baselines": baselines,
+            "write_outside_over_inside": locality}
+
+
+def plot(metrics: dict, path: Path, metric: str = "miou") -> Path:
+    """`metric` (miou or top1) of `combine_seeds`'s result against glimpses (per policy) and against
+    cumulative GFLOPs: mean over the seeds with a band of +-1 std; the teacher baselines as lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     per = metrics["gflops_per_glimpse"]
-    for name, curve in metrics["policies"].items():
-        t = range(1, len(curve["miou"]) + 1)
-        axes[0].plot(t, curve["miou"], marker="o", label=name)
-        axes[1].plot([per * k for k in t], curve["miou"], marker="o", label=name)
-    for (name, base), style in zip(metrics["baselines"].items(), ("-", "--", ":"), strict=False):
-        axes[0].axhline(base["miou"], color="k", ls=style, label=f"{name} ({base['px']} px)")
+    for name, curves in metrics["policies"].items():
+        if metric not in curves or not curves[metric]["mean"]:
+            continue
+        mean, std = torch.tensor(curves[metric]["mean"]), torch.tensor(curves[metric]["std"])
+        t = torch.arange(1, len(mean) + 1)
+        label = POLICY_LABELS.get(name, name)
+        ls = "--" if name == "repeated_full" else "-"
+        line = axes[0].plot(t, mean, marker="o", ms=3, ls=ls, label=label)[0]
+        axes[0].fill_between(t, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+        axes[1].plot(per * t, mean, marker="o", ms=3, ls=ls, color=line.get_color(), label=label)
+    for (name, base), style in zip(metrics["baselines"].items(), ("-", "--", ":", "-."), strict=False):
+        if metric not in base:
+            continue
+        mean, std = base[metric]["mean"], base[metric]["std"]
+        axes[0].axhline(mean, color="k", ls=style, lw=1,
+                        label=f"{name} ({base['source_px']} px seen, {base['px']} px input)")
+        axes[0].axhspan(mean - std, mean + std, color="k", alpha=0.06)
         if "gflops" in base:
-            axes[1].scatter([base["gflops"]], [base["miou"]], color="k", marker="x")
-            axes[1].annotate(name, (base["gflops"], base["miou"]), fontsize=7)
-    axes[0].set(xlabel="glimpses", ylabel="probe mIoU", title="mIoU per glimpse")
-    axes[1].set(xlabel="cumulative GFLOPs", ylabel="probe mIoU", xscale="log", title="accuracy vs compute")
-    axes[0].legend(fontsize=7)
+            axes[1].scatter([base["gflops"]], [mean], color="k", marker="x")
+            axes[1].annotate(name, (base["gflops"], mean), fontsize=7)
+    seeds = metrics.get("seeds", [])
+    what = {"miou": "probe mIoU", "top1": "probe top-1"}[metric]
+    axes[0].set(xlabel="glimpses", ylabel=what,
+                title=f"{what} per glimpse: mean and std over pretraining seeds {seeds}")
+    axes[1].set(xlabel="cumulative GFLOPs", ylabel=what, xscale="log", title="accuracy vs compute")
+    axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
+def write_results(metrics: dict, folder: Path) -> dict[str, str]:
+    """`metrics.json` and one PNG per table (`miou.png`, and `top1.png` where there are scene classes)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / "metrics.json", metrics)
+    plots = {"plot": str(plot(metrics, folder / "miou.png", "miou"))}
+    if any(c.get("top1", {}).get("mean") for c in metrics["policies"].values()):
+        plots["top1_plot"] = str(plot(metrics, folder / "top1.png", "top1"))
+    return plots
+
+
 def run_evaluation(cfg: EvalConfig) -> dict:
-    """Load a run, evaluate, write `metrics.json` and `miou.png` in `<output_root>/avfm_eval/<name>/`."""
+    """Load each run of `cfg.run_dir` (one per pretraining seed) or the published model, evaluate, and write
+    the mean and std over the runs (`combine_seeds`): `metrics.json`, `miou.png` and `top1.png` in
+    `<output_root>/avfm_eval/<name>/`."""
+    runs, seeds = [], []
     if cfg.canvit is not None:
         model, teacher, train_set, val_set = load_published(cfg)
+        runs.append(evaluate(model, teacher, train_set, val_set, cfg))
+        seeds.append(cfg.seed)
     else:
-        model, _, teacher, train_set, val_set = load_run(cfg.run_dir)
-    metrics = evaluate(model, teacher, train_set, val_set, cfg)
+        for run_dir in cfg.run_dir:
+            model, train_cfg, teacher, train_set, val_set = load_run(run_dir)
+            runs.append(evaluate(model, teacher, train_set, val_set, cfg))
+            seeds.append(train_cfg.seed)
+    if len(set(seeds)) < len(seeds):
+        raise ValueError(f"--run-dir: the runs repeat pretraining seeds {seeds}; give one run per seed")
+    metrics = combine_seeds(runs, seeds)
     out = RunDir.create("avfm_eval", cfg.name, root=cfg.output_root)
     out.save_config(cfg)
-    out.save_metrics(metrics)
-    plot(metrics, out.file("miou.png"))
-    return {"run_dir": str(out.path), **metrics}
+    plots = write_results(metrics, out.path)
+    return {"run_dir": str(out.path), **plots, **metrics}
 
 
 def summarize(metrics: dict) -> dict:
-    """A few headline numbers: per-policy first/last mIoU and the teacher baselines."""
-    summary = {f"{k}/miou_first": v["miou"][0] for k, v in metrics["policies"].items()}
-    summary |= {f"{k}/miou_last": v["miou"][-1] for k, v in metrics["policies"].items()}
-    summary |= {f"{k}/miou": v["miou"] for k, v in metrics["baselines"].items()}
-    return {k: (round(v, 4) if isinstance(v, float) and not math.isnan(v) else v) for k, v in summary.items()}
+    """Headline numbers of `combine_seeds`'s result: per policy the mean mIoU at the first and last glimpse,
+    the teacher baselines' mean mIoU, and the seeds."""
+    policies, baselines = metrics["policies"], metrics["baselines"]
+    summary = {f"{k}/miou_first": v["miou"]["mean"][0] for k, v in policies.items()}
+    summary |= {f"{k}/miou_last": v["miou"]["mean"][-1] for k, v in policies.items()}
+    summary |= {f"{k}/miou": v["miou"]["mean"] for k, v in baselines.items()}
+    rounded = {k: (round(v, 4) if isinstance(v, float) and not math.isnan(v) else v) for k, v in summary.items()}
+    return {"seeds": metrics["seeds"], **rounded}

@@ -72,10 +72,10 @@ class WorldsConfig:
 
 @dataclass
 class TeacherSpec:
-    name: str = "trained"  # trained (small ViT trained here on the distillation worlds), random_vit, dinov2, dinov3
-    path: Path | None = None  # a saved teacher (trained) or an HF model directory (dinov2 / dinov3)
+    name: str = "supervised"  # supervised (small ViT trained here on the worlds' labels), random_vit, dinov2, dinov3
+    path: Path | None = None  # a saved teacher (supervised) or an HF model directory (dinov2 / dinov3)
     seed: int = 0
-    train: DenseTeacherConfig = field(default_factory=lambda: DenseTeacherConfig(steps=300))
+    supervised: DenseTeacherConfig = field(default_factory=lambda: DenseTeacherConfig(steps=300))
 
 
 def run_defaults(**overrides: Any) -> RunConfig:
@@ -117,14 +117,14 @@ def probe_worlds(cfg: WorldsConfig) -> tuple[list[MultiViewDataset], list[MultiV
 
 def make_teacher(spec: TeacherSpec, worlds: list[MultiViewDataset], saved: Path | None,
                  progress: bool = False) -> DenseFeatures:
-    """The frozen teacher as a dense map. `trained` without a path trains the small dense teacher on the
+    """The frozen teacher as a dense map. `supervised` without a path trains the small dense teacher on the
     distillation worlds' views and semantic labels (once: saved to `saved` and reloaded from there)."""
-    if spec.name == "trained" and spec.path is None:
+    if spec.name == "supervised" and spec.path is None:
         if saved is not None and saved.is_file():
             return DenseFeatures(load_vit_teacher(saved))
         images = torch.cat([rearrange(w.images, "n h w c -> n c h w") for w in worlds])
         labels = torch.cat([w.semantic for w in worlds])
-        teacher, _ = train_dense_teacher(images, labels, NUM_CLASSES, cfg=spec.train, progress=progress)
+        teacher, _ = train_dense_teacher(images, labels, NUM_CLASSES, cfg=spec.supervised, progress=progress)
         if saved is not None:
             save_vit_teacher(saved, teacher)
         return DenseFeatures(teacher)

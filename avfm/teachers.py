@@ -2,28 +2,27 @@
 with patch embeddings [B, h*w, D], a CLS embedding [B, D] and the patch grid (h, w).
 
 Members (`TEACHERS`): HF transformers DINOv2 / DINOv2-with-registers / DINOv3 ViT loaded from a
-local directory (`hf`, `dinov2`, `dinov3`), a seeded random ViT (`random_vit`), and a small ViT
-trained here on the synthetic scenes' dense labels (`trained`, see `DenseTeacherTrainer`).
+local directory (`hf`, `dinov2`, `dinov3`), a seeded random ViT (`random_vit`), and small ViTs trained
+here and saved: `self_supervised` (DINO + iBOT, no labels: `avfm.self_distillation`) and `supervised`
+(trained on the synthetic scenes' dense labels, see `DenseTeacherTrainer`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
-import tyro
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from avfm.data import load_scenes
 from avfm.glimpse import IMAGENET_MEAN, IMAGENET_STD
 from avfm.vit import ViT, ViTConfig, interpolate_tokens
 from scene3d.checkpoint import load_checkpoint, save_checkpoint
-from scene3d.config import Range, check
+from scene3d.config import Range
 from scene3d.errors import CheckpointError, DataError
 from scene3d.runs import RunDir
 from scene3d.train import FitResult, RunConfig, fit
@@ -239,37 +238,6 @@ def train_dense_teacher(
     return trainer.teacher.eval().requires_grad_(False), trainer.losses
 
 
-@dataclass
-class TeacherRunConfig:
-    """A teacher trained on its own (`scripts/train_teacher.py`): `n` scenes of `source` at `resolution`
-    px (scene seed `seed`), in `<output_root>/teachers/<name>/` (name: "dense")."""
-
-    source: Literal["synthetic", "toy", "folder"] = "synthetic"
-    n: Annotated[int, Range(1)] = 256
-    resolution: Annotated[int, Range(8, 4096)] = 64
-    seed: int = 0
-    teacher: DenseTeacherConfig = field(default_factory=DenseTeacherConfig)
-    # --name, --output-root, --checkpoint-every, --log-every, --stop-after, ... (scene3d.train.RunConfig)
-    run: Annotated[RunConfig, tyro.conf.OmitArgPrefixes] = field(
-        default_factory=lambda: RunConfig(log_every=10, eval_every=0, checkpoint_every=100))
-
-    def __post_init__(self) -> None:
-        check(self)
-
-
-def train_teacher_run(config: TeacherRunConfig) -> tuple[DenseTeacherTrainer, FitResult, Path | None]:
-    """Train (or resume) the teacher run; once complete, save the frozen teacher as `teacher.safetensors`
-    in its folder. Returns the trainer, what `fit` did and that file (None when a limit ended the run)."""
-    scenes = load_scenes(config.source, config.n, config.resolution, config.seed)
-    trainer = DenseTeacherTrainer(scenes.images, scenes.labels, scenes.num_classes, scenes.scene_class, config.teacher)
-    run = config.run.open("teachers", "dense")
-    result = fit(trainer, run, config.run, config.teacher.steps, job_config=config)
-    if not result.complete:
-        return trainer, result, None
-    frozen = trainer.teacher.eval().requires_grad_(False)
-    return trainer, result, save_vit_teacher(run.path / "teacher.safetensors", frozen)
-
-
 def save_vit_teacher(path: str | Path, teacher: ViTTeacher) -> Path:
     return save_checkpoint(path, {"model": teacher.state_dict()}, {"vit": asdict(teacher.vit.cfg)})
 
@@ -291,13 +259,14 @@ TEACHERS = {
     "dinov2": HFTeacher,
     "dinov3": HFTeacher,
     "random_vit": random_vit_teacher,
-    "trained": load_vit_teacher,
+    "self_supervised": load_vit_teacher,  # a saved teacher of avfm.self_distillation
+    "supervised": load_vit_teacher,  # a saved DenseTeacherTrainer teacher
 }
 
 
 def build_teacher(name: str, **kwargs) -> Teacher:
     """`build_teacher("dinov3", path=...)`, `build_teacher("random_vit", seed=0)`,
-    `build_teacher("trained", path=...)`."""
+    `build_teacher("self_supervised", path=...)`."""
     if name not in TEACHERS:
         raise KeyError(f"unknown teacher '{name}'; known: {sorted(TEACHERS)}")
     return TEACHERS[name](**kwargs)

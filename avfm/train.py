@@ -36,6 +36,7 @@ from avfm.data import (
 )
 from avfm.glimpse import Viewpoint, sample_rollout_length, sample_viewpoints
 from avfm.model import CanViT, build_model
+from avfm.self_distillation import SelfDistillationConfig, train_self_distillation
 from avfm.teachers import (
     DenseTeacherConfig,
     Teacher,
@@ -63,10 +64,14 @@ class DataConfig:
 
 @dataclass
 class TeacherConfig:
-    name: str = "trained"  # trained | random_vit | dinov2 | dinov3 | hf
-    path: str | None = None  # HF directory or trained-teacher checkpoint; `trained` without a path trains one
-    seed: int = 0
-    train: DenseTeacherConfig = field(default_factory=DenseTeacherConfig)
+    """The frozen dense teacher. `self_supervised` (DINO + iBOT, never sees a label) and `supervised` (trained
+    on the scenes' dense labels) are trained on the training scenes unless `path` names a saved one."""
+
+    name: Literal["self_supervised", "supervised", "random_vit", "dinov2", "dinov3", "hf"] = "self_supervised"
+    path: str | None = None  # an HF model directory, or a saved self_supervised / supervised teacher
+    seed: int = 0  # random_vit's
+    self_supervised: SelfDistillationConfig = field(default_factory=SelfDistillationConfig)
+    supervised: DenseTeacherConfig = field(default_factory=DenseTeacherConfig)
 
 
 @dataclass
@@ -171,25 +176,23 @@ def train_step(
 def make_teacher(
     cfg: TeacherConfig, train_set: SceneSet, run: RunDir | None, progress: bool = False
 ) -> Teacher:
-    """The configured teacher; `trained` without a path trains one on the training scenes (once:
-    it is saved as `teacher.safetensors` in the run folder and reloaded on resume; its training
-    checkpoints in `teacher/` of the run folder, so a killed teacher training resumes too)."""
-    if cfg.name == "trained" and cfg.path is None:
+    """The configured teacher. `self_supervised` / `supervised` without a path train one on the training
+    scenes (once: it is saved as `teacher.safetensors` in the run folder and reloaded on resume; its
+    training checkpoints in `teacher/` of the run folder, so a killed teacher training resumes too)."""
+    if cfg.name in ("self_supervised", "supervised") and cfg.path is None:
         saved = None if run is None else run.path / "teacher.safetensors"
         if saved is not None and saved.is_file():
             return load_vit_teacher(saved)
-        if train_set.labels is None:
-            raise ValueError("the 'trained' teacher needs dense labels in the training scenes")
-        teacher, _ = train_dense_teacher(
-            train_set.images,
-            train_set.labels,
-            train_set.num_classes,
-            train_set.scene_class,
-            cfg.train,
-            progress,
-            run=None if run is None else RunDir(run.path / "teacher"),
-            main_process=_rank() == 0,
-        )
+        folder = None if run is None else RunDir(run.path / "teacher")
+        if cfg.name == "self_supervised":
+            teacher, _ = train_self_distillation(train_set.images, cfg.self_supervised, progress, run=folder,
+                                                 main_process=_rank() == 0)
+        else:
+            if train_set.labels is None:
+                raise ValueError("the 'supervised' teacher needs dense labels in the training scenes")
+            teacher, _ = train_dense_teacher(train_set.images, train_set.labels, train_set.num_classes,
+                                             train_set.scene_class, cfg.supervised, progress, run=folder,
+                                             main_process=_rank() == 0)
         if saved is not None and _rank() == 0:
             save_vit_teacher(saved, teacher)
         return teacher

@@ -126,9 +126,14 @@ class ViT(nn.Module):
     def dim(self) -> int:
         return self.cfg.dim
 
-    def forward(self, images: Float[Tensor, "B 3 H W"]) -> tuple[Tensor, Tensor, tuple[int, int]]:
+    def forward(
+        self, images: Float[Tensor, "B 3 H W"], mask: Tensor | None = None, mask_token: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, tuple[int, int]]:
+        """`mask` [B, h*w] (bool) replaces those patch embeddings by `mask_token` [1, 1, D] (iBOT's input)."""
         patches, h, w = self.patch_embed(images)
         b = patches.shape[0]
+        if mask is not None:
+            patches = torch.where(mask[..., None], mask_token.to(patches.dtype), patches)
         x = torch.cat([self.cls_token.expand(b, -1, -1), self.registers.expand(b, -1, -1), patches], dim=1)
         pos = flat_grid(h, w, device=images.device).expand(b, -1, -1)
         rope = compute_rope(

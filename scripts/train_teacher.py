@@ -1,20 +1,22 @@
-"""Train the small dense teacher on synthetic scenes' labels in `outputs/teachers/<name>/` (checkpoints;
-resumes when run again) and save it there as `teacher.safetensors` for `--teacher.path` of train_avfm.py.
+"""Train a small dense teacher on synthetic scenes in `outputs/teachers/<name>/` (checkpoints; resumes when
+run again) and save it there as `teacher.safetensors` for `--teacher.path` of train_avfm.py. Default: the
+self-supervised teacher (DINO + iBOT, no labels); `--kind supervised` trains on the dense labels.
 
-python scripts/train_teacher.py --name dense   # -> outputs/teachers/dense/teacher.safetensors
-python scripts/train_avfm.py --teacher.path outputs/teachers/dense/teacher.safetensors
+python scripts/train_teacher.py   # -> outputs/teachers/self_supervised/teacher.safetensors
+python scripts/train_avfm.py --teacher.path outputs/teachers/self_supervised/teacher.safetensors
 """
 
 import tyro
 
-from avfm.teachers import TeacherRunConfig, train_teacher_run
+from avfm.teacher_runs import TeacherRunConfig, train_teacher_run
 from scene3d.cli import run_cli
 
 
 def main(config: TeacherRunConfig) -> None:
     trainer, result, saved = train_teacher_run(config)
+    steps = getattr(config, config.kind).steps
     if saved is None:
-        print(f"stopped after step {result.steps} of {config.teacher.steps}; run again to continue")
+        print(f"stopped after step {result.steps} of {steps}; run again to continue")
     else:
         print(f"loss {trainer.losses[0]:.3f} -> {trainer.losses[-1]:.3f} after {result.steps} steps; saved {saved}")
 

@@ -1,15 +1,26 @@
 """Probes and metrics on planted cases; the evaluation pipeline end to end on toy scenes."""
 
+import dataclasses
 import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from avfm.coords import flat_grid
-from avfm.evaluate import EvalConfig, evaluate, load_run, plot, write_locality
+from avfm.evaluate import (
+    EvalConfig,
+    evaluate,
+    input_matched_px,
+    load_run,
+    run_evaluation,
+    teacher_view,
+    write_locality,
+)
 from avfm.glimpse import Viewpoint
-from avfm.model import CONFIGS, CanViT, State
+from avfm.model import CONFIGS, CanViT, State, build_model
 from avfm.probes import SegProbe, entropy_map, fit_cls_probe, fit_seg_probe, top1
+from avfm.teachers import build_teacher
 from avfm.train import DataConfig, OptimConfig, TeacherConfig, TrainConfig, train
 from scene3d.metrics import miou
 from scene3d.train import RunConfig
@@ -70,11 +81,55 @@ def test_evaluation_end_to_end(tmp_path):
     assert set(metrics["policies"]) == {"c2f", "eg_c2f", "f2c"}
     assert all(len(v["miou"]) == 3 and len(v["top1"]) == 3 for v in metrics["policies"].values())
     assert {"teacher_full", "teacher_input_matched", "teacher_flop_matched"} <= set(metrics["baselines"])
-    assert metrics["baselines"]["teacher_input_matched"]["px"] == 32
+    # input-matched: the glimpse's pixels (32 px) on the glimpse's token grid (4 x 4 tokens of the 8 px teacher)
+    matched = metrics["baselines"]["teacher_input_matched"]
+    assert (matched["source_px"], matched["px"]) == (model.cfg.glimpse_px, 32)
     assert all(len(v["patch_mse"]) == 3 and min(v["patch_mse"]) > 0 for v in metrics["policies"].values())
     assert set(metrics["write_outside_over_inside"]) == {"level1", "level2"}
     json.dumps(metrics)
-    assert plot(metrics, tmp_path / "m.png").stat().st_size > 0
+
+
+def test_input_matched_teacher_sees_the_full_view_glimpse_on_the_glimpse_token_grid():
+    """As the paper's input-matched baseline: the teacher gets exactly the pixels of CanViT's full-scene glimpse
+    (16 px here), resampled so that its token grid is one glimpse's (4 x 4 tokens of its 8 px patches)."""
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 64, 64)
+    teacher = build_teacher("random_vit", seed=0, dim=24, depth=1, heads=2)
+    model = build_model("canvit_tiny_g16")
+    px = input_matched_px(model, teacher)
+    view = teacher_view(images, px, source_px=model.cfg.glimpse_px)
+    glimpse = model.glimpse(images, Viewpoint.full(2))
+    expected = F.interpolate(glimpse, size=(px, px), mode="bilinear", antialias=True, align_corners=False)
+    assert torch.equal(view, expected)
+    assert teacher(view).grid == (model.cfg.glimpse_grid,) * 2 == (4, 4)
+    assert not torch.allclose(view, teacher_view(images, px), atol=1e-2)  # the direct 32 px view has more detail
+
+
+def test_runs_of_several_seeds_give_mean_std_json_and_one_png_per_table(tmp_path):
+    runs = []
+    for seed in (0, 1):
+        cfg = TrainConfig(data=DataConfig(source="toy", n_train=8, n_val=4, resolution=64),
+                          teacher=TeacherConfig(name="random_vit"), optim=OptimConfig(lr=2e-3, warmup_steps=1),
+                          steps=2, batch_size=2, seed=seed,
+                          run=RunConfig(name=f"s{seed}", output_root=tmp_path, progress=False))
+        runs.append(train(cfg)["run_dir"])
+    cfg = EvalConfig(run_dir=tuple(runs), steps=2, probe_rollout=1, probe_steps=5, policies=("c2f", "repeated_full"),
+                     name="seeds", output_root=tmp_path)
+    result = run_evaluation(cfg)
+    saved = json.loads((tmp_path / "avfm_eval" / "seeds" / "metrics.json").read_text())
+    assert saved["seeds"] == [0, 1]
+    c2f = saved["policies"]["c2f"]["miou"]
+    per_seed = torch.tensor(c2f["per_seed"])
+    assert per_seed.shape == (2, 2)
+    assert torch.allclose(torch.tensor(c2f["mean"], dtype=torch.float64), per_seed.double().mean(0))
+    assert torch.allclose(torch.tensor(c2f["std"], dtype=torch.float64), per_seed.double().std(0, correction=0))
+    base = saved["baselines"]["teacher_full"]["miou"]
+    assert len(base["per_seed"]) == 2 and base["std"] >= 0
+    assert (tmp_path / "avfm_eval" / "seeds" / "miou.png").stat().st_size > 0
+    assert (tmp_path / "avfm_eval" / "seeds" / "top1.png").stat().st_size > 0
+    assert result["seeds"] == [0, 1]
+    with pytest.raises(ValueError, match="repeat pretraining seeds"):
+        run_evaluation(dataclasses.replace(cfg, run_dir=(runs[0], runs[0]), name="twice"))
 
 
 class _PlantedWriter(CanViT):

@@ -122,7 +122,7 @@ def test_pretraining_run_trains_its_teacher_resumably(tmp_path):
     run = RunDir(tmp_path / "avfm")
     interrupted = DenseTeacherTrainer(scenes.images, scenes.labels, scenes.num_classes, scenes.scene_class, cfg)
     fit(interrupted, RunDir(run.path / "teacher"), RunConfig(stop_after=3, progress=False), 6, job_config=cfg)
-    teacher = make_teacher(TeacherConfig(train=cfg), scenes, run)
+    teacher = make_teacher(TeacherConfig(name="supervised", supervised=cfg), scenes, run)
     x = scenes.images[:2]
     assert torch.equal(teacher(x).patches, straight(x).patches)
     assert [s for s, _ in RunDir(run.path / "teacher").checkpoints()] == [3, 6]

@@ -9,13 +9,14 @@ from pathlib import Path
 import torch
 
 from avfm.data import photos
-from avfm.evaluate import EvalConfig, evaluate, load_run, plot, summarize
+from avfm.evaluate import EvalConfig, combine_seeds, evaluate, load_run, summarize, write_results
 from avfm.model import CanViT
-from avfm.teachers import DenseTeacherConfig
+from avfm.self_distillation import SelfDistillationConfig
 from avfm.train import DataConfig, OptimConfig, TeacherConfig, TrainConfig, train
-from scene3d.checkpoint import atomic_write_json
 from scene3d.train import RunConfig
 from viewer.glimpse import GlimpseSession
+
+SSL_STEPS = 400  # the self-supervised teacher's steps in the full demo
 
 
 def demo_configs(out_dir: Path, quick: bool, source: str = "synthetic") -> tuple[TrainConfig, EvalConfig]:
@@ -28,9 +29,9 @@ def demo_configs(out_dir: Path, quick: bool, source: str = "synthetic") -> tuple
     scenes, C2F sees the scene at 1/4, 1/2 and full resolution at quadtree levels 0, 1, 2. Probes are
     trained on R-IID rollouts of 10 glimpses (as the paper)."""
     data = DataConfig(source=source, n_train=64 if quick else 512, n_val=32 if quick else 128, resolution=64)
-    teacher = TeacherConfig(
-        name="trained", train=DenseTeacherConfig(steps=60 if quick else 500, batch_size=8 if quick else 16)
-    )
+    ssl = SelfDistillationConfig(steps=20, batch_size=8, local_crops=2) if quick else SelfDistillationConfig(
+        steps=SSL_STEPS)
+    teacher = TeacherConfig(name="self_supervised", self_supervised=ssl)
     train_cfg = TrainConfig(
         model="canvit_tiny_g16",
         canvas_grid=8,
@@ -43,7 +44,7 @@ def demo_configs(out_dir: Path, quick: bool, source: str = "synthetic") -> tuple
                       checkpoint_every=100, progress=not quick),
     )
     eval_cfg = EvalConfig(
-        run_dir=str(Path(out_dir) / "avfm" / train_cfg.run.name),
+        run_dir=(str(Path(out_dir) / "avfm" / train_cfg.run.name),),
         steps=5 if quick else 10,
         probe_rollout=3 if quick else 10,
         probe_steps=60 if quick else 300,
@@ -61,18 +62,16 @@ def run_stage(out_dir: Path, quick: bool) -> dict:
     train_cfg, eval_cfg = demo_configs(out_dir, quick, source)
     trained = train(train_cfg)
     model, _, teacher, train_set, val_set = load_run(trained["run_dir"])
-    metrics = evaluate(model, teacher, train_set, val_set, eval_cfg)
+    metrics = combine_seeds([evaluate(model, teacher, train_set, val_set, eval_cfg)], [train_cfg.seed])
     folder = out_dir / "avfm_eval" / eval_cfg.name
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(folder / "metrics.json", metrics)
-    plot(metrics, folder / "miou.png")
+    plots = write_results(metrics, folder)
     photo_rollouts(model, train_set.images.shape[-1], folder / "photos.png")
     return {
         "source": source,
         "train_steps": trained["steps"],
         "val_patch_mse_f_iid": trained.get("val/f_iid/patch"),
         **summarize(metrics),
-        "plot": str(folder / "miou.png"),
+        **plots,
         "photos_plot": str(folder / "photos.png"),
         "seconds": round(time.time() - t0, 1),
     }

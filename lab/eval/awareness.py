@@ -77,7 +77,7 @@ def quick_config(output_root: Path = Path("outputs"), name: str = "quick") -> Sp
     """A few minutes on 2 CPU cores: 4 distillation worlds, 120 steps per student."""
     return SplatRunConfig(
         worlds=WorldsConfig(n_distill=4, n_views=16, n_probe_train=3, n_probe_test=3, probe_views=10),
-        teacher=TeacherSpec(train=DenseTeacherConfig(steps=200)),
+        teacher=TeacherSpec(supervised=DenseTeacherConfig(steps=200)),
         distill=SplatDistillConfig(steps=120, warmup=10),
         fit3d=Fit3DConfig(n_points=3000, steps=40),
         probe=ProbeConfig(pairs_per_world=20, seg_steps=200),
@@ -89,7 +89,7 @@ def demo_config(out_dir: Path, quick: bool) -> SplatRunConfig:
         return quick_config(out_dir, "demo")
     return SplatRunConfig(
         worlds=WorldsConfig(n_distill=2, n_views=12, n_probe_train=2, n_probe_test=2, probe_views=6),
-        teacher=TeacherSpec(train=DenseTeacherConfig(steps=60, batch_size=8)),
+        teacher=TeacherSpec(supervised=DenseTeacherConfig(steps=60, batch_size=8)),
         distill=SplatDistillConfig(steps=15, batch_size=2, warmup=3),
         fit3d=Fit3DConfig(n_points=1500, steps=10),
         probe=ProbeConfig(pairs_per_world=8, seg_steps=60, max_pixels=20000),

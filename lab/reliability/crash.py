@@ -91,8 +91,13 @@ SCRIPTS: dict[str, ScriptSpec] = {
     "train_teacher": ScriptSpec(
         "scripts/train_teacher.py",
         lambda out: ["--output-root", str(out), "--name", "r", "--source", "toy", "--n", "16", "--resolution", "64",
-                     "--teacher.steps", "12", "--checkpoint-every", "2", "--log-every", "1", "--no-progress"],
-        lambda out: out / "teachers" / "r", _pick("model", "heads", "optimizer", "generator", "losses"), 2, 12),
+                     "--self-supervised.steps", "12", "--self-supervised.batch-size", "4", "--self-supervised.dim",
+                     "24", "--self-supervised.depth", "1", "--self-supervised.heads", "2",
+                     "--self-supervised.prototypes", "32", "--self-supervised.head-hidden", "32",
+                     "--self-supervised.head-bottleneck", "16", "--checkpoint-every", "2", "--log-every", "1",
+                     "--no-progress"],
+        lambda out: out / "teachers" / "r",
+        _pick("model", "teacher", "student", "optimizer", "generator", "center", "patch_center", "losses"), 2, 12),
     "train_prior": ScriptSpec(
         "scripts/train_prior.py",
         lambda out: ["--output-root", str(out), "--name", "r", "--steps", "12", "--checkpoint-every", "2",
