@@ -346,7 +346,23 @@ def combine_seeds(runs: list[dict], seeds: list[int]) -> dict:
                 for k in first["write_outside_over_inside"]}
     static = {k: v for k, v in first.items() if k not in ("policies", "baselines", "write_outside_over_inside")}
     return {"seeds": list(seeds), **static, "policies": policies, "baselines": baselines,
-            "write_outside_over_inside": locality}
+            "c2f_minus": c2f_minus_controls(runs), "write_outside_over_inside": locality}
+
+
+def c2f_minus_controls(runs: list[dict]) -> dict:
+    """C2F's mIoU minus each control's, per glimpse, paired within each seed (mean, std, per seed): the
+    repeated-full-view control RFS and the input-matched teacher, as the paper compares them."""
+    if "c2f" not in runs[0]["policies"]:
+        return {}
+    out = {}
+    if "repeated_full" in runs[0]["policies"]:
+        out["repeated_full"] = _mean_std([[a - b for a, b in zip(r["policies"]["c2f"]["miou"],
+                                                                   r["policies"]["repeated_full"]["miou"], strict=True)]
+                                          for r in runs])
+    if "teacher_input_matched" in runs[0]["baselines"]:
+        out["teacher_input_matched"] = _mean_std([[a - r["baselines"]["teacher_input_matched"]["miou"]
+                                                   for a in r["policies"]["c2f"]["miou"]] for r in runs])
+    return out
 
 
 def plot(metrics: dict, path: Path, metric: str = "miou") -> Path:

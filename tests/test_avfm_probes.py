@@ -123,6 +123,9 @@ def test_runs_of_several_seeds_give_mean_std_json_and_one_png_per_table(tmp_path
     assert per_seed.shape == (2, 2)
     assert torch.allclose(torch.tensor(c2f["mean"], dtype=torch.float64), per_seed.double().mean(0))
     assert torch.allclose(torch.tensor(c2f["std"], dtype=torch.float64), per_seed.double().std(0, correction=0))
+    rfs = torch.tensor(saved["policies"]["repeated_full"]["miou"]["per_seed"])
+    paired = torch.tensor(saved["c2f_minus"]["repeated_full"]["per_seed"])
+    assert torch.allclose(paired, per_seed - rfs, atol=1e-6)
     base = saved["baselines"]["teacher_full"]["miou"]
     assert len(base["per_seed"]) == 2 and base["std"] >= 0
     assert (tmp_path / "avfm_eval" / "seeds" / "miou.png").stat().st_size > 0

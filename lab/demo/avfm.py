@@ -12,6 +12,7 @@ from avfm.data import photos
 from avfm.evaluate import EvalConfig, combine_seeds, evaluate, load_run, summarize, write_results
 from avfm.model import CanViT
 from avfm.self_distillation import SelfDistillationConfig
+from avfm.teachers import DenseTeacherConfig
 from avfm.train import DataConfig, OptimConfig, TeacherConfig, TrainConfig, train
 from scene3d.train import RunConfig
 from viewer.glimpse import GlimpseSession
@@ -31,7 +32,8 @@ def demo_configs(out_dir: Path, quick: bool, source: str = "synthetic") -> tuple
     data = DataConfig(source=source, n_train=64 if quick else 512, n_val=32 if quick else 128, resolution=64)
     ssl = SelfDistillationConfig(steps=20, batch_size=8, local_crops=2) if quick else SelfDistillationConfig(
         steps=SSL_STEPS)
-    teacher = TeacherConfig(name="self_supervised", self_supervised=ssl)
+    supervised = DenseTeacherConfig(steps=60 if quick else 500, batch_size=8 if quick else 16)  # the option's
+    teacher = TeacherConfig(name="self_supervised", self_supervised=ssl, supervised=supervised)
     train_cfg = TrainConfig(
         model="canvit_tiny_g16",
         canvas_grid=8,

@@ -1,5 +1,5 @@
 """The demo's CanViT experiment over seeds (`scripts/eval_avfm_seeds.py`). Per seed, the whole pipeline
-runs with that seed: the self-supervised teacher (initialisation, crops, masks) and CanViT's pretraining,
+runs with that seed: the teacher's training (the self-supervised one by default) and CanViT's pretraining,
 in `<output_root>/avfm/<name>_seed<k>/`; the scenes and the probes' seed stay fixed. Then one evaluation of
 all runs (`avfm.evaluate.run_evaluation`): every curve and baseline as mean and std over the seeds, in
 `<output_root>/avfm_eval/<name>/` (`metrics.json`, `miou.png`, `top1.png`). Finished runs are reloaded,
@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from avfm.evaluate import run_evaluation
 from avfm.train import train
@@ -25,6 +25,7 @@ class SeedsConfig:
     name: str = "demo_seeds"
     output_root: Path = OUTPUTS
     quick: bool = False  # the quick demo's sizes (a smoke run)
+    teacher: Literal["self_supervised", "supervised"] = "self_supervised"  # supervised: the label-trained option
 
     def __post_init__(self) -> None:
         check(self)
@@ -37,8 +38,9 @@ def run_seeds(cfg: SeedsConfig) -> dict:
     runs = []
     for seed in cfg.seeds:
         train_cfg, eval_cfg = demo_configs(cfg.output_root, cfg.quick)
-        teacher = dataclasses.replace(
-            train_cfg.teacher, self_supervised=dataclasses.replace(train_cfg.teacher.self_supervised, seed=seed))
+        t = train_cfg.teacher
+        teacher = dataclasses.replace(t, name=cfg.teacher, supervised=dataclasses.replace(t.supervised, seed=seed),
+                                      self_supervised=dataclasses.replace(t.self_supervised, seed=seed))
         run = dataclasses.replace(train_cfg.run, name=f"{cfg.name}_seed{seed}")
         runs.append(train(dataclasses.replace(train_cfg, seed=seed, teacher=teacher, run=run))["run_dir"])
     return run_evaluation(dataclasses.replace(eval_cfg, run_dir=tuple(runs), name=cfg.name))
