@@ -183,5 +183,6 @@ def test_eval_runs_the_probes_on_a_published_checkpoint(tmp_path):
     cfg = EvalConfig(canvit=LAYOUTS["0.1"], data=DataConfig(source="toy", n_train=4, n_val=2), policies=("c2f",),
                      steps=2, probe_rollout=1, probe_steps=3, output_root=tmp_path)
     metrics = run_evaluation(cfg)
-    assert len(metrics["policies"]["c2f"]["miou"]) == 2 and metrics["baselines"] == {}
+    assert len(metrics["policies"]["c2f"]["miou"]["mean"]) == 2 and metrics["baselines"] == {}
+    assert metrics["seeds"] == [cfg.seed] and metrics["c2f_minus"] == {}
     assert metrics["canvas_grid"] == 8 and metrics["glimpse_px"] == 32
