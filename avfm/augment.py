@@ -16,11 +16,13 @@ from torch import Tensor
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, as PIL's greyscale
 
 
-def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> Tensor:
+def uniform(n: int, low: float, high: float, generator: torch.Generator) -> Tensor:
+    """[n] draws uniform in [low, high)."""
     return low + (high - low) * torch.rand(n, generator=generator)
 
 
-def _chance(n: int, p: float, generator: torch.Generator) -> Tensor:
+def chance(n: int, p: float, generator: torch.Generator) -> Tensor:
+    """[n] bools, each True with probability p."""
     return torch.rand(n, generator=generator) < p
 
 
@@ -32,13 +34,13 @@ def random_resized_crop(
     image, resized to size x size (bilinear, antialiased by sampling a 2x finer grid), flipped left-right with
     probability `flip`."""
     b = images.shape[0]
-    area = _uniform(b, *scale, generator)
-    aspect = torch.exp(_uniform(b, math.log(ratio[0]), math.log(ratio[1]), generator))
+    area = uniform(b, *scale, generator)
+    aspect = torch.exp(uniform(b, math.log(ratio[0]), math.log(ratio[1]), generator))
     half_w = (area * aspect).sqrt().clamp(max=1.0)  # half sides in [-1, 1] image coordinates
     half_h = (area / aspect).sqrt().clamp(max=1.0)
     cx = (1 - half_w) * (2 * torch.rand(b, generator=generator) - 1)
     cy = (1 - half_h) * (2 * torch.rand(b, generator=generator) - 1)
-    sign = torch.where(_chance(b, flip, generator), -1.0, 1.0)
+    sign = torch.where(chance(b, flip, generator), -1.0, 1.0)
     theta = torch.zeros(b, 2, 3)
     theta[:, 0, 0], theta[:, 0, 2] = half_w * sign, cx
     theta[:, 1, 1], theta[:, 1, 2] = half_h, cy
@@ -59,9 +61,9 @@ def colour_jitter(
     up to +-hue turns (in YIQ), in that order, clamped to [0, 1] after each (DINO's ColorJitter(0.4, 0.4, 0.2,
     0.1) with p 0.8; torchvision shuffles the order, here it is fixed)."""
     b = images.shape[0]
-    apply = _chance(b, p, generator).view(b, 1, 1, 1)
-    factors = [_uniform(b, 1 - x, 1 + x, generator).view(b, 1, 1, 1) for x in (brightness, contrast, saturation)]
-    turn = _uniform(b, -hue, hue, generator) * 2 * math.pi
+    apply = chance(b, p, generator).view(b, 1, 1, 1)
+    factors = [uniform(b, 1 - x, 1 + x, generator).view(b, 1, 1, 1) for x in (brightness, contrast, saturation)]
+    turn = uniform(b, -hue, hue, generator) * 2 * math.pi
     x = (images * factors[0]).clamp(0, 1)
     mean = greyscale(x).mean(dim=(1, 2, 3), keepdim=True)
     x = (mean + factors[1] * (x - mean)).clamp(0, 1)
@@ -77,7 +79,7 @@ def colour_jitter(
 
 
 def random_greyscale(images: Float[Tensor, "B 3 H W"], generator: torch.Generator, p: float = 0.2) -> Tensor:
-    apply = _chance(images.shape[0], p, generator).view(-1, 1, 1, 1)
+    apply = chance(images.shape[0], p, generator).view(-1, 1, 1, 1)
     return torch.where(apply, greyscale(images).expand_as(images), images)
 
 
@@ -86,7 +88,7 @@ def gaussian_blur(
 ) -> Float[Tensor, "B 3 H W"]:
     """With probability p a Gaussian blur of sigma uniform in `sigma` pixels (reflect padding, radius 3 sigma)."""
     b, c, h, w = images.shape
-    s = _uniform(b, *sigma, generator)
+    s = uniform(b, *sigma, generator)
     radius = max(1, math.ceil(3 * sigma[1]))
     offsets = torch.arange(-radius, radius + 1, dtype=images.dtype)
     kernel = torch.exp(-0.5 * (offsets[None] / s[:, None]) ** 2)
@@ -97,10 +99,10 @@ def gaussian_blur(
     x = F.conv2d(x, kernel[:, None, None, :], groups=b * c)
     x = F.conv2d(x, kernel[:, None, :, None], groups=b * c)
     blurred = rearrange(x, "1 (b c) h w -> b c h w", b=b)
-    return torch.where(_chance(b, p, generator).view(b, 1, 1, 1), blurred, images)
+    return torch.where(chance(b, p, generator).view(b, 1, 1, 1), blurred, images)
 
 
 def solarize(images: Float[Tensor, "B 3 H W"], generator: torch.Generator, p: float) -> Tensor:
     """With probability p, invert every value at or above 0.5 (PIL's solarize at 128)."""
-    apply = _chance(images.shape[0], p, generator).view(-1, 1, 1, 1)
+    apply = chance(images.shape[0], p, generator).view(-1, 1, 1, 1)
     return torch.where(apply & (images >= 0.5), 1 - images, images)

@@ -217,7 +217,7 @@ class SelfDistillationTrainer:
     def masks(self, b: int, n: int) -> Tensor:
         """[B, N] bool: for a share `mask_probability` of the images, a ratio in `mask_ratio` of the patches."""
         c, g = self.cfg, self.generator
-        ratio = augment._uniform(b, *c.mask_ratio, g) * augment._chance(b, c.mask_probability, g)
+        ratio = augment.uniform(b, *c.mask_ratio, g) * augment.chance(b, c.mask_probability, g)
         count = (ratio * n).round().long()
         order = torch.rand(b, n, generator=g).argsort(dim=1)
         return order < count[:, None]
