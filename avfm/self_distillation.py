@@ -7,15 +7,16 @@ global crops; the student sees all crops, its global crops with a random share o
 by a learned mask token (for half the images, as iBOT). Both project through the same head (MLP,
 L2-normalised bottleneck, weight-normalised prototypes). Losses:
 
-- DINO: cross-entropy between the teacher's centred, sharpened CLS distribution of one global crop and
-  the student's CLS distribution of every other crop;
-- iBOT: the same between teacher and student patch distributions at the masked patches of each global crop.
+- DINO: cross-entropy between the teacher's sharpened CLS distribution of one global crop (Sinkhorn-Knopp
+  normalised, as DINOv2; or DINO's centring with momentum 0.9, `centering="centre"`) and the student's CLS
+  distribution of every other crop;
+- iBOT: the same between teacher and student patch distributions at the masked patches of each global crop;
+- KoLeo (DINOv2) on the student's global-crop CLS features, weight 0.1.
 
 Schedules as the authors': learning rate warm-up then cosine, weight decay cosine 0.04 -> 0.4, teacher
-momentum cosine 0.996 -> 1, teacher temperature warm-up 0.04 -> 0.07, centres updated with momentum 0.9,
-the prototypes frozen at first. Sizes are scaled to 64 px scenes (`SelfDistillationConfig`); deviations:
-random (not block-wise) masks, one shared head for CLS and patches (DINOv2's default), no KoLeo term and
-no Sinkhorn-Knopp centring (DINOv2 additions).
+momentum cosine 0.996 -> 1, teacher temperature warm-up 0.04 -> 0.07, the prototypes frozen at first.
+Sizes are scaled to 64 px scenes (`SelfDistillationConfig`); deviations: random (not block-wise) masks,
+one shared head for CLS and patches (DINOv2's default).
 
 `SelfDistillationTrainer` is a `scene3d.train.Trainable`; a checkpoint's "model" is the teacher ViT's
 state, so `avfm.teachers.load_vit_teacher` reads the result.
