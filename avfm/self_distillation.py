@@ -280,10 +280,11 @@ class SelfDistillationTrainer:
         m = self.schedules(step)["momentum"]
         for ps, pt in zip(self.student.parameters(), self.teacher.parameters(), strict=True):
             pt.mul_(m).add_(ps.detach(), alpha=1 - m)
-        mom = c.center_momentum
-        self.center.mul_(mom).add_(self._teacher_cls.mean(0, keepdim=True), alpha=1 - mom)
-        if len(self._teacher_patch):
-            self.patch_center.mul_(mom).add_(self._teacher_patch.mean(0, keepdim=True), alpha=1 - mom)
+        if c.centering == "centre":  # DINO's centres; Sinkhorn-Knopp needs none
+            mom = c.center_momentum
+            self.center.mul_(mom).add_(self._teacher_cls.mean(0, keepdim=True), alpha=1 - mom)
+            if len(self._teacher_patch):
+                self.patch_center.mul_(mom).add_(self._teacher_patch.mean(0, keepdim=True), alpha=1 - mom)
         return {}
 
     def validate(self) -> dict[str, float]:

@@ -113,9 +113,10 @@ def test_self_distillation_learns_without_labels_and_the_teacher_is_its_ema():
     assert not torch.equal(student["head.mlp.0.weight"], teacher["head.mlp.0.weight"])
 
 
-def test_resume_is_exact_and_checkpoints_load_as_teachers(tmp_path):
+@pytest.mark.parametrize("centering", ["sinkhorn_knopp", "centre"])
+def test_resume_is_exact_and_checkpoints_load_as_teachers(tmp_path, centering):
     images = toy_scenes(16, 32, seed=1).images
-    cfg = SelfDistillationConfig(**TINY, steps=6, global_px=32, local_px=16)
+    cfg = SelfDistillationConfig(**TINY, steps=6, global_px=32, local_px=16, centering=centering)
     straight, losses = train_self_distillation(images, cfg)
     run = RunDir(tmp_path / "ssl")
     fit(SelfDistillationTrainer(images, cfg), run, RunConfig(checkpoint_every=2, stop_after=3, progress=False), 6,
@@ -123,6 +124,7 @@ def test_resume_is_exact_and_checkpoints_load_as_teachers(tmp_path):
     resumed = SelfDistillationTrainer(images, cfg)
     fit(resumed, run, RunConfig(checkpoint_every=2, progress=False), 6, job_config=cfg)
     assert resumed.losses == losses
+    assert (resumed.center.abs().sum() > 0) == (centering == "centre")  # centres move only when they are used
     x = images[:2]
     for teacher in (resumed.vit_teacher, load_vit_teacher(run.latest_checkpoint())):
         assert torch.equal(teacher(x).patches, straight(x).patches)
