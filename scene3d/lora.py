@@ -40,11 +40,15 @@ class LoRAConv2d(nn.Module):
         return self.base(x) + self.scale * self.up(self.down(x))
 
 
-def add_lora(module: nn.Module, rank: int, alpha: float | None = None, conv: bool = False) -> list[nn.Parameter]:
+def add_lora(module: nn.Module, rank: int, alpha: float | None = None, conv: bool = False,
+             within: tuple[type[nn.Module], ...] = ()) -> list[nn.Parameter]:
     """Freeze `module` and wrap every nn.Linear (and, with `conv`, every ungrouped nn.Conv2d) in it, in
-    place; returns the adapters' parameters, the only trainable ones left. alpha None: alpha = rank."""
+    place; returns the adapters' parameters, the only trainable ones left. alpha None: alpha = rank.
+    `within` (module types, e.g. diffusers' Attention): only layers inside such a submodule are wrapped."""
     module.requires_grad_(False)
-    found = [(parent, name, child) for parent in module.modules() for name, child in parent.named_children()
+    scopes = [m for m in module.modules() if isinstance(m, within)] if within else [module]
+    found = [(parent, name, child) for scope in scopes for parent in scope.modules()
+             for name, child in parent.named_children()
              if isinstance(child, nn.Linear) or (conv and isinstance(child, nn.Conv2d) and child.groups == 1)]
     params = []
     for parent, name, child in found:

@@ -1,10 +1,12 @@
-"""Distil each prompt with each guidance into each target and score it (recognition of 8 views by an
-independent classifier, saturation vs the training renders, diversity across seeds, wall time,
-guidance steps/s at 64x64); writes outputs/bench/score.json and a PNG of the turntable views.
+"""Distil each prompt with each guidance into each target over seeds and judge it against the untrained
+initial object: recognition gain (independent classifier, 8 views), the shape check (nearest primitive
+family by Chamfer distance, tunnels: a torus has a hole), saturation vs the training renders, CPU minutes;
+writes outputs/bench/score.json (records, mean / std / per-seed summary), the turntables and a table PNG.
 
-    python scripts/eval_score.py --quick                                   # < 10 min on 2 cores
-    python scripts/eval_score.py --targets field splats --guidances sds vsd --seeds 2 --steps 150
-    python scripts/eval_score.py --guidances ism tsm --targets splats
+    python scripts/eval_score.py --quick                                   # torus, one seed, 30 steps
+    python scripts/eval_score.py                     # 4 guidances x (field, splats) x 4 classes x seeds 0 1 2
+    python scripts/eval_score.py --targets field --seeds 0 1 --out a.json  # split across processes ...
+    python scripts/eval_score.py --combine a.json b.json --out all.json    # ... and merge
 """
 
 import tyro

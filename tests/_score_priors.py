@@ -33,7 +33,7 @@ class GaussianPrior(DiffusionPrior):
     def _forward(self, denoiser, x_t, t, cond, class_labels=None):
         return gaussian_eps(self.alphas_cumprod[t].view(-1, 1, 1, 1), x_t, denoiser.mu, self.sigma)
 
-    def make_estimator(self, camera_dim=16, lora_rank=0):
+    def make_estimator(self, camera_dim=16, lora_rank=0, lora_on="attention"):
         return GaussianEstimator(self)
 
 

@@ -137,6 +137,34 @@ def test_vsd_estimator_lora_or_copy_starts_at_the_prior_and_shares_frozen_weight
     assert all(torch.equal(a, p) for a, p in zip(prior_before, prior.parameters(), strict=True))
 
 
+
+def test_vsd_lora_sits_on_attention_by_default_and_on_every_layer_as_an_option(prior):
+    """ProlificDreamer / threestudio put the estimator's LoRA on q, k, v and out of the attention
+    layers (here the mid block's); `lora_on="all"` also wraps every other Linear and Conv2d. A
+    denoiser without attention layers cannot take the default."""
+    from diffusers.models.attention_processor import Attention
+
+    from scene3d.lora import LoRAConv2d, LoRALinear
+
+    def wrapped_names(lora_on):
+        est = make_guidance("vsd", prior, lora_on=lora_on).estimator
+        return {name for name, m in est.denoiser.named_modules() if isinstance(m, LoRALinear | LoRAConv2d)}, est
+
+    attention, est = wrapped_names("attention")
+    inside = {f"{name}.{child}" for name, m in est.denoiser.named_modules() if isinstance(m, Attention)
+              for child in ("to_q", "to_k", "to_v", "to_out.0")}
+    assert attention == inside and attention
+    everything, _ = wrapped_names("all")
+    assert attention < everything and any(".conv" in name for name in everything)
+    from diffusers import UNet2DModel
+
+    no_attention = PixelPrior(TINY, denoiser=UNet2DModel(
+        sample_size=16, block_out_channels=(8, 16), norm_num_groups=4, add_attention=False, num_class_embeds=5,
+        down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2)).freeze()
+    with pytest.raises(ValueError, match="attention"):
+        make_guidance("vsd", no_attention)
+    assert make_guidance("vsd", no_attention, lora_on="all").trainable_parameters()
+
 def _ddim_invert(prior, x, eps, cur, nxt):
     a, b = prior.alphas_cumprod[cur], prior.alphas_cumprod[nxt]
     x0 = (x - math.sqrt(1 - a) * eps) / math.sqrt(a)

@@ -4,8 +4,9 @@ Uses the prior and the classifier the `prior` demo stage trained in `out_dir` (`
 `classifier/classifier`); trains a tiny prior and classifier of its own when they are missing (then
 the objects are not meant to be recognisable, the stage only shows the pipeline). Quick mode: one
 Gaussian scene distilled with SDS (views, turntable, PLY). Full mode: SDS into a Gaussian scene and VSD
-into a field (PLY and mesh exports), each labelled by the independent classifier; `scripts/eval_score.py`
-runs the whole guidance x target table.
+into a field (PLY and mesh exports), each labelled by the independent classifier and given the shape
+check (nearest primitive family, tunnels: does the torus have its hole); `scripts/eval_score.py` runs the
+whole guidance x target table.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def run_stage(out_dir: Path, quick: bool) -> dict:
                                     run=RunConfig(output_root=out_dir, log_every=10, eval_every=0, resume=False))
         result = distill_score(config)
         metrics["runs"][f"{guidance}/{target}"] = {k: result[k] for k in (
-            "recognition", "saturation", "seconds", "views_png", "turntable", "ply", "mesh") if k in result}
+            "recognition", "saturation", "shape", "shape_pass", "seconds", "views_png", "turntable", "ply", "mesh")
+            if k in result}
     metrics["seconds"] = round(time.perf_counter() - start, 1)
     RunDir(out_dir).save_metrics(metrics, "score_stage.json")
     return metrics

@@ -90,10 +90,11 @@ class DiffusionPrior(nn.Module, ABC):
         eps = self.predict_noise(self.add_noise(x0, noise, t), t, cond)
         return (eps - noise).pow(2).flatten(1).mean(1)
 
-    def make_estimator(self, camera_dim: int = 16, lora_rank: int = 4) -> NoiseEstimator:
-        """VSD's camera-conditioned estimator of the renders' score: LoRA adapters (rank `lora_rank`)
-        on a weight-sharing frozen copy of the denoiser, or a full trainable copy (`lora_rank=0`)."""
-        return NoiseEstimator(self, camera_dim, lora_rank)
+    def make_estimator(self, camera_dim: int = 16, lora_rank: int = 4, lora_on: str = "attention") -> NoiseEstimator:
+        """VSD's camera-conditioned estimator of the renders' score: LoRA adapters (rank `lora_rank`,
+        on the attention layers or on every layer, `lora_on`) on a weight-sharing frozen copy of the
+        denoiser, or a full trainable copy (`lora_rank=0`)."""
+        return NoiseEstimator(self, camera_dim, lora_rank, lora_on)
 
     @torch.no_grad()
     def sample(self, cond: Tensor, shape: tuple[int, ...], steps: int = 50, guidance_scale: float = 1.0,
@@ -147,6 +148,10 @@ def frozen_shared_copy(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module, memo)
 
 
+# where VSD's LoRA goes: q, k, v, out of every attention (ProlificDreamer, threestudio) or every Linear and Conv2d
+LORA_LAYERS = ("attention", "all")
+
+
 class NoiseEstimator(nn.Module):
     """VSD's eps_psi(x_t, t, y, camera): the prior's denoiser with LoRA adapters (ProlificDreamer's
     choice; the frozen weights are shared with the prior) or, with `lora_rank=0`, a full trainable
@@ -154,14 +159,22 @@ class NoiseEstimator(nn.Module):
     threestudio does: a zero-initialised MLP, so the estimator starts equal to the prior.
     `parameters(recurse)` includes the frozen shared weights; `trainable_parameters()` does not."""
 
-    def __init__(self, prior: DiffusionPrior, camera_dim: int = 16, lora_rank: int = 4):
+    def __init__(self, prior: DiffusionPrior, camera_dim: int = 16, lora_rank: int = 4, lora_on: str = "attention"):
         super().__init__()
+        if lora_on not in LORA_LAYERS:
+            raise ValueError(f"lora_on must be one of {LORA_LAYERS}, got '{lora_on}'")
         self.prior_forward = prior._forward
         self.camera_dim, self.lora_rank = camera_dim, lora_rank
         dim = prior.denoiser.time_embedding.linear_2.out_features
         if lora_rank > 0:
+            from diffusers.models.attention_processor import Attention
+
             self.denoiser = frozen_shared_copy(prior.denoiser)
-            add_lora(self.denoiser, lora_rank, conv=True)
+            if lora_on == "attention":
+                if not add_lora(self.denoiser, lora_rank, within=(Attention,)):
+                    raise ValueError("the prior's denoiser has no attention layers for LoRA; use lora_on='all'")
+            else:
+                add_lora(self.denoiser, lora_rank, conv=True)
         else:
             self.denoiser = copy.deepcopy(prior.denoiser).requires_grad_(True)
         self.denoiser.train()

@@ -1,5 +1,5 @@
 """Evaluation of distilled objects: recognition by an independent classifier, colour saturation
-against the training renders (over-saturation is SDS's known failure), diversity across seeds."""
+against the training renders (over-saturation is SDS's known failure). Shape checks: `geometry`."""
 
 from __future__ import annotations
 
@@ -21,16 +21,6 @@ def saturation(images: Float[Tensor, "B 3 H W"], mask: Tensor | None = None) -> 
     sat = (hi - lo) / hi.clamp_min(1e-6)
     mask = foreground(images) if mask is None else mask
     return float(sat[mask].mean()) if mask.any() else float(sat.mean())
-
-
-def diversity(renders: Float[Tensor, "S V 3 H W"]) -> float:
-    """Mean pairwise RMS difference between seeds' renders of the same views (0 = mode collapse)."""
-    s = len(renders)
-    if s < 2:
-        return 0.0
-    flat = renders.flatten(2)
-    d = [(flat[i] - flat[j]).pow(2).mean(-1).sqrt().mean() for i in range(s) for j in range(i + 1, s)]
-    return float(torch.stack(d).mean())
 
 
 @torch.no_grad()

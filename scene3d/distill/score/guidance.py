@@ -47,10 +47,12 @@ class GuidanceConfig:
 
 @dataclass
 class VSDConfig(GuidanceConfig):
-    """ProlificDreamer: CFG 7.5, a LoRA estimator (rank 4 here) at lr 1e-4, camera condition dropped
-    with probability 0.1. `lora_rank=0` trains a full copy of the prior instead (small priors)."""
+    """ProlificDreamer (threestudio's prolificdreamer): CFG 7.5, a LoRA estimator of rank 4 on the
+    denoiser's attention layers (q, k, v, out) at lr 1e-4, camera condition dropped with probability
+    0.1. `lora_on="all"` puts it on every Linear and Conv2d; `lora_rank=0` trains a full copy."""
 
     lora_rank: int = 4
+    lora_on: str = "attention"  # attention | all (scene3d.diffusion.base.LORA_LAYERS)
     estimator_lr: float = 1e-4
     camera_drop: float = 0.1
     estimator_steps: int = 1  # estimator updates per guidance step
@@ -185,7 +187,7 @@ class VSD(Guidance):
 
     def __init__(self, prior: DiffusionPrior, config: VSDConfig | None = None):
         super().__init__(prior, config)
-        self.estimator = prior.make_estimator(lora_rank=self.config.lora_rank)
+        self.estimator = prior.make_estimator(lora_rank=self.config.lora_rank, lora_on=self.config.lora_on)
         self.optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=self.config.estimator_lr)
 
     def trainable_parameters(self) -> list[nn.Parameter]:

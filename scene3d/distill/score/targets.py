@@ -94,6 +94,8 @@ class Student:
     render: Callable[[Cameras], Tensor]  # deterministic renders [B,3,H,W] in [0,1] for evaluation
     module: nn.Module
     export: Callable[[Path], dict[str, str | int]] | None = None  # writes files into a folder: paths, counts
+    # deterministic (camera-z depth [B,H,W], alpha [B,H,W]) for the shape checks (geometry.shape_report)
+    surface: Callable[[Cameras], tuple[Tensor, Tensor]] | None = None
 
 
 # radiance fields -------------------------------------------------------------------------------------
@@ -173,6 +175,12 @@ def field_student(config: FieldTargetConfig, seed: int = 0) -> Student:
     def render_eval(cameras: Cameras) -> Tensor:
         return rearrange(render_image(scene, cameras, config.samples, background=white)["rgb"], "n h w c -> n c h w")
 
+    @torch.no_grad()
+    def surface(cameras: Cameras) -> tuple[Tensor, Tensor]:
+        out = render_image(scene, cameras, config.samples, background=white)
+        acc = out["accumulation"]
+        return out["depth"] / acc.clamp_min(1e-6), acc
+
     target = Target(render, torch.optim.Adam(scene.field.param_groups()),
                     regularization=scene.field.regularization if config.regularize else None)
 
@@ -195,7 +203,7 @@ def field_student(config: FieldTargetConfig, seed: int = 0) -> Student:
         mesh = tsdf_fusion(cameras, rgb, depth, scene.aabb, config.mesh_voxel)
         return {"mesh": str(save_mesh(Path(folder) / "mesh.ply", mesh)), "mesh_triangles": len(mesh.triangles)}
 
-    return Student(target, render_eval, scene, export)
+    return Student(target, render_eval, scene, export, surface)
 
 
 # Gaussian splats -----------------------------------------------------------------------------------
@@ -256,6 +264,11 @@ def splat_student(config: SplatTargetConfig, seed: int = 0) -> Student:
     def render_eval(cameras: Cameras) -> Tensor:
         return rearrange(rasterize(scene, cameras, background=WHITE).colors, "n h w c -> n c h w").clamp(0, 1)
 
+    @torch.no_grad()
+    def surface(cameras: Cameras) -> tuple[Tensor, Tensor]:
+        out = rasterize(scene, cameras, background=WHITE)
+        return out.depth, out.alpha
+
     def after_step(step: int) -> None:
         if "out" in last:
             controller.after_backward(step + 1, last.pop("out"))
@@ -266,7 +279,7 @@ def splat_student(config: SplatTargetConfig, seed: int = 0) -> Student:
         return {"ply": str(write_ply(Path(folder) / "splats.ply", scene)), "gaussians": len(scene)}
 
     target = Target(render, optimizer, after_step=after_step, pixel_grad_clip=config.pixel_grad_clip)
-    return Student(target, render_eval, scene, export)
+    return Student(target, render_eval, scene, export, surface)
 
 
 # toys ---------------------------------------------------------------------------------------------
