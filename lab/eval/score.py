@@ -10,8 +10,8 @@ object and judged three ways, each against what the untrained initial object alr
 - **saturation** against the training renders', and CPU minutes per object.
 
 Results: one record per run (`runs`), a summary per guidance/target with mean, std and per-seed
-values over `seeds` (each seed's value is its mean over prompts), the torus hole count, a PNG of the
-turntables and a PNG of the table. Split a long evaluation across processes (`--seeds`,
+values over `seeds` (each seed's value is its mean over prompts), the seeds whose torus passes, a PNG
+of the turntables and a PNG of the table. Split a long evaluation across processes (`--seeds`,
 `--targets`) and merge the JSON files with `--combine`.
 """
 
@@ -205,7 +205,8 @@ def _stats(values: list[float]) -> dict:
 
 def summarize(results: dict) -> dict:
     """Per guidance/target: every METRICS entry as mean / std / per_seed over the seeds (a seed's
-    value is its mean over prompts), recognition per prompt, and the seeds whose torus shows a hole."""
+    value is its mean over prompts), recognition per prompt, and the seeds whose torus passes the
+    shape check (its hole: one tunnel, and the torus the nearest family)."""
     initial = {(r["target"], r["seed"], r["prompt"]): r for r in results["initial"]}
     seeds = results["seeds"]
     summary = {}
@@ -213,10 +214,12 @@ def summarize(results: dict) -> dict:
         guidance, target = key.split("/")
         runs = [r for r in results["runs"] if r["guidance"] == guidance and r["target"] == target]
         per_seed: dict[str, list[float]] = {m: [] for m in METRICS}
+        prompts = sorted({r["prompt"] for r in runs})
         for seed in seeds:
             mine = [r for r in runs if r["seed"] == seed]
-            if not mine:
-                raise DataError(None, "runs", f"{key} has no run of seed {seed}; seeds: {seeds}")
+            if sorted(r["prompt"] for r in mine) != prompts:
+                raise DataError(None, "runs", f"{key}, seed {seed}: runs of {sorted(r['prompt'] for r in mine)}, "
+                                              f"expected one of each of {prompts} (an unfinished evaluation?)")
             rows = []
             for r in mine:
                 init = initial[(target, seed, r["prompt"])]
@@ -233,8 +236,9 @@ def summarize(results: dict) -> dict:
                         "recognition_per_prompt": {p: float(np.mean([r["recognition"] for r in runs
                                                                      if r["prompt"] == p]))
                                                    for p in dict.fromkeys(r["prompt"] for r in runs)},
-                        "torus_hole_seeds": [r["seed"] for r in tori if r["shape"]["tunnels"] >= 1],
-                        "torus_seeds": [r["seed"] for r in tori]}
+                        # the hole check: one tunnel and the torus the nearest family (noise makes spurious tunnels)
+                        "torus_pass_seeds": [r["seed"] for r in tori if r["shape_pass"]],
+                        "torus_tunnels": {r["seed"]: r["shape"]["tunnels"] for r in tori}}
     return summary
 
 
@@ -288,7 +292,8 @@ def plot_table(summary: dict, seeds: list[int], path: Path) -> Path:
                yerr=[summary[k][metric]["std"] for k in keys], capsize=3, label=label)
     ax.set_xticks(x, keys, rotation=30, ha="right")
     ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_ylim(-1, 1)
+    lowest = min(summary[k][m]["mean"] - summary[k][m]["std"] for k in keys for m in ("gain", "shape_pass"))
+    ax.set_ylim(min(-0.05, lowest - 0.05), 1.05)
     ax.set_title(f"score distillation, mean and std over seeds {seeds}")
     ax.legend(fontsize=8)
     fig.tight_layout()
