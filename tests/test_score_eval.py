@@ -95,6 +95,11 @@ def test_eval_score_writes_its_report_and_combines_seeds(tmp_path):
     assert len(both["summary"]["sds/splats"]["gain"]["per_seed"]) == 2
     with pytest.raises(DataError, match="twice"):
         evaluate_score(EvalScoreConfig(combine=(out, out), out=tmp_path / "dup.json"))
+    partial = json.loads((tmp_path / "bench" / "s1.json").read_text())
+    partial["runs"] = partial["runs"][:-1]  # an evaluation stopped before its last run
+    (tmp_path / "partial.json").write_text(json.dumps(partial))
+    with pytest.raises(DataError, match="unfinished"):
+        evaluate_score(EvalScoreConfig(combine=(out, tmp_path / "partial.json"), out=tmp_path / "p.json"))
     run(2, "s2.json", steps=3)
     with pytest.raises(DataError, match="config.steps"):
         evaluate_score(EvalScoreConfig(combine=(out, tmp_path / "bench" / "s2.json"), out=tmp_path / "bad.json"))
