@@ -16,4 +16,5 @@ def test_score_demo_stage_quick(tmp_path):
     for key in ("views_png", "turntable", "ply"):
         assert Path(run[key]).is_file(), key
     assert 0 <= run["recognition"] <= 1
+    assert run["shape"]["nearest"] in ("sphere", "box", "cylinder", "torus") and isinstance(run["shape_pass"], bool)
     assert json.loads((tmp_path / "score_stage.json").read_text())["runs"].keys() == {"sds/splats"}
