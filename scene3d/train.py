@@ -234,7 +234,7 @@ def _resume(trainable: Trainable, run: RunDir, identity: dict[str, Any] | None) 
             raise CheckpointError(path, "identity", f"belongs to another run ({why}); choose another --name, or "
                                   "--no-resume to start this one afresh")
         step, named = state.get("step"), int(path.stem.removeprefix("step_"))
-        if isinstance(step, bool) or step != named:
+        if isinstance(step, bool) or not isinstance(step, int) or step != named:  # 4.0 is not a step
             raise CheckpointError(path, "step", f"must be {named}, the step in the file's name; got {step!r}"[:300])
         wall, cpu = (float(v) for v in loop.get("elapsed", (0.0, 0.0)))
         scalars_bytes = loop.get("scalars_bytes")
