@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from scene3d.cameras import Cameras
+from scene3d.config import Range
 from scene3d.diffusion.data import cameras_at
 
 FAMILIES = ("sphere", "box", "cylinder", "torus")
@@ -39,18 +41,18 @@ class ShapeCheckConfig:
     """Views (rings of `azimuths` cameras at each elevation, degrees, plus one overhead), the
     carving grid (`resolution`^3 voxels over [-extent, extent]^3) and the primitive fits."""
 
-    elevations: tuple[float, ...] = (-20.0, 10.0, 40.0, 70.0)
-    azimuths: int = 12
-    size: int = 64
-    distance: float = 1.85
-    fov_x_deg: float = 40.0
-    extent: float = 0.6
-    resolution: int = 48
-    alpha_threshold: float = 0.5
-    tolerance_voxels: float = 1.5  # a voxel is seen past only if it lies this far in front of the surface
-    points: int = 600
-    fit_steps: int = 120
-    fit_starts: int = 4  # initial orientations per family (identity, 90 degrees about x, y, a random one)
+    elevations: Annotated[tuple[float, ...], Range(-89, 89)] = (-20.0, 10.0, 40.0, 70.0)
+    azimuths: Annotated[int, Range(1)] = 12
+    size: Annotated[int, Range(8, 4096)] = 64
+    distance: Annotated[float, Range(0, above=True)] = 1.85
+    fov_x_deg: Annotated[float, Range(0, 179, above=True)] = 40.0
+    extent: Annotated[float, Range(0, above=True)] = 0.6
+    resolution: Annotated[int, Range(4, 256)] = 48
+    alpha_threshold: Annotated[float, Range(0, 1, above=True)] = 0.5
+    tolerance_voxels: Annotated[float, Range(0)] = 1.5  # a voxel is seen past only if it lies this far in front
+    points: Annotated[int, Range(10)] = 600
+    fit_steps: Annotated[int, Range(1)] = 120
+    fit_starts: Annotated[int, Range(1)] = 4  # start orientations: identity, 90 degrees about x, y, random
 
 
 def shape_views(config: ShapeCheckConfig, center: Tensor | None = None) -> Cameras:
