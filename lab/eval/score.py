@@ -163,8 +163,8 @@ def _evaluate(config: EvalScoreConfig) -> dict:
     for seed in config.seeds:
         for target_name in config.targets:
             initial = build_target(target_name, seed, config.target_options)
-            images = initial.render(views).clamp(0, 1)
-            shape = judge(initial, classifier, 0, views, config.shape, seed)[0]["shape"]
+            verdict, images = judge(initial, classifier, 0, views, config.shape, seed)  # renders once
+            shape = verdict["shape"]
             for prompt in prompts:
                 results["initial"].append({"target": target_name, "seed": seed, "prompt": prompt,
                                            "recognition": recognition(classifier, images, classes.index(prompt)),
