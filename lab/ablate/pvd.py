@@ -29,20 +29,19 @@ VARIANTS: dict[str, dict] = {
     "pvd_al": {},
     "no_active": {"active": ""},
     "pvd_staged": {"active": "", "schedule": "staged"},
-    "rgb_only": {"active": "", "weights": LevelWeights(embedding=0.0, density=0.0, color=0.0)},
-    "no_embedding": {"active": "", "weights": LevelWeights(embedding=0.0)},
+    "no_inherit": {"inherit": False},
+    "adapter": {"feature_level": "adapter"},
+    "rgb_only": {"active": "", "weights": LevelWeights(feature=0.0, density=0.0, color=0.0)},
+    "no_feature": {"active": "", "weights": LevelWeights(feature=0.0)},
     "no_decoded": {"active": "", "weights": LevelWeights(density=0.0, color=0.0)},
-    "constant_background": {"active": "", "random_background": False},
-    "rgb_only_free_density": {"active": "", "weights": LevelWeights(embedding=0.0, density=0.0, color=0.0),
+    "random_background": {"random_background": True},
+    "rgb_only_free_density": {"active": "", "weights": LevelWeights(feature=0.0, density=0.0, color=0.0),
                               "density_clamp": None},
-    "point_levels_0.2": {"active": "", "weights": LevelWeights(embedding=0.2, density=0.2, color=0.2)},
-    "point_levels_1": {"active": "", "weights": LevelWeights(embedding=1.0, density=1.0, color=1.0)},
-    "pvd_staged_point_levels_1": {"active": "", "schedule": "staged",
-                                  "weights": LevelWeights(embedding=1.0, density=1.0, color=1.0)},
+    "point_levels_1": {"active": "", "weights": LevelWeights(feature=1.0, density=1.0, color=1.0)},
     "pvd_staged_al": {"schedule": "staged"},
     "pvd_staged_image_ray": {"schedule": "staged", "active": "image,ray"},
     "pvd_staged_point": {"schedule": "staged", "active": "point"},
-    "rgb_only_no_occupancy": {"active": "", "weights": LevelWeights(embedding=0.0, density=0.0, color=0.0),
+    "rgb_only_no_occupancy": {"active": "", "weights": LevelWeights(feature=0.0, density=0.0, color=0.0),
                               "use_occupancy": False},
 }
 
@@ -54,7 +53,6 @@ class AblateConfig:
     preset: Annotated[str, Choice(("default", "paper"))] = "default"
     variants: Annotated[tuple[str, ...], Choice(VARIANTS)] = tuple(VARIANTS)
     scratch: bool = True
-    random_background: bool = False  # the variants' base (the first ablation ran with True, the old default)
     steps: Annotated[int, Range(1)] = 300
     eval_every: Annotated[int, Range(1)] = 100
     batch_rays: Annotated[int, Range(1)] = 512
@@ -69,10 +67,11 @@ class AblateConfig:
 
 def run_ablation(c: AblateConfig) -> dict:
     torch.set_num_threads(1)
-    fit = FitConfig(field=c.student, preset=c.preset, image_size=c.image_size, n_test_views=4,
-                    batch_rays=c.batch_rays, n_samples=c.n_samples, steps=c.steps, device="cpu", seed=c.seed)
-    train, test = load_data(fit)
     teacher, _ = load_teacher(c.teacher)
+    fit = FitConfig(field=c.student, preset=c.preset, head=teacher.config.head, image_size=c.image_size,
+                    n_test_views=4, batch_rays=c.batch_rays, n_samples=c.n_samples, steps=c.steps, device="cpu",
+                    seed=c.seed)
+    train, test = load_data(fit)
     results: dict = {"config": {k: str(v) for k, v in vars(c).items()}, "runs": {}}
     runs = ([("scratch", None)] if c.scratch else []) + [(v, VARIANTS[v]) for v in c.variants]
     for name, overrides in runs:
@@ -83,7 +82,7 @@ def run_ablation(c: AblateConfig) -> dict:
         else:
             config = replace(VolumeDistillConfig(student=c.student, preset=c.preset, steps=c.steps,
                                                  batch_rays=c.batch_rays, n_samples=c.n_samples, device="cpu",
-                                                 random_background=c.random_background, seed=c.seed), **overrides)
+                                                 seed=c.seed), **overrides)
             views = EvalViews(test.cameras, test.background.float(), ground_truth=test.images)
             distiller = VolumeDistiller(config, teacher, Shell.from_cameras(train.cameras), views)
             step, evaluate = Stepper(distiller), distiller.evaluate

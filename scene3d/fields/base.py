@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from jaxtyping import Float
@@ -61,6 +61,8 @@ class FieldConfig:
     sparsity: weight of Plenoxels' sparsity prior, mean log(1 + 2 sigma^2) over `sparsity_samples`
         uniform points in the box per step (0: off); it removes the faint floaters in free space
         that the photometric loss barely sees and that keep occupancy-grid cells from emptying.
+    head: "native" (the architecture's own paper decoder) or "pvd" (PVD's 16-d interface and the
+        decoders every architecture shares, `fields.shared_head`; the grid has none and ignores it).
     """
 
     aabb: tuple[float, ...] = (-1.0, -1.0, -1.0, 1.0, 1.0, 1.0)
@@ -70,6 +72,7 @@ class FieldConfig:
     lr_final_ratio: float = 0.1
     sparsity: float = 0.0
     sparsity_samples: int = 4096
+    head: Literal["native", "pvd"] = "native"
 
     def __post_init__(self) -> None:
         # Configs read back from JSON carry lists where tuples were written.
@@ -79,6 +82,8 @@ class FieldConfig:
                 setattr(self, f.name, tuple(value))
         if len(self.aabb) != 6:
             raise ValueError(f"aabb needs 6 numbers (min xyz, max xyz), got {self.aabb}")
+        if self.head not in ("native", "pvd"):
+            raise ValueError(f"head must be 'native' or 'pvd', got {self.head!r}")
 
     @classmethod
     def paper(cls, **overrides: Any) -> FieldConfig:
@@ -92,6 +97,7 @@ class Field(nn.Module):
 
     Config: ClassVar[type[FieldConfig]] = FieldConfig
     name: ClassVar[str] = "field"
+    density_bounds: tuple[float, float] | None = None  # the architecture's own clamp (PVD's head: [-2, 7])
 
     def __init__(self, config: FieldConfig):
         super().__init__()
@@ -121,10 +127,17 @@ class Field(nn.Module):
         """Features and unit view directions -> (density pre-activation, colour in [0, 1])."""
         raise NotImplementedError
 
+    def interface(self, features: Float[Tensor, "*B F"]) -> Float[Tensor, "*B 16"] | None:
+        """PVD's 16-d feature (clipped log density, 15 geometry values) of a `head="pvd"` field; None
+        for an architecture without one (native decoders, or the grid)."""
+        return None
+
     def activate(self, sigma_preact: Float[Tensor, "*B"]) -> Float[Tensor, "*B"]:
-        """Optional clamp of the pre-activation, then the truncated exponential."""
-        if self.config.density_clamp is not None:
-            sigma_preact = sigma_preact.clamp(*self.config.density_clamp)
+        """Clamp of the pre-activation (`config.density_clamp`, else `density_bounds`), then the
+        truncated exponential."""
+        bounds = self.config.density_clamp or self.density_bounds
+        if bounds is not None:
+            sigma_preact = sigma_preact.clamp(*bounds)
         return trunc_exp(sigma_preact)
 
     def query(self, x: Float[Tensor, "*B 3"], dirs: Float[Tensor, "*B 3"]

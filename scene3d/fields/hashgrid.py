@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from scene3d.fields.base import Field, FieldConfig, register_field
 from scene3d.fields.encoding import cell_corners, corner_combine, sh_dim, spherical_harmonics
+from scene3d.fields.shared_head import LOG_DENSITY_RANGE, SharedHead
 
 # The spatial-hash primes of the paper: h(x) = xor_i (x_i * pi_i) mod T.
 PRIMES = (1, 2654435761, 805459861)
@@ -126,7 +127,8 @@ def hash_encode_reference(encoding: HashEncoding, x: Float[Tensor, "P 3"]) -> Fl
 @register_field("hashgrid")
 class HashGridField(Field):
     """embed: hash encoding of x. decode: density MLP -> geo_dim values (the first is the density
-    pre-activation); colour MLP on (those, SH(dir))."""
+    pre-activation); colour MLP on (those, SH(dir)). With `head="pvd"` the two MLPs are PVD's shared
+    `sigma_net` and `color_net` (`fields.shared_head`)."""
 
     Config = HashGridFieldConfig
     config: HashGridFieldConfig
@@ -136,32 +138,42 @@ class HashGridField(Field):
         c = config
         self.encoding = HashEncoding(c.level_resolutions(), c.features_per_level, c.log2_table_size,
                                      c.init_scale)
-        # Bias-free layers as in tiny-cuda-nn's fully fused MLPs. (With biases, the first steps,
-        # which lower the density everywhere, can push every hidden ReLU dead for good.)
-        self.density_mlp = nn.Sequential(nn.Linear(self.encoding.out_dim, c.hidden_dim, bias=False), nn.ReLU(),
-                                         nn.Linear(c.hidden_dim, c.geo_dim, bias=False))
-        layers: list[nn.Module] = []
-        in_dim = c.geo_dim + sh_dim(c.sh_degree)
-        for _ in range(c.color_layers):
-            layers += [nn.Linear(in_dim, c.hidden_dim, bias=False), nn.ReLU()]
-            in_dim = c.hidden_dim
-        self.color_mlp = nn.Sequential(*layers, nn.Linear(in_dim, c.color_dim, bias=False))
+        self.head = SharedHead(self.encoding.out_dim, c.color_dim) if c.head == "pvd" else None
+        self.density_bounds = LOG_DENSITY_RANGE if self.head is not None else None
+        if self.head is None:
+            # Bias-free layers as in tiny-cuda-nn's fully fused MLPs. (With biases, the first steps,
+            # which lower the density everywhere, can push every hidden ReLU dead for good.)
+            self.density_mlp = nn.Sequential(nn.Linear(self.encoding.out_dim, c.hidden_dim, bias=False), nn.ReLU(),
+                                             nn.Linear(c.hidden_dim, c.geo_dim, bias=False))
+            layers: list[nn.Module] = []
+            in_dim = c.geo_dim + sh_dim(c.sh_degree)
+            for _ in range(c.color_layers):
+                layers += [nn.Linear(in_dim, c.hidden_dim, bias=False), nn.ReLU()]
+                in_dim = c.hidden_dim
+            self.color_mlp = nn.Sequential(*layers, nn.Linear(in_dim, c.color_dim, bias=False))
 
     def embed(self, x: Float[Tensor, "*B 3"]) -> Float[Tensor, "*B LF"]:
         return self.encoding(self.normalize(x))
 
+    def interface(self, features: Float[Tensor, "*B LF"]) -> Float[Tensor, "*B 16"] | None:
+        return None if self.head is None else self.head.interface(features)
+
     def decode_density(self, features: Float[Tensor, "*B LF"]) -> Float[Tensor, "*B"]:
+        if self.head is not None:
+            return self.head.raw(features)[..., 0]
         return self.density_mlp(features)[..., 0]
 
     def decode(self, features: Float[Tensor, "*B LF"], dirs: Float[Tensor, "*B 3"]
                ) -> tuple[Float[Tensor, "*B"], Float[Tensor, "*B C"]]:
+        if self.head is not None:
+            return self.head.decode(features, dirs)
         h = self.density_mlp(features)
         view = spherical_harmonics(dirs, self.config.sh_degree)
         rgb = torch.sigmoid(self.color_mlp(torch.cat([h, view], dim=-1)))
         return h[..., 0], rgb
 
     def param_groups(self) -> list[dict[str, Any]]:
-        mlps = [*self.density_mlp.parameters(), *self.color_mlp.parameters()]
+        mlps = [p for name, p in self.named_parameters() if not name.startswith("encoding.")]
         c = self.config
         return [{"params": [self.encoding.table], "lr": c.lr, "eps": 1e-15},
                 {"params": mlps, "lr": c.lr, "eps": 1e-15, "weight_decay": c.weight_decay}]

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from scene3d.fields.base import Field, FieldConfig, register_field
 from scene3d.fields.encoding import positional_encoding, positional_encoding_dim
 from scene3d.fields.grid import voxel_resolution
+from scene3d.fields.shared_head import INTERFACE_DIM, LOG_DENSITY_RANGE, SharedHead
 
 # Plane axes and the line axis of the three VM modes (TensoRF's matMode / vecMode).
 PLANE_AXES = ((0, 1), (0, 2), (1, 2))
@@ -83,7 +84,10 @@ def _sample_vm(planes: nn.ParameterList, lines: nn.ParameterList, coords: Float[
 @register_field("tensorf")
 class TensoRFField(Field):
     """embed: VM density components (3 R_sigma) and appearance components (3 R_app) at x.
-    decode: density = sum of density components; colour = MLP(basis(app), gamma(app), gamma(dir))."""
+    decode: density = sum of density components; colour = MLP(basis(app), gamma(app), gamma(dir)).
+    With `head="pvd"`: the interface is (density sum, a 15-d basis of app), both clipped, and the
+    colour PVD's shared color_net. The authors' VM sum has no density_shift: shifted, it would start
+    below the clip, where the clamp passes no gradient."""
 
     Config = TensoRFFieldConfig
     config: TensoRFFieldConfig
@@ -94,12 +98,18 @@ class TensoRFField(Field):
         res = voxel_resolution(c.resolution_init**3, self.aabb)
         self.density_planes, self.density_lines = _vm_factors(c.density_components, res, c.init_scale)
         self.app_planes, self.app_lines = _vm_factors(c.appearance_components, res, c.init_scale)
-        self.basis = nn.Linear(3 * c.appearance_components, c.appearance_dim, bias=False)
-        in_dim = (positional_encoding_dim(c.appearance_dim, c.n_freq_feature)
-                  + positional_encoding_dim(3, c.n_freq_view))
-        self.render_mlp = nn.Sequential(nn.Linear(in_dim, c.mlp_width), nn.ReLU(),
-                                        nn.Linear(c.mlp_width, c.mlp_width), nn.ReLU(),
-                                        nn.Linear(c.mlp_width, c.color_dim))
+        self.head = None
+        if c.head == "pvd":  # the authors' VM: a 15-d appearance basis beside the density, PVD's color_net
+            self.basis = nn.Linear(3 * c.appearance_components, INTERFACE_DIM - 1, bias=False)
+            self.head = SharedHead(None, c.color_dim)
+            self.density_bounds = LOG_DENSITY_RANGE
+        else:
+            self.basis = nn.Linear(3 * c.appearance_components, c.appearance_dim, bias=False)
+            in_dim = (positional_encoding_dim(c.appearance_dim, c.n_freq_feature)
+                      + positional_encoding_dim(3, c.n_freq_view))
+            self.render_mlp = nn.Sequential(nn.Linear(in_dim, c.mlp_width), nn.ReLU(),
+                                            nn.Linear(c.mlp_width, c.mlp_width), nn.ReLU(),
+                                            nn.Linear(c.mlp_width, c.color_dim))
 
     @property
     def resolution(self) -> tuple[int, int, int]:
@@ -117,11 +127,22 @@ class TensoRFField(Field):
                               _sample_vm(self.app_planes, self.app_lines, coords)], dim=-1)
         return features.reshape(*batch, features.shape[-1])
 
+    def _code(self, features: Float[Tensor, "*B F"]) -> Float[Tensor, "*B 16"]:
+        """PVD's 16 values: the density sum (no shift, as the authors') and the 15-d appearance basis."""
+        split = 3 * self.config.density_components
+        return torch.cat([features[..., :split].sum(dim=-1, keepdim=True), self.basis(features[..., split:])], dim=-1)
+
+    def interface(self, features: Float[Tensor, "*B F"]) -> Float[Tensor, "*B 16"] | None:
+        return None if self.head is None else self.head.interface(self._code(features))
+
     def decode_density(self, features: Float[Tensor, "*B F"]) -> Float[Tensor, "*B"]:
-        return features[..., : 3 * self.config.density_components].sum(dim=-1) + self.config.density_shift
+        density = features[..., : 3 * self.config.density_components].sum(dim=-1)
+        return density if self.head is not None else density + self.config.density_shift
 
     def decode(self, features: Float[Tensor, "*B F"], dirs: Float[Tensor, "*B 3"]
                ) -> tuple[Float[Tensor, "*B"], Float[Tensor, "*B C"]]:
+        if self.head is not None:
+            return self.head.decode(self._code(features), dirs)
         c = self.config
         app = self.basis(features[..., 3 * c.density_components:])
         inputs = torch.cat([positional_encoding(app, c.n_freq_feature),
@@ -131,7 +152,8 @@ class TensoRFField(Field):
     # training -----------------------------------------------------------------------------------
     def param_groups(self) -> list[dict[str, Any]]:
         grids = [p for group in self._grids() for p in group]
-        mlp = [*self.basis.parameters(), *self.render_mlp.parameters()]
+        grid_ids = {id(p) for p in grids}
+        mlp = [p for p in self.parameters() if id(p) not in grid_ids]
         return [{"params": grids, "lr": self.config.lr}, {"params": mlp, "lr": self.config.lr_basis}]
 
     def regularization(self) -> Tensor:

@@ -45,6 +45,7 @@ class FitConfig:
 
     field: Annotated[str, Choice(FIELDS)] = "hashgrid"
     preset: Literal["default", "paper"] = "default"
+    head: Literal["native", "pvd"] = "native"  # "pvd": PVD's shared interface and decoders (fields.shared_head)
     data: Path | None = None
     normalize: Literal["auto", "none"] = "auto"  # "auto": captures without an aabb normalised as nerfstudio's
     steps: Annotated[int, Range(1)] = 2000
@@ -84,7 +85,7 @@ class FieldTrainer:
         self.device = pick_device(config.device)
         self.train_data, self.test_data = train, test
         aabb = tuple(train.aabb.flatten().tolist())
-        self.field = (field or build_field(config.field, config.preset, aabb=aabb)).to(self.device)
+        self.field = (field or build_field(config.field, config.preset, aabb=aabb, head=config.head)).to(self.device)
         self.lr_final_ratio = (self.field.config.lr_final_ratio if config.lr_final_ratio is None
                                else config.lr_final_ratio)
         grid = dataclasses.replace(config.occupancy, render_samples=config.n_samples)

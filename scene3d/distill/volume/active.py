@@ -1,11 +1,17 @@
-"""PVD-AL's three levels of active learning and the virtual cameras they act on.
+"""PVD-AL's three levels of active learning and the virtual cameras they act on, as the authors'
+code builds them (megvii-research/AAAI2023-PVD, branch PVD-AL, `distill_mutual/utils.py` and the
+`composite_rays_train` kernel):
 
-- cameras: `Shell` draws the epoch's virtual cameras on a spherical shell band covering the training
-  cameras' radii and elevations; `CameraPool` keeps the worst poses of an epoch by student-vs-teacher
-  PSNR, which the next epoch revisits with small random rotations about the scene centre;
-- rays: `RayPool` keeps the rays of a batch with the largest L1 discrepancy and appends them to the next;
-- points: `point_mask` restricts the point-level losses to the samples of highest compositing weight
-  on rays that are mostly opaque.
+- cameras: `Shell` draws each epoch's virtual cameras on a spherical shell band covering the training
+  cameras' radii and elevations. `HardPosePool` (image level): from epoch 4 on, the worst 10% of the
+  previous epoch's poses by student-vs-teacher PSNR enter a pool; once the pool holds more than its
+  capacity, each epoch a random 10% of it, each pose's orientation jittered by up to pi/20 about
+  each axis, replaces a random 10% of the epoch's poses, and those pool slots take the new hard poses;
+- rays: `HardRayPool` collects the 10% rays of every batch with the largest L1 discrepancy until it
+  is full; from then on each batch gets 10% more rays drawn from it at random, whose slots the
+  batch's new hard rays replace;
+- points: `top_samples` keeps, on rays whose opacity is at least 0.5, the marched samples in the top
+  30% by compositing weight; the point losses use the union of the teacher's and the student's.
 """
 
 from __future__ import annotations
@@ -80,55 +86,69 @@ class Shell:
         return Cameras.from_fov(c2w, math.radians(self.fov_x_deg), self.width, self.height)
 
 
-def random_rotations(n: int, max_deg: float, generator: torch.Generator | None = None) -> Float[Tensor, "n 3 3"]:
-    """Rotations about uniformly random axes by angles uniform in [-max_deg, max_deg] (Rodrigues)."""
-    axis = torch.nn.functional.normalize(torch.randn(n, 3, generator=generator), dim=-1)
-    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(max_deg)
-    k = torch.zeros(n, 3, 3)
-    k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
-    k = k - k.transpose(1, 2)
-    s, c = angle.sin()[:, None, None], angle.cos()[:, None, None]
-    return torch.eye(3) + s * k + (1 - c) * (k @ k)
+def axis_rotations(roll: Tensor, pitch: Tensor, yaw: Tensor) -> Float[Tensor, "n 3 3"]:
+    """Rz(yaw) Rx(roll) Ry(pitch) for angle vectors [n] (the authors' `gen_hard_poses`)."""
+    c, s = torch.cos, torch.sin
+    one, zero = torch.ones_like(roll), torch.zeros_like(roll)
+    rx = torch.stack([one, zero, zero, zero, c(roll), -s(roll), zero, s(roll), c(roll)], -1).view(-1, 3, 3)
+    ry = torch.stack([c(pitch), zero, s(pitch), zero, one, zero, -s(pitch), zero, c(pitch)], -1).view(-1, 3, 3)
+    rz = torch.stack([c(yaw), -s(yaw), zero, s(yaw), c(yaw), zero, zero, zero, one], -1).view(-1, 3, 3)
+    return rz @ rx @ ry
 
 
-def rotate_about(c2w: Float[Tensor, "N 4 4"], center: Float[Tensor, "3"], rotations: Float[Tensor, "N 3 3"]
-                 ) -> Float[Tensor, "N 4 4"]:
-    """Rigidly rotate whole cameras (position and orientation) about a world point."""
+def jitter_orientations(c2w: Float[Tensor, "N 4 4"], max_angle: float = math.pi / 20,
+                        generator: torch.Generator | None = None) -> Float[Tensor, "N 4 4"]:
+    """The cameras at the same positions, each orientation turned by a rotation whose roll, pitch
+    and yaw are uniform in [-max_angle, max_angle] (left-multiplied, as the authors do)."""
+    angles = (torch.rand(3, len(c2w), generator=generator) * 2 - 1) * max_angle
     out = c2w.clone()
-    rotations, center = rotations.to(c2w), center.to(c2w)
-    out[:, :3, :3] = rotations @ c2w[:, :3, :3]
-    out[:, :3, 3] = torch.einsum("nij,nj->ni", rotations, c2w[:, :3, 3] - center) + center
+    out[:, :3, :3] = axis_rotations(*angles.to(c2w)) @ c2w[:, :3, :3]
     return out
 
 
-class CameraPool:
-    """The worst `fraction` of an epoch's poses by PSNR. Poses and their PSNRs are selected with the
-    same index, so every pose in the pool keeps its own PSNR."""
+class HardPosePool:
+    """PVD-AL's image level: a pool of the worst poses of past epochs, replayed jittered.
 
-    def __init__(self, fraction: float = 0.1):
-        self.fraction = fraction
+    fraction: share of an epoch's poses taken as hard and replaced by pooled ones (authors: 0.1);
+    capacity: the pool is full once it holds more than this many poses (authors: 100, with about
+    345 poses per epoch); start_epoch: hard poses are collected from epoch start_epoch + 1 on
+    (authors: 3; epochs count from 1); max_angle: the jitter bound per axis (authors: pi / 20)."""
+
+    def __init__(self, fraction: float = 0.1, capacity: int = 100, start_epoch: int = 3,
+                 max_angle: float = math.pi / 20):
+        self.fraction, self.capacity, self.start_epoch, self.max_angle = fraction, capacity, start_epoch, max_angle
         self.c2w = torch.empty(0, 4, 4)
-        self.psnr = torch.empty(0)
+        self.full = False
 
     def __len__(self) -> int:
         return len(self.c2w)
 
-    def update(self, c2w: Float[Tensor, "N 4 4"], psnr: Float[Tensor, " N"]) -> None:
-        """Keep the ceil(fraction N) poses of lowest finite PSNR (unseen poses have PSNR inf)."""
-        k = min(math.ceil(self.fraction * len(c2w)), int(torch.isfinite(psnr).sum()))
-        order = torch.argsort(psnr.cpu())[:k]
-        self.c2w, self.psnr = c2w.cpu()[order], psnr.cpu()[order]
-
-    def revisit(self, center: Float[Tensor, "3"], max_deg: float, generator: torch.Generator | None = None
-                ) -> Float[Tensor, "K 4 4"]:
-        """The pooled poses, each rotated by a small random rotation about the scene centre."""
-        return rotate_about(self.c2w, center, random_rotations(len(self), max_deg, generator))
+    def next_epoch(self, epoch: int, last_c2w: Float[Tensor, "N 4 4"], last_psnr: Float[Tensor, " N"],
+                   fresh: Float[Tensor, "M 4 4"], generator: torch.Generator | None = None) -> Float[Tensor, "M 4 4"]:
+        """The poses of epoch `epoch`: `fresh`, with a share replaced by jittered pooled poses once the
+        pool is full; the last epoch's worst poses (finite PSNR, lowest first) enter the pool."""
+        if epoch <= self.start_epoch or len(last_c2w) == 0:
+            return fresh
+        k = int(self.fraction * len(fresh))
+        seen = torch.isfinite(last_psnr)
+        order = torch.argsort(last_psnr.masked_fill(~seen, math.inf))[: min(k, int(seen.sum()))]
+        hard = last_c2w[order].cpu()
+        if not self.full:
+            self.c2w = torch.cat([self.c2w, hard])
+            self.full = len(self.c2w) > self.capacity
+            return fresh
+        slots = torch.randperm(len(self.c2w), generator=generator)[: len(hard)]
+        replayed = jitter_orientations(self.c2w[slots], self.max_angle, generator)
+        self.c2w[slots] = hard
+        out = fresh.clone()
+        out[torch.randperm(len(fresh), generator=generator)[: len(replayed)]] = replayed
+        return out
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {"c2w": self.c2w, "psnr": self.psnr}
+        return {"c2w": self.c2w, "full": torch.tensor(self.full)}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.c2w, self.psnr = state["c2w"].cpu(), state["psnr"].cpu()
+        self.c2w, self.full = state["c2w"].cpu(), bool(state["full"])
 
 
 class ViewErrors:
@@ -149,33 +169,52 @@ class ViewErrors:
         return torch.where(self.count > 0, -10 * torch.log10(mse.clamp_min(1e-10)), torch.full_like(mse, math.inf))
 
 
-class RayPool:
-    """The `size` rays of the last batch with the largest L1 discrepancy, appended to the next batch."""
+class HardRayPool:
+    """PVD-AL's ray level: the hardest rays of past batches (origins and directions), `capacity` of them."""
 
-    def __init__(self, size: int):
-        self.size = size
+    def __init__(self, capacity: int):
+        self.capacity = capacity
         self.origins = torch.empty(0, 3)
         self.dirs = torch.empty(0, 3)
+        self.full = False
 
     def __len__(self) -> int:
         return len(self.origins)
 
-    def update(self, origins: Float[Tensor, "R 3"], dirs: Float[Tensor, "R 3"], l1: Float[Tensor, " R"]) -> None:
-        top = torch.topk(l1.detach(), min(self.size, len(l1))).indices
-        self.origins, self.dirs = origins[top].detach(), dirs[top].detach()
+    def draw(self, n: int, generator: torch.Generator | None = None) -> Tensor | None:
+        """Indices of n pooled rays at random once the pool is full (None before)."""
+        if not self.full:
+            return None
+        return torch.randperm(len(self), generator=generator, device=self.origins.device)[:n]
+
+    def update(self, origins: Float[Tensor, "R 3"], dirs: Float[Tensor, "R 3"], l1: Float[Tensor, " R"], n_hard: int,
+               drawn: Tensor | None = None) -> None:
+        """The batch's n_hard rays of largest L1 error replace the slots `drawn` this step, or join the
+        pool while it fills."""
+        top = torch.topk(l1.detach(), min(n_hard, len(l1))).indices
+        o, d = origins[top].detach(), dirs[top].detach()
+        if drawn is not None:
+            m = min(len(top), len(drawn))
+            self.origins[drawn[:m]], self.dirs[drawn[:m]] = o[:m], d[:m]
+            return
+        self.origins, self.dirs = torch.cat([self.origins.to(o), o]), torch.cat([self.dirs.to(d), d])
+        self.full = len(self) >= self.capacity
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {"origins": self.origins, "dirs": self.dirs}
+        return {"origins": self.origins, "dirs": self.dirs, "full": torch.tensor(self.full)}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.origins, self.dirs = state["origins"], state["dirs"]
+        self.origins, self.dirs, self.full = state["origins"], state["dirs"], bool(state["full"])
 
 
 # points -------------------------------------------------------------------------------------------
-def point_mask(weights: Float[Tensor, "R S"], opacity: Float[Tensor, " R"], top_fraction: float = 0.3,
-               opacity_threshold: float = 0.5) -> Bool[Tensor, "R S"]:
-    """On rays with opacity > threshold keep the ceil(top_fraction S) samples of largest compositing
-    weight; keep every sample of the other (mostly empty) rays, where all of them should stay empty."""
-    k = max(1, math.ceil(top_fraction * weights.shape[-1]))
-    top = torch.zeros_like(weights, dtype=torch.bool).scatter_(-1, weights.topk(k, dim=-1).indices, True)
-    return top | (opacity <= opacity_threshold)[:, None]
+def top_samples(weights: Float[Tensor, "R S"], opacity: Float[Tensor, " R"], marched: Bool[Tensor, "R S"],
+                fraction: float = 0.3, opacity_threshold: float = 0.5) -> Bool[Tensor, "R S"]:
+    """One field's point level: on rays with opacity >= threshold, the marched samples whose rank by
+    compositing weight is at most fraction x (the ray's marched samples), i.e. floor(fraction n) + 1
+    of them; no sample of a more transparent ray (the authors' `composite_rays_train`)."""
+    n_samples = weights.shape[-1]
+    order = weights.masked_fill(~marched, -1.0).argsort(dim=-1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(n_samples, device=weights.device).expand_as(order))
+    limit = (fraction * marched.sum(-1)).floor()
+    return marched & (rank <= limit[:, None]) & (opacity >= opacity_threshold)[:, None]

@@ -3,21 +3,24 @@
 
 Supervision comes only from the teacher. Each epoch draws virtual cameras on a shell band covering
 the training cameras; rays from them are rendered through the teacher and the student at the same
-stratified samples (the teacher under no_grad) over the same background (the views' own by default,
-one random colour per ray with `random_background`), and the student learns three levels at once
-or in stages:
+stratified samples (the teacher under no_grad) over the same background, and the student learns
+three levels at once or in stages:
 
-    embedding  ||A(embed_s(x)) - embed_t(x)|| / rms(embed_t)   A: learned linear adapter (identity
-                                                             for equal architectures and widths)
-    decoded    ||log-density residual|| (clipped to [-2, 7], hinged at the bounds) + ||colour residual||
+    feature    ||f_s(x) - f_t(x)||      f: PVD's 16-d interface (clipped log density, 15 geometry
+                                        values; `fields.shared_head`), or with feature_level="adapter"
+                                        the architectures' own embeddings through a learned linear map
+    decoded    ||log-density residual|| (clipped to [-2, 7]) + ||colour residual||
     rendered   ||rendered RGB residual||
 
 Each level is the L2 norm of its residuals over the batch (the authors' "normL2"), weighted 0.002
-for the point levels and 1 for the rendered one, as in their code.
+for the point levels and 1 for the rendered one, as in their code. The student starts with its
+teacher's shared decoders (`inherit`: the authors load the teacher's checkpoint into the student,
+non-strictly); the feature level needs both interfaces, so a pair with the grid (Plenoxels, which
+has none) skips it, as the authors' code does.
 
-PVD's staged schedule trains the embedding alone, then adds the decoded level, then the rendered
-one; PVD-AL trains all at once. Both decay the embedding weight by 0.995 per step (the authors'
-code). Active learning (`volume_active`) picks cameras, rays and points.
+PVD's staged schedule trains the feature level alone, then adds the decoded level, then the rendered
+one; PVD-AL trains all at once. Both decay the feature weight by 0.995 per step (the authors' code).
+Active learning (`volume.active`) picks cameras, rays and points.
 """
 
 from __future__ import annotations
@@ -37,15 +40,16 @@ from scene3d.cameras import Cameras
 from scene3d.config import Ordered, Range, check
 from scene3d.device import pick_device
 from scene3d.distill.volume.active import (
-    CameraPool,
-    RayPool,
+    HardPosePool,
+    HardRayPool,
     Shell,
     ViewErrors,
     parse_active,
-    point_mask,
+    top_samples,
 )
 from scene3d.errors import CheckpointError, ConfigError
 from scene3d.fields.base import FIELDS, Field, build_field, field_spec, load_field_state, save_field
+from scene3d.fields.shared_head import inherit_decoders
 from scene3d.metrics import psnr, ssim
 from scene3d.rays import Rays
 from scene3d.render import OccupancyGrid, OccupancyGridConfig, render_image, render_rays
@@ -54,6 +58,8 @@ from scene3d.train import FitResult
 from scene3d.viz import depth_to_grey, to_uint8
 
 DENSITY_RANGE = (-2.0, 7.0)
+AUTHORS_STEPS = 30000         # the authors' run length, against which the pools are scaled
+AUTHORS_POSES_PER_EPOCH = 345  # virtual poses per epoch of the authors' Synthetic-NeRF setting
 
 
 @dataclass
@@ -63,7 +69,7 @@ class LevelWeights:
     of points and the size of the error, so under Adam the weights only set the levels' balance: the
     point levels guide (0.002) while the rendered level is on, and drive alone before it is."""
 
-    embedding: float = 0.002
+    feature: float = 0.002
     density: float = 0.002
     color: float = 0.002
     rgb: float = 1.0
@@ -73,16 +79,27 @@ class LevelWeights:
 class VolumeDistillConfig:
     """One teacher -> student conversion.
 
-    schedule: "staged" (PVD: embedding only until stage_fractions[0] of the steps, then + decoded level
-    until stage_fractions[1], then + rendered RGB) or "all_at_once" (PVD-AL).
-    active: comma-separated active-learning levels among image (camera pool), ray, point.
+    schedule: "staged" (PVD: feature level only until stage_fractions[0] of the steps, then + decoded
+    level until stage_fractions[1], then + rendered RGB; a pair without a feature level starts at the
+    second stage) or "all_at_once" (PVD-AL).
+    feature_level: "interface" (PVD's shared 16-d feature; the student takes the teacher's head) or
+    "adapter" (ablation: each architecture keeps its own decoder, and a learned linear map links the
+    student's embedding to the teacher's).
+    inherit: start the student's shared decoders from the teacher's (False: the ablation from scratch).
+    active: comma-separated active-learning levels among image (hard poses), ray (hard-ray pool), point.
+    camera_fraction / ray_fraction / point_fraction: the authors' 10% hard poses, 10% hard rays and
+    top-30% samples; opacity_threshold: rays below it give no point-level samples (0.5).
+    hard_pose_pool / ray_pool: pool capacities; None scales the authors' (100 poses at 345 poses per
+    epoch; 150 batches of rays over 30k steps) to this run's epoch size and length.
+    hard_pose_start_epoch / hard_pose_jitter_deg: hard poses from epoch 4 on, jittered by up to
+    pi/20 (9 degrees) per axis.
     density_clamp: the student's density pre-activation range (PVD's [-2, 7]); None leaves it free.
     random_background: one random colour per ray behind both renders (the student must then match
     the teacher's opacity even where the teacher's own white-background training left it undefined);
     False (default): the evaluation views' background behind both (white without views), i.e. the
     background the teacher was fitted over.
     use_occupancy: an occupancy grid measured once on the teacher skips empty space for both fields
-    (PVD samples the student where the teacher's density grid says there is something).
+    (the authors' student inherits the teacher's density bitfield).
     epoch_views / epoch_steps: virtual cameras drawn per epoch and steps per epoch.
     """
 
@@ -93,12 +110,17 @@ class VolumeDistillConfig:
     n_samples: Annotated[int, Range(1, 4096)] = 64
     schedule: Literal["staged", "all_at_once"] = "all_at_once"
     stage_fractions: Annotated[tuple[float, float], Range(0, 1), Ordered()] = (2000 / 30000, 5000 / 30000)  # 30k
+    feature_level: Literal["interface", "adapter"] = "interface"
+    inherit: bool = True
     weights: LevelWeights = dataclasses.field(default_factory=LevelWeights)
-    embedding_decay: Annotated[float, Range(0, 1)] = 0.995
+    feature_decay: Annotated[float, Range(0, 1)] = 0.995
     active: str = "image,ray,point"
     camera_fraction: Annotated[float, Range(0, 1, above=True)] = 0.1
-    revisit_deg: Annotated[float, Range(0)] = 5.0
+    hard_pose_pool: Annotated[int | None, Range(1)] = None
+    hard_pose_start_epoch: Annotated[int, Range(0)] = 3
+    hard_pose_jitter_deg: Annotated[float, Range(0)] = 9.0
     ray_fraction: Annotated[float, Range(0, 1)] = 0.1
+    ray_pool: Annotated[int | None, Range(1)] = None
     point_fraction: Annotated[float, Range(0, 1)] = 0.3
     opacity_threshold: Annotated[float, Range(0, 1)] = 0.5
     density_clamp: Annotated[tuple[float, float] | None, Ordered()] = DENSITY_RANGE
@@ -124,6 +146,16 @@ class VolumeDistillConfig:
     def students(self) -> list[str]:
         """The student names this config accepts: the registered fields."""
         return sorted(FIELDS)
+
+    def hard_pose_capacity(self) -> int:
+        """The image-level pool's capacity: the authors' 100 poses scaled by our poses per epoch."""
+        return self.hard_pose_pool or max(1, round(100 * self.epoch_views / AUTHORS_POSES_PER_EPOCH))
+
+    def ray_pool_capacity(self) -> int:
+        """The ray pool's capacity: the authors' 150 batches over 30k steps, scaled to this run's
+        length, so that it fills after the same 5% of the run."""
+        n_hard = max(1, int(self.ray_fraction * self.batch_rays))
+        return self.ray_pool or max(n_hard, round(150 * self.batch_rays * self.steps / AUTHORS_STEPS))
 
 
 # losses -----------------------------------------------------------------------------------------
@@ -159,26 +191,29 @@ def embedding_loss(student: Float[Tensor, "P Fs"], teacher: Float[Tensor, "P Ft"
 
 class Recorder:
     """Stands in for a field inside `render_rays`: `query` goes through embed / decode / activate and
-    keeps the points and their embedding, density pre-activation and colour of the last call."""
+    keeps the points and their embedding, interface (None without one), density pre-activation and
+    colour of the last call."""
 
     def __init__(self, field: Field):
         self.field, self.aabb, self.config = field, field.aabb, field.config
-        self.record: dict[str, Tensor] = {}
+        self.record: dict[str, Tensor | None] = {}
 
     def query(self, x: Tensor, dirs: Tensor) -> tuple[Tensor, Tensor]:
         features = self.field.embed(x)
+        interface = self.field.interface(features)
         preact, rgb = self.field.decode(features, dirs)
         self.record = {"points": x.reshape(-1, 3), "features": features.reshape(-1, features.shape[-1]),
+                       "interface": None if interface is None else interface.reshape(-1, interface.shape[-1]),
                        "preact": preact.reshape(-1), "rgb": rgb.reshape(-1, rgb.shape[-1])}
         return self.field.activate(preact) * self.field.inside(x), rgb
 
 
-def kept_samples(rays: Rays, t: Float[Tensor, "R S"], aabb: Tensor, occupancy: OccupancyGrid | None) -> Tensor | None:
-    """Flat indices into [R*S] of the samples `render_rays` sent to the field (None: all of them)."""
-    if occupancy is None:
-        return None
+def marched_samples(rays: Rays, t: Float[Tensor, "R S"], aabb: Tensor, occupancy: OccupancyGrid | None
+                    ) -> Bool[Tensor, "R S"]:
+    """The samples `render_rays` sent to the field: inside the box and, with a grid, in occupied cells."""
     _, hit = rays.clip_to_aabb(aabb)
-    return (hit[:, None] & occupancy.occupied(rays.at(t))).flatten().nonzero()[:, 0]
+    marched = hit[:, None].expand_as(t)
+    return marched if occupancy is None else marched & occupancy.occupied(rays.at(t))
 
 
 def teacher_occupancy(teacher: Field, config: OccupancyGridConfig, generator: torch.Generator | None = None,
@@ -219,9 +254,13 @@ def make_adapter(student: Field, teacher: Field) -> EmbeddingAdapter:
 
 def student_for(teacher: Field, name: str, preset: str = "default",
                 density_clamp: tuple[float, float] | None = DENSITY_RANGE, **overrides: Any) -> Field:
-    """A fresh `name` field in the teacher's box with the teacher's colour channels."""
+    """A fresh `name` field in the teacher's box with the teacher's colour channels and head; an MLP
+    student under PVD's head takes the width of the teacher's code (so the teacher's sigma_net fits)."""
     overrides = {"aabb": tuple(teacher.config.aabb), "color_dim": teacher.config.color_dim,
-                 "density_clamp": density_clamp, **overrides}
+                 "density_clamp": density_clamp, "head": teacher.config.head, **overrides}
+    sigma_net = getattr(getattr(teacher, "head", None), "sigma_net", None)
+    if sigma_net is not None and "code_dim" in {f.name for f in dataclasses.fields(FIELDS[name].Config)}:
+        overrides.setdefault("code_dim", sigma_net[0].in_features)
     return build_field(name, preset, **overrides).to(teacher.aabb.device)
 
 
@@ -261,7 +300,8 @@ def save_renders(run: RunDir, out: dict[str, Tensor], views: EvalViews) -> list[
 
 
 class VolumeDistiller:
-    """Owns the student, the adapter, the optimizer, the pools and the RNGs; a `scene3d.train.Trainable`."""
+    """Owns the student, the adapter, the optimizer, the pools and the RNGs; a `scene3d.train.Trainable`.
+    `inherited` names the teacher tensors the student started from."""
 
     def __init__(self, config: VolumeDistillConfig, teacher: Field, shell: Shell, views: EvalViews | None = None,
                  student: Field | None = None):
@@ -270,17 +310,21 @@ class VolumeDistiller:
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
         with torch.random.fork_rng(devices=[]):  # the same seed gives the same student in any process
             torch.manual_seed(config.seed)
+            head = {"head": "native"} if config.feature_level == "adapter" else {}
             self.student = (student or student_for(teacher, config.student, config.preset,
-                                                   config.density_clamp)).to(self.device)
+                                                   config.density_clamp, **head)).to(self.device)
             self.adapter = make_adapter(self.student, self.teacher)
+        self.inherited = inherit_decoders(self.student, self.teacher) if config.inherit else []
         self.name = f"distil {teacher.name} -> {config.student}"
         self.shell, self.active = shell, parse_active(config.active)
         self.generator = torch.Generator(self.device).manual_seed(config.seed)
         self.cpu_generator = torch.Generator().manual_seed(config.seed + 1)
         self.occupancy = (teacher_occupancy(self.teacher, config.occupancy, self.generator)
                           if config.use_occupancy else None)
-        self.camera_pool = CameraPool(config.camera_fraction)
-        self.ray_pool = RayPool(math.ceil(config.ray_fraction * config.batch_rays))
+        self.pose_pool = HardPosePool(config.camera_fraction, config.hard_pose_capacity(),
+                                      config.hard_pose_start_epoch, math.radians(config.hard_pose_jitter_deg))
+        self.ray_pool = HardRayPool(config.ray_pool_capacity())
+        self._has_features = self.has_feature_level()
         self._set_epoch(torch.empty(0, 4, 4))
         self.optimizer = self._make_optimizer()
         self.views = views
@@ -304,25 +348,31 @@ class VolumeDistiller:
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * decay
 
+    def has_feature_level(self) -> bool:
+        """Whether the pair has a feature level: both interfaces (or the adapter ablation)."""
+        if self.config.feature_level == "adapter":
+            return True
+        probe = self.teacher.aabb.mean(0, keepdim=True)
+        with torch.no_grad():
+            return all(f.interface(f.embed(probe)) is not None for f in (self.teacher, self.student))
+
     def level_weights(self, step: int) -> dict[str, float]:
-        """The weight of each loss at `step` under the configured schedule (0 = level off)."""
+        """The weight of each loss at `step` under the configured schedule (0 = level off). Without a
+        feature level the staged schedule starts at its second stage (the authors' stage1 = -1)."""
         c, w = self.config, self.config.weights
+        features = self._has_features
         stage = 2
         if c.schedule == "staged":
-            stage = sum(step >= f * c.steps for f in c.stage_fractions)
-        return {"embedding": w.embedding * c.embedding_decay**step,
+            stage = max(sum(step >= f * c.steps for f in c.stage_fractions), 0 if features else 1)
+        return {"feature": w.feature * c.feature_decay**step if features else 0.0,
                 "density": w.density if stage >= 1 else 0.0, "color": w.color if stage >= 1 else 0.0,
                 "rgb": w.rgb if stage >= 2 else 0.0}
 
     # cameras and rays ------------------------------------------------------------------------------
     def _set_epoch(self, c2w: Float[Tensor, "N 4 4"]) -> None:
-        """Make c2w the epoch's cameras (or draw them when empty) and precompute their rays."""
-        c = self.config
+        """Make c2w the epoch's cameras (or draw fresh ones when empty) and precompute their rays."""
         if len(c2w) == 0:
-            revisit = (self.camera_pool.revisit(torch.tensor(self.shell.target), c.revisit_deg, self.cpu_generator)
-                       if "image" in self.active and len(self.camera_pool) else torch.empty(0, 4, 4))
-            fresh = self.shell.sample(c.epoch_views - len(revisit), self.cpu_generator).c2w
-            c2w = torch.cat([fresh, revisit])
+            c2w = self.shell.sample(self.config.epoch_views, self.cpu_generator).c2w
         self.epoch_c2w = c2w.cpu()
         rays = self.shell.cameras(self.epoch_c2w).rays()
         self.epoch_origins = rays.origins.reshape(-1, 3).to(self.device)
@@ -330,23 +380,31 @@ class VolumeDistiller:
         self.pixels_per_view = self.shell.width * self.shell.height
         self.view_errors = ViewErrors(len(c2w), self.device)
 
-    def _end_epoch(self) -> None:
+    def _next_epoch(self, epoch: int) -> None:
+        """Fresh cameras for epoch `epoch` (counted from 1); with the image level, hard poses among them."""
+        fresh = self.shell.sample(self.config.epoch_views, self.cpu_generator).c2w
         if "image" in self.active:
-            self.camera_pool.update(self.epoch_c2w, self.view_errors.psnr().cpu())
-        self._set_epoch(torch.empty(0, 4, 4))
+            fresh = self.pose_pool.next_epoch(epoch, self.epoch_c2w, self.view_errors.psnr().cpu(), fresh,
+                                              self.cpu_generator)
+        self._set_epoch(fresh)
 
-    def sample_rays(self) -> tuple[Rays, Tensor]:
-        """batch_rays random pixels of the epoch's cameras, plus the ray pool; and each ray's view
-        index (-1 for pooled rays)."""
-        idx = torch.randint(0, len(self.epoch_origins), (self.config.batch_rays,), generator=self.generator,
+    def sample_rays(self) -> tuple[Rays, Tensor, Tensor | None]:
+        """batch_rays random pixels of the epoch's cameras, plus (once the ray pool is full) a
+        ray_fraction share more drawn from it; each ray's view index (-1 for pooled rays) and the
+        pool slots drawn."""
+        c = self.config
+        idx = torch.randint(0, len(self.epoch_origins), (c.batch_rays,), generator=self.generator,
                             device=self.device)
         origins, dirs, view = self.epoch_origins[idx], self.epoch_dirs[idx], idx // self.pixels_per_view
-        if "ray" in self.active and len(self.ray_pool):
-            origins = torch.cat([origins, self.ray_pool.origins])
-            dirs = torch.cat([dirs, self.ray_pool.dirs])
-            view = torch.cat([view, torch.full((len(self.ray_pool),), -1, device=self.device)])
+        drawn = (self.ray_pool.draw(int(c.ray_fraction * c.batch_rays), self.generator)
+                 if "ray" in self.active else None)
+        if drawn is not None:
+            origins = torch.cat([origins, self.ray_pool.origins[drawn]])
+            dirs = torch.cat([dirs, self.ray_pool.dirs[drawn]])
+            view = torch.cat([view, torch.full((len(drawn),), -1, device=self.device)])
         n = len(origins)
-        return Rays(origins, dirs, torch.zeros(n, device=self.device), torch.full((n,), 1e10, device=self.device)), view
+        rays = Rays(origins, dirs, torch.zeros(n, device=self.device), torch.full((n,), 1e10, device=self.device))
+        return rays, view, drawn
 
     # one step ---------------------------------------------------------------------------------------
     def render_pair(self, rays: Rays) -> tuple[dict[str, Tensor], dict[str, Tensor], Recorder, Recorder]:
@@ -366,24 +424,33 @@ class VolumeDistiller:
 
     def losses(self, rays: Rays, out_t: dict[str, Tensor], out_s: dict[str, Tensor], teacher: Recorder,
                student: Recorder) -> dict[str, Tensor]:
-        """The unweighted loss of every level (point levels restricted by the point mask when active)."""
+        """The unweighted loss of every level; with the point level, the point losses are taken at the
+        union of the teacher's and the student's top samples."""
         mask: Bool[Tensor, " P"] | None = None
         if "point" in self.active:
-            mask = point_mask(out_t["weights"], out_t["accumulation"], self.config.point_fraction,
-                              self.config.opacity_threshold).flatten()
-            keep = kept_samples(rays, out_t["t"], self.teacher.aabb, self.occupancy)
-            mask = mask if keep is None else mask[keep]
+            c = self.config
+            marched = marched_samples(rays, out_t["t"], self.teacher.aabb, self.occupancy)
+            mask = (top_samples(out_t["weights"], out_t["accumulation"], marched, c.point_fraction,
+                                c.opacity_threshold)
+                    | top_samples(out_s["weights"].detach(), out_s["accumulation"].detach(), marched,
+                                  c.point_fraction, c.opacity_threshold))
+            mask = mask[marched] if self.occupancy is not None else mask.flatten()
         t, s = teacher.record, student.record
 
         def points(x: Tensor) -> Tensor:
             return x if mask is None else x[mask]
 
         out = {"rgb": l2_norm(out_s["rgb"] - out_t["rgb"])}
+        zero = out["rgb"] * 0
         if len(points(t["preact"])) == 0:
-            zero = out["rgb"] * 0
-            return {**out, "embedding": zero, "density": zero, "color": zero}
+            return {**out, "feature": zero, "density": zero, "color": zero}
+        if not self._has_features:
+            out["feature"] = zero
+        elif self.config.feature_level == "adapter":
+            out["feature"] = embedding_loss(points(s["features"]), points(t["features"]), self.adapter)
+        else:
+            out["feature"] = l2_norm(points(s["interface"]) - points(t["interface"]))
         bounds = self.config.density_clamp or DENSITY_RANGE
-        out["embedding"] = embedding_loss(points(s["features"]), points(t["features"]), self.adapter)
         out["density"] = l2_norm(density_residual(points(s["preact"]), points(t["preact"]), bounds))
         out["color"] = l2_norm(points(s["rgb"]) - points(t["rgb"]))
         return out
@@ -394,18 +461,18 @@ class VolumeDistiller:
         c, done = self.config, step - 1
         self.student.train()
         if done > 0 and done % c.epoch_steps == 0:
-            self._end_epoch()
+            self._next_epoch(done // c.epoch_steps + 1)
         if self.student.on_train_step(done):
             self.optimizer = self._make_optimizer()
         self._set_learning_rate(done)
-        rays, view = self.sample_rays()
+        rays, view, drawn = self.sample_rays()
         out_t, out_s, teacher, student = self.render_pair(rays)
         losses = self.losses(rays, out_t, out_s, teacher, student)
         weights = self.level_weights(done)
         loss = sum(weights[k] * losses[k] for k in weights) + self.student.regularization()
         self.optimizer.zero_grad(set_to_none=True)
         err = out_s["rgb"].detach() - out_t["rgb"]
-        self._batch = (rays, view, err)  # what enters the pools once the step is applied
+        self._batch = (rays, view, err, drawn)  # what enters the pools once the step is applied
         mse = err.square().mean().item()
         return loss, {"loss": loss.item(), **{f"loss_{k}": v.item() for k, v in losses.items()},
                       "psnr_vs_teacher": -10 * math.log10(max(mse, 1e-10)),
@@ -417,11 +484,12 @@ class VolumeDistiller:
     def apply(self, step: int) -> dict[str, float]:
         """The optimizer step; the batch's errors enter the camera and ray pools."""
         self.optimizer.step()
-        rays, view, err = self._batch
+        rays, view, err, drawn = self._batch
         with torch.no_grad():
             self.view_errors.add(view, err.square().mean(-1))
             if "ray" in self.active:
-                self.ray_pool.update(rays.origins, rays.dirs, err.abs().mean(-1))
+                self.ray_pool.update(rays.origins, rays.dirs, err.abs().sum(-1),
+                                     int(self.config.ray_fraction * self.config.batch_rays), drawn)
         return {}
 
     def validate(self) -> dict[str, float]:
@@ -436,7 +504,8 @@ class VolumeDistiller:
             save_field(self.student, run.file("student.safetensors"))
         c = self.config
         return {"teacher": self.teacher.name, "student": c.student, "active": c.active, "schedule": c.schedule,
-                "params": self.student.parameter_count(), **metrics}
+                "feature_level": c.feature_level if self._has_features else "none",
+                "inherited_tensors": len(self.inherited), "params": self.student.parameter_count(), **metrics}
 
     # evaluation -----------------------------------------------------------------------------------
     def _render(self, field: Field, views: EvalViews) -> dict[str, Tensor]:
@@ -459,7 +528,7 @@ class VolumeDistiller:
     def state_dict(self) -> dict[str, Any]:
         state = {"field": self.student.state_dict(), "adapter": self.adapter.state_dict(),
                  "optimizer": self.optimizer.state_dict(),
-                 "pools": {"camera": self.camera_pool.state_dict(), "ray": self.ray_pool.state_dict()},
+                 "pools": {"pose": self.pose_pool.state_dict(), "ray": self.ray_pool.state_dict()},
                  "epoch": {"c2w": self.epoch_c2w, "error_sum": self.view_errors.sum,
                            "error_count": self.view_errors.count},
                  "rng": {"generator": self.generator.get_state(), "cpu_generator": self.cpu_generator.get_state(),
@@ -481,7 +550,7 @@ class VolumeDistiller:
             self.adapter.load_state_dict(state["adapter"])
             self.optimizer = self._make_optimizer()
             self.optimizer.load_state_dict(state["optimizer"])
-            self.camera_pool.load_state_dict(state["pools"]["camera"])
+            self.pose_pool.load_state_dict(state["pools"]["pose"])
             self.ray_pool.load_state_dict({k: v.to(self.device) for k, v in state["pools"]["ray"].items()})
             if self.occupancy is not None:
                 self.occupancy.load_state_dict(state["occupancy"])
