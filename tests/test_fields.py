@@ -59,9 +59,10 @@ def test_density_clamp_bounds_the_preactivation():
     torch.testing.assert_close(sigma, torch.full_like(sigma, math.exp(7.0)))
 
 
+@pytest.mark.parametrize("head", ["native", "pvd"])
 @pytest.mark.parametrize("name", sorted(FIELDS))
-def test_gradients_reach_every_parameter(name):
-    field = tiny_field(name)
+def test_gradients_reach_every_parameter(name, head):
+    field = tiny_field(name, head=head)
     x, dirs = random_inputs(2048)
     sigma, rgb = field.query(x, dirs)
     assert sigma.shape == (2048,) and rgb.shape == (2048, 3)
@@ -72,9 +73,10 @@ def test_gradients_reach_every_parameter(name):
         assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, f"{name}.{pname} has a zero gradient"
 
 
+@pytest.mark.parametrize("head", ["native", "pvd"])
 @pytest.mark.parametrize("name", sorted(FIELDS))
-def test_protocol_split_matches_query(name):
-    field = tiny_field(name, color_dim=5)
+def test_protocol_split_matches_query(name, head):
+    field = tiny_field(name, color_dim=5, head=head)
     x, dirs = random_inputs()
     features = field.embed(x)
     sigma_preact, rgb = field.decode(features, dirs)
@@ -86,6 +88,29 @@ def test_protocol_split_matches_query(name):
     torch.testing.assert_close(field.decode_density(features), sigma_preact)
     outside = torch.tensor([[1.5, 0.0, 0.0], [0.0, -1.2, 0.3]])
     assert (field.density(outside) == 0).all()
+
+
+@pytest.mark.parametrize("name", sorted(FIELDS))
+def test_pvd_head_emits_the_clipped_16d_interface_and_trains_every_parameter_once(name):
+    field = tiny_field(name, head="pvd")
+    x, dirs = random_inputs()
+    features = field.embed(x)
+    interface = field.interface(features)
+    grouped = [id(p) for group in field.param_groups() for p in group["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in field.parameters())  # each parameter in one group
+    if name == "grid":  # Plenoxels: no interface, no shared decoder (the authors' "tensors")
+        assert interface is None and not any(k.startswith("head.") for k in field.state_dict())
+        return
+    assert interface.shape == (256, 16) and tiny_field(name).interface(features) is None
+    raw, rgb = field.decode(features, dirs)
+    torch.testing.assert_close(interface[:, 0], raw.clamp(-2, 7))
+    torch.testing.assert_close(rgb, field.head.color(interface, dirs))
+    big = field.activate(torch.full((3,), 50.0))  # the activation clips the log density to 7 as well
+    torch.testing.assert_close(big, torch.full((3,), math.exp(7.0)))
+    assert {k.split(".")[1] for k in field.state_dict() if k.startswith("head.")} == (
+        {"color_net"} if name == "tensorf" else {"sigma_net", "color_net"})
+    with pytest.raises(ValueError, match="head must be"):
+        tiny_field(name, head="shared")
 
 
 def test_paper_presets_use_the_papers_numbers():
@@ -171,9 +196,10 @@ def test_tensorf_upsampling_grows_the_grid_and_keeps_the_function():
     torch.testing.assert_close(after[1], before[1], rtol=0.05, atol=0.05)
 
 
+@pytest.mark.parametrize("head", ["native", "pvd"])
 @pytest.mark.parametrize("name", sorted(FIELDS))
-def test_checkpoint_round_trip_is_exact(name, tmp_path):
-    field = tiny_field(name, aabb=(-2.0, -1.0, 0.0, 2.0, 1.0, 1.5), density_clamp=(-2.0, 7.0))
+def test_checkpoint_round_trip_is_exact(name, head, tmp_path):
+    field = tiny_field(name, aabb=(-2.0, -1.0, 0.0, 2.0, 1.0, 1.5), density_clamp=(-2.0, 7.0), head=head)
     with torch.no_grad():
         for p in field.parameters():
             p.add_(0.01 * torch.randn_like(p))

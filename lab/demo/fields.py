@@ -9,13 +9,16 @@ from scene3d.fields.train import FitConfig, fit_field, load_data
 from scene3d.train import RunConfig
 
 DEMO_FIELD = "tensorf"
+DEMO_HEAD = "pvd"  # PVD's shared decoders, which the volume stage's student inherits
 
 
 def run_stage(out_dir: Path, quick: bool) -> dict[str, Any]:
-    """Fit `DEMO_FIELD` to the dataset the world stage wrote to `out_dir/world` (the synthetic world
-    is rendered afresh when it is missing). Writes `out_dir/fields/<field>/` and returns its metrics."""
+    """Fit `DEMO_FIELD` (with PVD's shared head) to the dataset the world stage wrote to `out_dir/world`
+    (the synthetic world is rendered afresh when it is missing). Writes `out_dir/fields/<field>/` and
+    returns its metrics."""
     data = Path(out_dir) / "world"
-    config = FitConfig(field=DEMO_FIELD, data=data if data.is_dir() else None, steps=300 if quick else 1000,
+    config = FitConfig(field=DEMO_FIELD, head=DEMO_HEAD, data=data if data.is_dir() else None,
+                       steps=300 if quick else 1000,
                        batch_rays=1024, n_samples=48 if quick else 64, turntable_frames=12 if quick else 36,
                        image_size=32 if quick else 64,
                        run=RunConfig(output_root=Path(out_dir), eval_every=100 if quick else 250, checkpoint_every=500,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lab.demo.fields import DEMO_FIELD
+from lab.demo.fields import DEMO_FIELD, DEMO_HEAD
 from scene3d.distill.volume.run import DistillVolumeConfig, distill_volume
 from scene3d.fields.train import FitConfig, fit_field, load_data
 from scene3d.runs import RunDir
@@ -22,7 +22,8 @@ def demo_teacher(out_dir: Path, quick: bool) -> Path:
     if RunDir(fitted).latest_checkpoint() is not None:
         return fitted
     data = out_dir / "world"
-    config = FitConfig(field=DEMO_FIELD, data=data if data.is_dir() else None, steps=150 if quick else 1000,
+    config = FitConfig(field=DEMO_FIELD, head=DEMO_HEAD, data=data if data.is_dir() else None,
+                       steps=150 if quick else 1000,
                        batch_rays=256 if quick else 1024, n_samples=32 if quick else 64, turntable_frames=0,
                        image_size=32 if quick else 64,
                        run=RunConfig(output_root=out_dir / "volume", eval_every=0, checkpoint_every=10**6,

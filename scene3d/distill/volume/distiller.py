@@ -310,10 +310,12 @@ class VolumeDistiller:
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
         with torch.random.fork_rng(devices=[]):  # the same seed gives the same student in any process
             torch.manual_seed(config.seed)
-            head = {"head": "native"} if config.feature_level == "adapter" else {}
+            adapter = config.feature_level == "adapter"
+            head = {"head": "native"} if adapter else {}
             self.student = (student or student_for(teacher, config.student, config.preset,
                                                    config.density_clamp, **head)).to(self.device)
-            self.adapter = make_adapter(self.student, self.teacher)
+            self.adapter = (make_adapter(self.student, self.teacher) if adapter
+                            else EmbeddingAdapter(0, 0, identity=True))
         self.inherited = inherit_decoders(self.student, self.teacher) if config.inherit else []
         self.name = f"distil {teacher.name} -> {config.student}"
         self.shell, self.active = shell, parse_active(config.active)
