@@ -254,7 +254,8 @@ def test_the_student_inherits_its_teachers_shared_decoders_and_matches_its_inter
     # TensoRF has no sigma_net: an MLP student takes its color_net only; the grid has nothing to give.
     assert sorted(VolumeDistiller(tiny_config("mlp"), teachers["tensorf"], SHELL).inherited) == [
         "head.color_net.0.weight", "head.color_net.2.weight", "head.color_net.4.weight"]
-    assert VolumeDistiller(tiny_config("mlp", inherit=False), teacher, SHELL).inherited == []
+    plain = VolumeDistiller(tiny_config("mlp", inherit=False, student_lr=0.02), teacher, SHELL)
+    assert plain.inherited == [] and plain.student.config.lr == 0.02
     # A pair with the grid has no feature level; PVD's staged schedule then starts at its second stage.
     staged = VolumeDistiller(tiny_config("hashgrid", schedule="staged"), teachers["grid"], SHELL,
                              student=small_field("hashgrid"))

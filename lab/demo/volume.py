@@ -13,6 +13,9 @@ from scene3d.runs import RunDir
 from scene3d.train import RunConfig
 
 DEMO_STUDENT = "mlp"
+# The MLP's own rate (5e-3) is for fitting from scratch over thousands of steps; the stage's 300 steps
+# from inherited decoders go further at 1e-2 (test PSNR 25.0 against 23.2 dB, the full demo's teacher).
+DEMO_STUDENT_LR = 1e-2
 
 
 def demo_teacher(out_dir: Path, quick: bool) -> Path:
@@ -40,7 +43,7 @@ def run_stage(out_dir: Path, quick: bool) -> dict[str, Any]:
     world = out_dir / "world"
     config = DistillVolumeConfig(teacher=teacher, data=world if world.is_dir() else None, student=DEMO_STUDENT,
                                  steps=100 if quick else 300, batch_rays=512 if quick else 1024,
-                                 n_samples=32 if quick else 64, eval_views=4,
+                                 n_samples=32 if quick else 64, eval_views=4, student_lr=DEMO_STUDENT_LR,
                                  run=RunConfig(output_root=out_dir, eval_every=0, checkpoint_every=10**6,
                                                resume=False, progress=not quick))
     distiller, metrics = distill_volume(config)

@@ -101,6 +101,7 @@ class VolumeDistillConfig:
     use_occupancy: an occupancy grid measured once on the teacher skips empty space for both fields
     (the authors' student inherits the teacher's density bitfield).
     epoch_views / epoch_steps: virtual cameras drawn per epoch and steps per epoch.
+    student_lr: the student's base learning rate (None: its architecture's own).
     """
 
     student: str = "tensorf"
@@ -129,6 +130,7 @@ class VolumeDistillConfig:
     occupancy: OccupancyGridConfig = dataclasses.field(default_factory=OccupancyGridConfig)
     epoch_views: Annotated[int, Range(1)] = 32
     epoch_steps: Annotated[int, Range(1)] = 50
+    student_lr: Annotated[float | None, Range(0, above=True)] = None
     lr_final_ratio: Annotated[float, Range(0, above=True)] = 0.1
     adapter_lr: Annotated[float, Range(0, above=True)] = 1e-2
     seed: int = 0
@@ -311,9 +313,11 @@ class VolumeDistiller:
         with torch.random.fork_rng(devices=[]):  # the same seed gives the same student in any process
             torch.manual_seed(config.seed)
             adapter = config.feature_level == "adapter"
-            head = {"head": "native"} if adapter else {}
+            overrides = {"head": "native"} if adapter else {}
+            if config.student_lr is not None:
+                overrides["lr"] = config.student_lr
             self.student = (student or student_for(teacher, config.student, config.preset,
-                                                   config.density_clamp, **head)).to(self.device)
+                                                   config.density_clamp, **overrides)).to(self.device)
             self.adapter = (make_adapter(self.student, self.teacher) if adapter
                             else EmbeddingAdapter(0, 0, identity=True))
         self.inherited = inherit_decoders(self.student, self.teacher) if config.inherit else []
