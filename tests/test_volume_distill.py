@@ -400,16 +400,18 @@ def test_script_reports_a_missing_teacher_in_one_line(tmp_path):
 def test_bench_summary_times_and_equal_time_psnr_over_seeds():
     scratch = [{"seconds": 0.0, "test_psnr": 10.0}, {"seconds": 10.0, "test_psnr": 18.0},
                {"seconds": 20.0, "test_psnr": 20.0}]
-    fast = [{"seconds": 0.0, "test_psnr": 10.0}, {"seconds": 4.0, "test_psnr": 20.5},
+    fast = [{"seconds": 0.0, "test_psnr": 10.0}, {"seconds": 4.0, "test_psnr": 20.0},
             {"seconds": 20.0, "test_psnr": 22.0}]
     slow = [{"seconds": 0.0, "test_psnr": 10.0}, {"seconds": 20.0, "test_psnr": 19.0}]
     assert seconds_to_reach(fast, 20.0) == 4.0 and seconds_to_reach(slow, 20.0) is None
+    assert seconds_to_reach(fast, 15.0) == 2.0 and seconds_to_reach(fast, 21.0) == 12.0  # interpolated
     assert psnr_at(scratch, 15.0) == 18.0
     one = {"scratch": {"timeline": scratch}, "pvd": {"timeline": fast}, "pvd_al": {"timeline": slow}}
-    faster = {**one, "pvd": {"timeline": [{"seconds": 0.0, "test_psnr": 10.0}, {"seconds": 2.0, "test_psnr": 24.0}]}}
+    faster = {**one, "pvd": {"timeline": [{"seconds": 0.0, "test_psnr": 10.0}, {"seconds": 1.0, "test_psnr": 17.0},
+                                          {"seconds": 2.0, "test_psnr": 24.0}]}}
     s = summarize({0: one, 1: faster})
     assert s["seeds"] == [0, 1]
-    assert s["pvd"]["speedup_to_scratch_final"] == {"mean": 7.5, "std": 2.5, "per_seed": [5.0, 10.0]}
+    assert s["pvd"]["speedup_to_scratch_final"]["per_seed"] == [5.0, pytest.approx(20 / (1 + 3 / 7), abs=0.01)]
     assert s["pvd"]["gain_over_scratch_db"]["per_seed"] == [2.0, 4.0]
     assert s["pvd"]["psnr_at_scratch_time"]["per_seed"] == [22.0, 24.0]
     assert s["pvd_al"]["speedup_to_scratch_final"]["mean"] is None  # a seed never reached it: no mean
