@@ -193,16 +193,17 @@ def embedding_loss(student: Float[Tensor, "P Fs"], teacher: Float[Tensor, "P Ft"
 
 class Recorder:
     """Stands in for a field inside `render_rays`: `query` goes through embed / decode / activate and
-    keeps the points and their embedding, interface (None without one), density pre-activation and
-    colour of the last call."""
+    keeps the points and their embedding, interface (with `interface`, when the feature level reads
+    it; else None), density pre-activation and colour of the last call."""
 
-    def __init__(self, field: Field):
+    def __init__(self, field: Field, interface: bool = False):
         self.field, self.aabb, self.config = field, field.aabb, field.config
+        self.with_interface = interface
         self.record: dict[str, Tensor | None] = {}
 
     def query(self, x: Tensor, dirs: Tensor) -> tuple[Tensor, Tensor]:
         features = self.field.embed(x)
-        interface = self.field.interface(features)
+        interface = self.field.interface(features) if self.with_interface else None
         preact, rgb = self.field.decode(features, dirs)
         self.record = {"points": x.reshape(-1, 3), "features": features.reshape(-1, features.shape[-1]),
                        "interface": None if interface is None else interface.reshape(-1, interface.shape[-1]),
@@ -419,7 +420,8 @@ class VolumeDistiller:
         channels = self.teacher.config.color_dim
         background = (torch.rand(len(rays), channels, generator=self.generator, device=self.device)
                       if self.config.random_background else self.background.expand(len(rays), channels))
-        teacher, student = Recorder(self.teacher), Recorder(self.student)
+        interface = self._has_features and self.config.feature_level == "interface"
+        teacher, student = Recorder(self.teacher, interface), Recorder(self.student, interface)
         kwargs = {"perturb": True, "background": background, "occupancy": self.occupancy}
         state = self.generator.get_state()
         with torch.no_grad():
