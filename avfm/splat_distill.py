@@ -1,10 +1,12 @@
 """Splat-and-distill with avfm's dense teachers (`scene3d.distill.splat` does the work): builds the
 teacher and the student and hands them over, as DESIGN's layering asks.
 
-`run_splat_distill(cfg)`: one student (`distill.target_source` "splat" or "fit3d") trained by
-`scene3d.train.fit` in `<output_root>/splat_distill/<name>/` (TensorBoard, checkpoints, exact resume;
-the learned depth net, when used, in its `depth_net/` sub-folder). The comparison of teacher and
-students through the 3D-awareness probes is `lab.eval.awareness.compare_3d_awareness`.
+`run_splat_distill(cfg)`: one student (`distill.target_source` "splat", "fit3d" or the "2d" control)
+trained by `scene3d.train.fit` in `<output_root>/splat_distill/<name>/` (TensorBoard, checkpoints, exact
+resume; the depth predictor, trained without depth labels, in its `mvs/` sub-folder). The teacher is
+the self-supervised ViT of `avfm.self_distillation` trained on the distillation worlds' images (no
+label); the label-trained one is the option `supervised`. The comparison of teacher, students and
+controls through the 3D-awareness probes is `lab.eval.awareness.compare_3d_awareness`.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 import tyro
 from einops import rearrange
 from torch import Tensor, nn
 
+from avfm.self_distillation import SelfDistillationConfig, train_self_distillation
 from avfm.teachers import (
     DenseTeacherConfig,
     Teacher,
@@ -33,11 +36,18 @@ from avfm.teachers import (
 from scene3d.config import Range, check
 from scene3d.data.dataset import MultiViewDataset
 from scene3d.distill.splat.data import make_world_views
-from scene3d.distill.splat.depth import DepthNetConfig, depth_fn, train_depth_net
-from scene3d.distill.splat.distiller import SplatDistillConfig, SplatDistiller, pixel_features
+from scene3d.distill.splat.distiller import (
+    DepthFn,
+    SplatDistillConfig,
+    SplatDistiller,
+    pixel_features,
+    view_geometry,
+)
 from scene3d.distill.splat.fit3d import Fit3DConfig, fit_feature_gaussians
+from scene3d.distill.splat.mvs import MVSConfig, mvs_depth_fn, train_mvs
 from scene3d.distill.splat.probes import ProbeConfig, probe_3d_awareness
 from scene3d.distill.splat.viz import save_feature_panel
+from scene3d.lora import merge_lora
 from scene3d.runs import RunDir, config_to_dict
 from scene3d.train import FitResult, RunConfig, fit
 
@@ -72,9 +82,12 @@ class WorldsConfig:
 
 @dataclass
 class TeacherSpec:
-    name: str = "supervised"  # supervised (small ViT trained here on the worlds' labels), random_vit, dinov2, dinov3
-    path: Path | None = None  # a saved teacher (supervised) or an HF model directory (dinov2 / dinov3)
+    # self_supervised (DINO + iBOT on the distillation worlds' images, no label), supervised (trained on the
+    # worlds' semantic labels), random_vit, dinov2, dinov3
+    name: Literal["self_supervised", "supervised", "random_vit", "dinov2", "dinov3"] = "self_supervised"
+    path: Path | None = None  # a saved ViT teacher (self_supervised / supervised) or an HF model directory
     seed: int = 0
+    self_supervised: SelfDistillationConfig = field(default_factory=lambda: SelfDistillationConfig(steps=400))
     supervised: DenseTeacherConfig = field(default_factory=lambda: DenseTeacherConfig(steps=300))
 
 
@@ -89,7 +102,7 @@ class SplatRunConfig:
     teacher: TeacherSpec = field(default_factory=TeacherSpec)
     distill: SplatDistillConfig = field(default_factory=SplatDistillConfig)
     fit3d: Fit3DConfig = field(default_factory=Fit3DConfig)
-    depth_net: DepthNetConfig = field(default_factory=DepthNetConfig)  # for distill.depth_source="learned"
+    mvs: MVSConfig = field(default_factory=MVSConfig)  # the depth predictor (distill.depth_source="predicted")
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     run_probes: bool = True  # probe the teacher and the student on held-out worlds at the end
     # --name, --output-root, --checkpoint-every, --resume, ... (scene3d.train.RunConfig)
@@ -117,14 +130,22 @@ def probe_worlds(cfg: WorldsConfig) -> tuple[list[MultiViewDataset], list[MultiV
 
 def make_teacher(spec: TeacherSpec, worlds: list[MultiViewDataset], saved: Path | None,
                  progress: bool = False) -> DenseFeatures:
-    """The frozen teacher as a dense map. `supervised` without a path trains the small dense teacher on the
-    distillation worlds' views and semantic labels (once: saved to `saved` and reloaded from there)."""
-    if spec.name == "supervised" and spec.path is None:
+    """The frozen teacher as a dense map. `self_supervised` / `supervised` without a path train the small ViT
+    on the distillation worlds' images (and, supervised only, their semantic labels), once: saved to `saved`
+    and reloaded from there."""
+    if spec.name in ("self_supervised", "supervised"):
+        if spec.path is not None:
+            return DenseFeatures(load_vit_teacher(spec.path))
         if saved is not None and saved.is_file():
             return DenseFeatures(load_vit_teacher(saved))
         images = torch.cat([rearrange(w.images, "n h w c -> n c h w") for w in worlds])
-        labels = torch.cat([w.semantic for w in worlds])
-        teacher, _ = train_dense_teacher(images, labels, NUM_CLASSES, cfg=spec.supervised, progress=progress)
+        if spec.name == "self_supervised":
+            cfg = dataclasses.replace(spec.self_supervised, seed=spec.seed)
+            teacher, _ = train_self_distillation(images, cfg, progress=progress)
+        else:
+            labels = torch.cat([w.semantic for w in worlds])
+            cfg = dataclasses.replace(spec.supervised, seed=spec.seed)
+            teacher, _ = train_dense_teacher(images, labels, NUM_CLASSES, cfg=cfg, progress=progress)
         if saved is not None:
             save_vit_teacher(saved, teacher)
         return DenseFeatures(teacher)
@@ -133,15 +154,27 @@ def make_teacher(spec: TeacherSpec, worlds: list[MultiViewDataset], saved: Path 
     return DenseFeatures(build_teacher(spec.name, path=spec.path))
 
 
-def fit3d_scenes(teacher: nn.Module, worlds: list[MultiViewDataset], cfg: Fit3DConfig, progress: bool = False):
-    """The FiT3D-style baseline's per-world feature Gaussians (fitted to the frozen teacher)."""
-    scenes, losses = [], []
+def fit3d_scenes(teacher: nn.Module, worlds: list[MultiViewDataset], cfg: Fit3DConfig, distill: SplatDistillConfig,
+                 depth_fn: DepthFn | None, progress: bool = False):
+    """The FiT3D baseline's per-world feature Gaussians and decoders (fitted to the frozen teacher's features,
+    upsampled as the splat targets are, on the geometry the splat targets use)."""
+    scenes, decoders, losses = [], [], []
     for ds in worlds:
-        feats = pixel_features(teacher, ds, torch.arange(len(ds)), edge_aware=False)
-        scene, curve = fit_feature_gaussians(ds, feats, cfg, progress)
+        feats = pixel_features(teacher, ds, torch.arange(len(ds)), distill.upsample)
+        depth, opacity = view_geometry(ds, distill, depth_fn)
+        scene, decoder, curve = fit_feature_gaussians(ds, feats, depth, opacity, cfg, progress)
         scenes.append(scene)
+        decoders.append(decoder)
         losses.append(curve[-1])
-    return scenes, losses
+    return scenes, decoders, losses
+
+
+def train_depth_predictor(cfg: SplatRunConfig, worlds: list[MultiViewDataset], run: RunDir) -> DepthFn:
+    """The depth predictor of a run, trained without depth labels on the distillation worlds in the run's
+    `mvs/` folder (resumed from its own checkpoints; the run's limits are the student's)."""
+    loop = dataclasses.replace(cfg.run, stop_after=None, max_minutes=None)
+    net, _ = train_mvs(worlds, cfg.mvs, RunDir(run.path / "mvs"), loop)
+    return mvs_depth_fn(net)
 
 
 class SplatDistillRun(SplatDistiller):
@@ -161,8 +194,8 @@ class SplatDistillRun(SplatDistiller):
         metrics = super().finish(run, result)
         if self.fit3d_losses:
             metrics["fit3d_final_mse"] = sum(self.fit3d_losses) / len(self.fit3d_losses)
-        if run is not None and isinstance(self.student.teacher, ViTTeacher):
-            save_vit_teacher(run.file("student.safetensors"), self.student.teacher)
+        if run is not None and isinstance(self.student.teacher, ViTTeacher):  # LoRA folded into the weights
+            save_vit_teacher(run.file("student.safetensors"), merge_lora(copy.deepcopy(self.student.teacher)))
         if self.job.run_probes:
             probe_train, probe_test = probe_worlds(self.job.worlds)
             encoders = {"teacher": self.frozen_teacher, "student": self.student}
@@ -175,25 +208,25 @@ class SplatDistillRun(SplatDistiller):
 
 
 def run_splat_distill(cfg: SplatRunConfig, teacher: DenseFeatures | None = None,
-                      worlds: list[MultiViewDataset] | None = None) -> dict:
+                      worlds: list[MultiViewDataset] | None = None, depth_fn: DepthFn | None = None) -> dict:
     """Train one student from the teacher to `cfg.distill.steps` through `scene3d.train.fit` (resuming the
     run's newest checkpoint when `cfg.run.resume`); returns the final metrics (those of metrics.json)
     and the student ("student"), only the student when a limit (`stop_after`, `max_minutes`) ended
-    the invocation early."""
+    the invocation early. `depth_fn` (a trained predictor) is trained in the run when needed and not given."""
     t0 = time.time()
     worlds = worlds if worlds is not None else distill_worlds(cfg.worlds)
     if teacher is None:  # bad teacher paths fail here, before the run folder is touched
         saved = Path(cfg.run.output_root) / "splat_distill" / cfg.run_name / "teacher.safetensors"
         teacher = make_teacher(cfg.teacher, worlds, saved, cfg.run.progress)
     run = cfg.run.open("splat_distill", cfg.run_name)
-    scenes, fit_losses = None, []
-    if cfg.distill.target_source == "fit3d":  # deterministic from its seed, so a resumed run refits the same
-        scenes, fit_losses = fit3d_scenes(teacher, worlds, cfg.fit3d, cfg.run.progress)
-    predict_depth = None
-    if cfg.distill.depth_source == "learned":  # resumed from its own checkpoints (the limits are the student's)
-        loop = dataclasses.replace(cfg.run, stop_after=None, max_minutes=None)
-        net, _ = train_depth_net(worlds, cfg.depth_net, RunDir(run.path / "depth_net"), loop)
-        predict_depth = depth_fn(net)
-    distiller = SplatDistillRun(cfg, teacher, worlds, fit_losses, t0, fit3d_scenes=scenes, depth_fn=predict_depth)
+    source, predicted = cfg.distill.target_source, cfg.distill.depth_source == "predicted"
+    if depth_fn is None and predicted and source in ("splat", "fit3d"):
+        depth_fn = train_depth_predictor(cfg, worlds, run)
+    scenes, decoders, fit_losses = None, None, []
+    if source == "fit3d":  # deterministic from its seed, so a resumed run refits the same
+        scenes, decoders, fit_losses = fit3d_scenes(teacher, worlds, cfg.fit3d, cfg.distill, depth_fn,
+                                                    cfg.run.progress)
+    distiller = SplatDistillRun(cfg, teacher, worlds, fit_losses, t0, fit3d_scenes=scenes, depth_fn=depth_fn,
+                                fit3d_decoders=decoders)
     result = fit(distiller, run, cfg.run, cfg.distill.steps, job_config=cfg)
     return {**result.metrics, "student": distiller.student}

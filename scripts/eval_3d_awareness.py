@@ -1,11 +1,15 @@
-"""3D-awareness probes (Probe3D-style) of teacher, FiT3D-style student and splat-and-distill student.
+"""3D-awareness probes of the teacher, the 2D-only control, the splat-and-distill student, the FiT3D student
+and the oracle splat student (dataset depth, label-guided upsampling), over seeds.
 
-    python scripts/eval_3d_awareness.py --quick        # a few minutes on 2 cores
-    python scripts/eval_3d_awareness.py                # the full default setting
+    python scripts/eval_3d_awareness.py --quick                  # the quick preset, seeds 0 1 2
+    python scripts/eval_3d_awareness.py --seeds 0 1 2            # the full default setting
     python scripts/eval_3d_awareness.py --name e1 --run.distill.steps 600
+    python scripts/eval_3d_awareness.py --seeds 0 --output s0.json      # one process per seed, then
+    python scripts/eval_3d_awareness.py --combine s0.json s1.json s2.json --output 3d_awareness.json
 
-Trains what it needs (teacher, both students; runs under <output-root>/splat_distill/<name>_fit3d and
-_splat, resumed when rerun), probes all three on held-out worlds and writes outputs/bench/3d_awareness.json.
+Per seed it trains what it needs (self-supervised teacher, depth predictor, the four students; runs under
+<output-root>/splat_distill/<name>_s<seed>_*, resumed when rerun), probes every row on held-out worlds
+and writes the mean and std over the seeds to outputs/bench/3d_awareness.json (and .png).
 """
 
 import json
@@ -15,7 +19,7 @@ from pathlib import Path
 import tyro
 
 from avfm.splat_distill import SplatRunConfig, run_defaults
-from lab.eval.awareness import compare_3d_awareness, quick_config
+from lab.eval.awareness import combine, compare_3d_awareness, quick_config
 from scene3d.cli import run_cli
 from scene3d.config import check
 
@@ -23,16 +27,23 @@ from scene3d.config import check
 @dataclass
 class EvalConfig:
     quick: bool = False  # the quick preset (replaces `run`)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    combine: tuple[Path, ...] = ()  # merge these results of disjoint seeds into --output instead of running
     output: Path = Path("outputs/bench/3d_awareness.json")
     run: SplatRunConfig = field(default_factory=lambda: SplatRunConfig(run=run_defaults(name="eval")))
 
     def __post_init__(self) -> None:
         check(self)
+        if not self.seeds:
+            raise ValueError("--seeds needs at least one seed")
 
 
 def main(cfg: EvalConfig) -> None:
-    run = quick_config(cfg.run.run.output_root, "eval_quick") if cfg.quick else cfg.run
-    out = compare_3d_awareness(run, cfg.output)
+    if cfg.combine:
+        out = combine(list(cfg.combine), cfg.output)
+    else:
+        run = quick_config(cfg.run.run.output_root, "eval_quick") if cfg.quick else cfg.run
+        out = compare_3d_awareness(run, list(cfg.seeds), cfg.output)
     print(out["markdown"])
     print(json.dumps({"target_met": out["target_met"], "seconds": out["seconds"]}, indent=2))
 

@@ -1,10 +1,11 @@
-"""Splat and Distill: lifting, splatting, targets, EMA, the distiller (loss, resume, NaN guard), the learned
-depth net (resume) and the 3D probes."""
+"""Splat and Distill: lifting, splatting, upsampling, targets (splat, FiT3D, 2D control), EMA, LoRA, the
+distiller (loss, resume, NaN guard) and the 3D probes. The depth predictor's tests are in test_mvs.py."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import os
 import subprocess
@@ -18,8 +19,14 @@ from einops import rearrange
 from torch import nn
 
 from scene3d.distill.splat.data import make_world_views, sample_tuple, view_angles
-from scene3d.distill.splat.depth import DepthNetConfig, depth_fn, train_depth_net
-from scene3d.distill.splat.distiller import SplatDistillConfig, SplatDistiller, ema_update, feature_loss
+from scene3d.distill.splat.distiller import (
+    SplatDistillConfig,
+    SplatDistiller,
+    ema_update,
+    feature_loss,
+    pixel_features,
+    view_geometry,
+)
 from scene3d.distill.splat.fit3d import Fit3DConfig, fit_feature_gaussians
 from scene3d.distill.splat.lift import LiftConfig, lift_views, splat_features, upsample_features
 from scene3d.distill.splat.probes import (
@@ -32,7 +39,7 @@ from scene3d.distill.splat.probes import (
 )
 from scene3d.distill.splat.supervision import pool_to_grid, segment_blend
 from scene3d.gaussians.rasterize import rasterize_gaussians
-from scene3d.lora import add_lora
+from scene3d.lora import add_lora, merge_lora
 from scene3d.metrics import miou
 from scene3d.rotations import quat_to_rotmat, rotmat_to_quat
 from scene3d.runs import RunDir
@@ -125,22 +132,44 @@ def test_feature_rasterizer_equals_per_channel_rendering(worlds):
     assert torch.allclose(dense, out, atol=1e-4)
 
 
-def test_edge_aware_upsampling_keeps_segments_apart():
+def test_label_guided_upsampling_keeps_segments_apart():
     labels = torch.zeros(1, 32, 32, dtype=torch.long)
     labels[..., 16:] = 1
     feats = torch.zeros(1, 2, 4, 4)
     feats[:, :, :, 2:] = 1.0
     plain = upsample_features(feats, (32, 32))
-    aware = upsample_features(feats, (32, 32), labels)
+    aware = upsample_features(feats, (32, 32), "oracle_labels", labels=labels)
     assert torch.allclose(plain, F.interpolate(feats, size=(32, 32), mode="bilinear", align_corners=False))
     assert 0 < plain[0, 0, 5, 15] < 1  # bilinear bleeds across the boundary
     assert torch.equal(aware, (labels[:, None] == 1).float().expand(-1, 2, -1, -1))
-    same = upsample_features(torch.randn(2, 3, 4, 4), (32, 32), torch.zeros(2, 32, 32, dtype=torch.long))
-    ref = F.interpolate(torch.randn(2, 3, 4, 4), size=(32, 32), mode="bilinear", align_corners=False)
-    assert same.shape == ref.shape
     f = torch.randn(2, 3, 4, 4)
-    one_label = upsample_features(f, (32, 32), torch.zeros(2, 32, 32, dtype=torch.long))
+    one_label = upsample_features(f, (32, 32), "oracle_labels", labels=torch.zeros(2, 32, 32, dtype=torch.long))
     assert torch.allclose(one_label, F.interpolate(f, size=(32, 32), mode="bilinear", align_corners=False), atol=1e-6)
+    with pytest.raises(ValueError, match="label"):
+        upsample_features(f, (32, 32), "oracle_labels")
+
+
+def test_rgb_guided_upsampling_follows_image_edges_without_labels():
+    """A dark left half and a bright right half whose edge falls inside a patch column: joint bilateral
+    upsampling keeps each side's feature where bilinear interpolation mixes them."""
+    images = torch.zeros(1, 3, 32, 32)
+    images[..., 14:] = 1.0
+    feats = torch.zeros(1, 2, 4, 4)
+    feats[:, :, :, 2:] = 1.0
+    plain = upsample_features(feats, (32, 32))
+    guided = upsample_features(feats, (32, 32), "rgb", images=images)
+    dark, bright = images[0, 0] == 0, images[0, 0] == 1
+    assert guided[0, 0][bright].min() > 0.99
+    assert guided[0, 0][dark].max() < 0.01
+    assert plain[0, 0][dark].max() > 0.15  # bilinear bleeds into the dark side
+    # Constant features stay constant; outputs are convex combinations of the patches.
+    assert torch.allclose(upsample_features(torch.ones(1, 2, 4, 4), (32, 32), "rgb", images=images),
+                          torch.ones(1, 2, 32, 32), atol=1e-6)
+    f = torch.randn(2, 3, 4, 4)
+    out = upsample_features(f, (32, 32), "rgb", images=torch.rand(2, 3, 32, 32))
+    assert (out <= f.amax((2, 3), keepdim=True) + 1e-5).all() and (out >= f.amin((2, 3), keepdim=True) - 1e-5).all()
+    with pytest.raises(ValueError, match="images"):
+        upsample_features(f, (32, 32), "rgb")
 
 
 def test_segment_blend_and_pooling():
@@ -196,8 +225,10 @@ def test_feature_loss_masks_and_kinds():
 
 
 def _distiller(worlds, student_seed: int = 0, **overrides):
+    """PatchConv has no qkv / proj, so full fine-tuning; oracle depth (the predictor is test_mvs.py's)."""
     teacher = PatchConv()
-    cfg = SplatDistillConfig(**{"steps": 6, "batch_size": 2, "lr": 3e-3, "warmup": 1, **overrides})
+    cfg = SplatDistillConfig(**{"steps": 6, "batch_size": 2, "lr": 3e-3, "warmup": 1, "lora_rank": 0,
+                                "depth_source": "oracle", "ema_momentum": 0.9, "ema_every": 2, **overrides})
     return SplatDistiller(PatchConv(seed=student_seed), copy.deepcopy(teacher), worlds, cfg)
 
 
@@ -249,13 +280,59 @@ def test_nonfinite_step_is_skipped_without_update_or_ema(worlds, monkeypatch):
         assert torch.equal(a, b)
 
 
-def test_fit3d_baseline_fits_and_serves_targets(worlds):
+def test_ema_moves_the_teacher_every_ema_every_steps(worlds):
+    d = _distiller(worlds, student_seed=1, steps=4, ema_every=2)
+    stepper = Stepper(d)
+    before = [p.detach().clone() for p in d.teacher.parameters()]
+    stepper()  # step 1: no EMA update
+    assert all(torch.equal(a, b) for a, b in zip(before, d.teacher.parameters(), strict=True))
+    stepper()  # step 2: the update
+    assert not all(torch.equal(a, b) for a, b in zip(before, d.teacher.parameters(), strict=True))
+
+
+def test_2d_control_targets_are_the_teachers_own_features(worlds):
+    ds = worlds[0]
+    d = _distiller(worlds, target_source="2d")
+    batch = [(0, torch.tensor([0, 1]), 3)]
+    target, mask = d.targets(batch, (4, 4))
+    own = rearrange(pixel_features(d.teacher, ds, torch.tensor([3]), "rgb")[0], "h w d -> 1 d h w")
+    assert mask.all() and torch.allclose(target, F.adaptive_avg_pool2d(own, (4, 4)), atol=1e-5)
+    same = SplatDistiller(PatchConv(), PatchConv(), worlds, dataclasses.replace(d.cfg, upsample="bilinear"))
+    loss, _ = same.batch_loss(batch)  # the student starts as the teacher: nothing to learn at first
+    assert loss < 0.02
+
+
+def test_predicted_geometry_is_the_default_and_needs_a_predictor(worlds):
+    cfg = SplatDistillConfig(batch_size=2, lora_rank=0)
+    assert cfg.depth_source == "predicted" and cfg.upsample == "rgb"
+    with pytest.raises(ValueError, match="depth_fn"):
+        SplatDistiller(PatchConv(), PatchConv(), worlds, cfg)
+    calls = []
+
+    def predictor(images, cameras):  # [V, H, W, 3], V cameras -> the dataset's depth, opaque where it has one
+        calls.append(len(cameras))
+        depth = worlds[0].depths[: len(cameras)]
+        return depth.clamp_min(0.1), (depth > 0).float()
+
+    d = SplatDistiller(PatchConv(), PatchConv(), worlds, cfg, depth_fn=predictor)
+    target, mask = d.targets([(0, torch.tensor([0, 1]), 2)], (4, 4))
+    assert calls == [2] and target.shape == (1, 8, 4, 4) and torch.isfinite(target).all() and mask.any()
+    depth, opacity = view_geometry(worlds[0], cfg, predictor)
+    assert depth.shape == opacity.shape == (8, 32, 32) and calls[-1] == 3
+
+
+def test_fit3d_baseline_densifies_fits_and_serves_targets(worlds):
     ds = worlds[0]
     feats = world_points(ds, torch.arange(len(ds)))
-    scene, losses = fit_feature_gaussians(ds, feats, Fit3DConfig(n_points=500, steps=8, lr_features=0.02))
+    cfg = Fit3DConfig(n_points=400, steps=12, feature_dim=4, lr_features=0.05)
+    cfg.densify = dataclasses.replace(cfg.densify, refine_start=2, refine_stop=11, refine_every=5, grow_grad2d=1e-6)
+    scene, decoder, losses = fit_feature_gaussians(ds, feats, ds.depths, (ds.depths > 0).float(), cfg)
     assert losses[-1] < losses[0]
-    d = SplatDistiller(PatchConv(), PatchConv(), [ds], SplatDistillConfig(target_source="fit3d", batch_size=2),
-                       fit3d_scenes=[scene])
+    assert len(scene) != 400  # densification cloned / split / pruned
+    assert scene.features.shape[1] == 4 and decoder(scene.features).shape == (len(scene), 3)
+    d = SplatDistiller(PatchConv(), PatchConv(), [ds], SplatDistillConfig(target_source="fit3d", batch_size=2,
+                                                                          lora_rank=0),
+                       fit3d_scenes=[scene], fit3d_decoders=[decoder])
     target, mask = d.targets(d.sample_batch(1), (4, 4))
     assert target.shape == (2, 3, 4, 4) and mask.any()
 
@@ -312,30 +389,6 @@ def test_miou_planted():
     assert math.isclose(miou(torch.tensor([0, 0, 1, 1, 1, 1]), target, 3), (1 + 0.5 + 0) / 3)
 
 
-def test_learned_depth_is_switchable(worlds):
-    net, losses = train_depth_net(worlds[:1], DepthNetConfig(width=8, steps=6, batch_size=2))
-    assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
-    depth = depth_fn(net)(worlds[0].images[:2])
-    assert depth.shape == (2, 32, 32) and (depth >= 0).all()
-    cfg = SplatDistillConfig(depth_source="learned", batch_size=2)
-    with pytest.raises(ValueError, match="depth_fn"):
-        SplatDistiller(PatchConv(), PatchConv(), worlds, cfg).targets([(0, torch.tensor([0, 1]), 2)], (4, 4))
-    d = SplatDistiller(PatchConv(), PatchConv(), worlds, cfg, depth_fn=lambda im: worlds[0].depths[:2] * 0 + 3.5)
-    target, mask = d.targets([(0, torch.tensor([0, 1]), 2)], (4, 4))
-    assert target.shape == (1, 8, 4, 4) and torch.isfinite(target).all()
-
-
-def test_depth_net_resumes_exactly_in_its_run_folder(worlds, tmp_path):
-    cfg = DepthNetConfig(width=8, steps=6, batch_size=2)
-    straight, straight_losses = train_depth_net(worlds[:1], cfg)
-    loop = RunConfig(checkpoint_every=2, eval_every=0, progress=False)
-    train_depth_net(worlds[:1], cfg, RunDir(tmp_path / "depth"), dataclasses.replace(loop, stop_after=3))
-    resumed, losses = train_depth_net(worlds[:1], cfg, RunDir(tmp_path / "depth"), loop)
-    assert losses == straight_losses
-    assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(),
-                                                  strict=True))
-
-
 def test_script_reports_a_bad_teacher_path_in_one_line(tmp_path):
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "scripts/splat_distill.py", "--teacher.path", str(tmp_path / "missing"),
@@ -352,8 +405,9 @@ def test_demo_stage_quick(tmp_path):
     from lab.demo.splat_distill import run_stage
 
     out = run_stage(tmp_path, quick=True)
-    assert set(out["table"]) == {"teacher", "fit3d_student", "splat_student"}
-    assert (tmp_path / "splat_distill" / "demo_quick_features.png").is_file()
+    assert set(out["table"]) == {"teacher", "2d_control", "splat_student", "fit3d_student", "oracle_splat_student"}
+    assert (tmp_path / "splat_distill" / "demo_quick_s0_features.png").is_file()
+    assert Path(out["png"]).is_file() and json.loads(Path(out["json"]).read_text())["seeds"] == [0]
 
 
 def test_lora_student_starts_identical_and_trains_only_adapters(worlds, tmp_path):
@@ -377,7 +431,8 @@ def test_lora_student_starts_identical_and_trains_only_adapters(worlds, tmp_path
     assert {n for n, p in lora.named_parameters() if p.requires_grad} == {
         "head.0.down.weight", "head.0.up.weight", "head.2.down.weight", "head.2.up.weight"}
     assert len(adapters) == 4 and all(p.requires_grad for p in adapters)
-    cfg = SplatDistillConfig(steps=4, batch_size=2, lr=1e-2, warmup=1, lora_rank=2)
+    cfg = SplatDistillConfig(steps=4, batch_size=2, lr=1e-2, warmup=1, lora_rank=2, lora_targets=(),
+                             depth_source="oracle", ema_every=1, ema_momentum=0.9)
     d = SplatDistiller(copy.deepcopy(base), copy.deepcopy(base), worlds, cfg)
     fit(d, RunDir(tmp_path / "lora"), RunConfig(checkpoint_every=2, progress=False), cfg.steps)
     state = d.student.state_dict()
@@ -386,3 +441,46 @@ def test_lora_student_starts_identical_and_trains_only_adapters(worlds, tmp_path
     assert not torch.allclose(d.student(images), before, atol=1e-5)
     teacher_state = d.teacher.state_dict()
     assert all(torch.equal(teacher_state[k], v) for k, v in state.items() if ".down." not in k and ".up." not in k)
+
+
+def test_lora_on_named_layers_and_merging_back():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv, self.proj, self.fc = nn.Linear(6, 18), nn.Linear(6, 6), nn.Linear(6, 6)
+
+        def forward(self, x):
+            return self.fc(self.proj(self.qkv(x)[..., :6]))
+
+    torch.manual_seed(0)
+    block, x = Block(), torch.randn(5, 6)
+    plain_state = {k: v.clone() for k, v in block.state_dict().items()}
+    adapters = add_lora(block, rank=2, names=("qkv", "proj"))
+    assert len(adapters) == 4 and type(block.fc) is nn.Linear
+    for p in adapters:
+        nn.init.normal_(p)
+    adapted = block(x)
+    merged = merge_lora(block)
+    assert type(merged.qkv) is nn.Linear and torch.allclose(merged(x), adapted, atol=1e-5)
+    assert set(merged.state_dict()) == set(plain_state)
+    with pytest.raises(ValueError, match="lora_targets"):
+        SplatDistiller(PatchConv(), PatchConv(), [], SplatDistillConfig(depth_source="oracle"))
+
+
+def test_lora_reaches_layers_used_through_their_weight():
+    """avfm's attention calls F.linear(x, qkv.weight, masked bias): the adapters must act (and train) there."""
+    from avfm.teachers import ViTTeacher
+    from avfm.vit import ViTConfig
+
+    torch.manual_seed(0)
+    vit, images = ViTTeacher(ViTConfig(16, 1, 2, patch_size=8)), torch.rand(1, 3, 16, 16)
+    add_lora(vit, rank=2, names=("qkv", "proj"))
+    for name, p in vit.named_parameters():
+        if name.endswith("up.weight"):
+            nn.init.normal_(p, std=0.1)
+    out = vit(images).patches
+    out.sum().backward()
+    qkv = vit.vit.blocks[0].attn.qkv
+    assert qkv.up.weight.grad is not None and qkv.up.weight.grad.abs().sum() > 0
+    merged = merge_lora(copy.deepcopy(vit))
+    assert torch.allclose(merged(images).patches, out, atol=1e-5)

@@ -124,7 +124,8 @@ SCRIPTS: dict[str, ScriptSpec] = {
         "scripts/splat_distill.py",
         lambda out: ["--name", "r", "--output-root", str(out), "--checkpoint-every", "2", "--no-run-probes",
                      "--no-progress", "--worlds.n-distill", "2", "--worlds.n-views", "4", "--worlds.size", "32",
-                     "--teacher.name", "random_vit", "--distill.steps", "12", "--distill.batch-size", "1"],
+                     "--teacher.name", "random_vit", "--distill.steps", "12", "--distill.batch-size", "1",
+                     "--mvs.steps", "4", "--mvs.batch-size", "1"],
         lambda out: out / "splat_distill" / "r", _pick("student", "teacher", "optimizer"), 2, 12),
 }
 # What a script needs first: (the script that makes it, the folder of that script's run it uses).

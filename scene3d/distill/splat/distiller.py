@@ -1,14 +1,18 @@
 """Splat and Distill: 3D-aware distillation of a 2D dense model through feed-forward Gaussian lifting.
 
-Per (context views, target view) tuple of a multi-view world: the teacher's patch features of the
-context views are upsampled to pixels (bilinear or label-edge-aware), optionally PCA-compressed,
-lifted to one Gaussian per pixel (`lift.py`) and splatted to the target camera; the rendered
-map, blended with its per-segment means, pooled to the student's patch grid and masked where
-uncovered, is the target of the student on the target image (cosine or MSE). The teacher is an EMA
-of the student (`lora_rank > 0`: only LoRA adapters train). The FiT3D-style baseline
-(`target_source="fit3d"`) instead renders per-world feature Gaussians fitted once to every view's
-teacher features (`fit3d.py`), teacher frozen. `SplatDistiller` is a `scene3d.train.Trainable`:
-`scene3d.train.fit` trains it (checkpoints, exact resume, the NaN guard).
+Per (context views, target view) tuple of a multi-view world: the EMA teacher's patch features of the
+context views are upsampled to pixels (joint bilateral, guided by the RGB image: no label), optionally
+PCA-compressed, lifted to one Gaussian per pixel at the depth and with the opacity a feed-forward
+predictor gives from the context views alone (`mvs.py`, trained without depth labels) and splatted to
+the target camera (`lift.py`); the rendered map, pooled to the student's patch grid and masked where
+uncovered, is the target of the student on the target image (cosine or MSE). The teacher is an EMA of
+the student (0.999 every 10 steps, as the paper), the student trains LoRA adapters (r = 8 on qkv and
+proj) by default. `target_source` "fit3d" renders per-world feature Gaussians fitted once to every
+view's teacher features instead (`fit3d.py`, teacher frozen); "2d" is the control without lifting:
+the EMA teacher's own features of the target view. Ground truth enters only as options named oracle:
+`depth_source="oracle"` (dataset depth and masks), `upsample="oracle_labels"` (instance maps).
+`SplatDistiller` is a `scene3d.train.Trainable`: `scene3d.train.fit` trains it (checkpoints, exact
+resume, the NaN guard).
 
 `teacher` and `student` are any modules mapping images [B, 3, H, W] in [0, 1] to dense features
 [B, D, h, w]; `scene3d` never builds them (scripts/splat_distill.py does, from avfm.teachers).
@@ -27,12 +31,14 @@ from einops import rearrange
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
+from scene3d.cameras import Cameras
 from scene3d.config import Ordered, Range
 from scene3d.data.dataset import MultiViewDataset
-from scene3d.distill.splat.data import sample_tuple
+from scene3d.distill.splat.data import sample_tuple, view_angles
 from scene3d.distill.splat.lift import (
     LiftConfig,
     LiftedGaussians,
+    UpsampleMode,
     fit_pca,
     lift_views,
     splat_features,
@@ -44,7 +50,9 @@ from scene3d.lora import add_lora
 from scene3d.runs import RunDir, config_to_dict
 from scene3d.train import FitResult
 
-DepthFn = Callable[[Float[Tensor, "V H W 3"]], Float[Tensor, "V H W"]]
+# (images [V, H, W, 3], their cameras) -> (camera-z depth [V, H, W], opacity [V, H, W]); V >= 2 views, each
+# predicted from the others (`scene3d.distill.splat.mvs.mvs_depth_fn`)
+DepthFn = Callable[[Float[Tensor, "V H W 3"], Cameras], tuple[Float[Tensor, "V H W"], Float[Tensor, "V H W"]]]
 
 
 @dataclass
@@ -58,21 +66,23 @@ class SplatDistillConfig:
     baseline_deg: Annotated[tuple[float, float], Range(0, 180), Ordered()] = (10.0, 45.0)
     feature_mode: Literal["full", "pca"] = "full"
     pca_dim: Annotated[int, Range(1)] = 32
-    edge_aware: bool = True  # upsample teacher features with the context views' instance labels
-    segment_blend: float = 0.0  # weight of the per-segment (instance) mean; the paper's 0.5 hurt depth here
+    upsample: UpsampleMode = "rgb"  # teacher patches to pixels; "oracle_labels" uses instance maps
+    segment_blend: float = 0.0  # weight of the per-segment mean (oracle: instance maps stand in for SAM)
     alpha_min: float = 0.5  # rendered opacity below which a target pixel counts as uncovered
     min_coverage: float = 0.5  # fraction of covered pixels a student patch needs to enter the loss
     loss: Literal["cosine", "mse"] = "cosine"
-    # teacher <- m teacher + (1 - m) student after every step; 1 = frozen
-    ema_momentum: Annotated[float, Range(0, 1)] = 0.99
+    # teacher <- m teacher + (1 - m) student every `ema_every` steps (the paper: 0.999 every 10); 1 = frozen
+    ema_momentum: Annotated[float, Range(0, 1)] = 0.999
+    ema_every: Annotated[int, Range(1)] = 10
     lr: Annotated[float, Range(0, above=True)] = 3e-4
     weight_decay: Annotated[float, Range(0)] = 0.0
     warmup: Annotated[int, Range(0)] = 20
-    # > 0: train LoRA adapters on the student's linear layers only (teacher EMA over them)
-    lora_rank: Annotated[int, Range(0)] = 0
+    # > 0: train LoRA adapters on the student's `lora_targets` linear layers only; 0: full fine-tuning
+    lora_rank: Annotated[int, Range(0)] = 8
     lora_alpha: float | None = None  # LoRA scale alpha / rank; None: alpha = rank
-    target_source: Literal["splat", "fit3d"] = "splat"
-    depth_source: Literal["dataset", "learned"] = "dataset"
+    lora_targets: tuple[str, ...] = ("qkv", "proj")  # attribute names of the wrapped layers (the paper's)
+    target_source: Literal["splat", "fit3d", "2d"] = "splat"
+    depth_source: Literal["predicted", "oracle"] = "predicted"  # oracle: the dataset's depth and masks
     lift: LiftConfig = field(default_factory=LiftConfig)
     seed: int = 0
 
@@ -113,38 +123,75 @@ def to_images(ds: MultiViewDataset, idx: Tensor) -> Float[Tensor, "B 3 H W"]:
 
 
 @torch.no_grad()
-def pixel_features(model: nn.Module, ds: MultiViewDataset, idx: Tensor, edge_aware: bool) -> Float[Tensor, "V H W D"]:
-    """The model's patch features of views `idx`, upsampled to pixels (edge-aware with instance labels)."""
-    feats = model(to_images(ds, idx))
-    labels = ds.instance[idx] if edge_aware and ds.instance is not None else None
-    up = upsample_features(feats, (ds.height, ds.width), labels)
+def pixel_features(model: nn.Module, ds: MultiViewDataset, idx: Tensor, mode: UpsampleMode) -> Float[Tensor, "V H W D"]:
+    """The model's patch features of views `idx`, upsampled to pixels (`upsample_features`' `mode`)."""
+    images = to_images(ds, idx)
+    labels = ds.instance[idx] if mode == "oracle_labels" and ds.instance is not None else None
+    if mode == "oracle_labels" and labels is None:
+        raise ValueError("upsample='oracle_labels' needs a dataset with instance maps")
+    up = upsample_features(model(images), (ds.height, ds.width), mode, images=images, labels=labels)
     return rearrange(up, "v d h w -> v h w d")
+
+
+def context_geometry(ds: MultiViewDataset, context: Tensor, cfg: SplatDistillConfig, depth_fn: DepthFn | None
+                     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """(depth [V, H, W], valid [V, H, W] or None, opacity [V, H, W] or None) of the context views: predicted
+    from the context images and cameras alone, or the dataset's (oracle)."""
+    if cfg.depth_source == "predicted":
+        if depth_fn is None:
+            raise ValueError("depth_source='predicted' needs a depth_fn (a trained depth predictor)")
+        depth, opacity = depth_fn(ds.images[context], ds.cameras[context])
+        return depth, None, opacity
+    if ds.depths is None:
+        raise ValueError("depth_source='oracle' needs a dataset with depth maps")
+    return ds.depths[context], ds.masks[context] if ds.masks is not None else None, None
+
+
+@torch.no_grad()
+def view_geometry(ds: MultiViewDataset, cfg: SplatDistillConfig, depth_fn: DepthFn | None, n_sources: int = 2
+                  ) -> tuple[Float[Tensor, "N H W"], Float[Tensor, "N H W"]]:
+    """Every view's depth and opacity: predicted from the view and its `n_sources` nearest views (by
+    optical-axis angle), or the dataset's depth with its mask as opacity (oracle)."""
+    if cfg.depth_source == "oracle":
+        depth, valid, _ = context_geometry(ds, torch.arange(len(ds)), cfg, depth_fn)
+        return depth, ((depth > 0) if valid is None else valid & (depth > 0)).to(depth)
+    angles = view_angles(ds.cameras)
+    angles.fill_diagonal_(-1.0)  # the view itself first
+    depths, opacities = [], []
+    for i in range(len(ds)):
+        views = angles[i].argsort()[: n_sources + 1]
+        depth, _, opacity = context_geometry(ds, views, cfg, depth_fn)
+        depths.append(depth[0])
+        opacities.append(opacity[0])
+    return torch.stack(depths), torch.stack(opacities)
 
 
 @torch.no_grad()
 def splat_target(teacher: nn.Module, ds: MultiViewDataset, context: Tensor, target: int, grid: tuple[int, int],
                  cfg: SplatDistillConfig, depth_fn: DepthFn | None = None) -> tuple[Tensor, Tensor]:
     """Target features [D,h,w] and mask [h,w] for view `target`, splatted from the context views."""
-    feats = pixel_features(teacher, ds, context, cfg.edge_aware)
-    if cfg.depth_source == "learned":
-        if depth_fn is None:
-            raise ValueError("depth_source='learned' needs a depth_fn")
-        depth, valid = depth_fn(ds.images[context]), None
-    else:
-        if ds.depths is None:
-            raise ValueError("depth_source='dataset' needs a dataset with depth maps")
-        depth, valid = ds.depths[context], ds.masks[context] if ds.masks is not None else None
+    feats = pixel_features(teacher, ds, context, cfg.upsample)
+    depth, valid, opacity = context_geometry(ds, context, cfg, depth_fn)
     basis = None
     if cfg.feature_mode == "pca":
         keep = depth > 0 if valid is None else valid & (depth > 0)
         mean, basis = fit_pca(feats[keep], cfg.pca_dim)
         feats = (feats - mean) @ basis
-    gaussians = lift_views(ds.cameras[context], depth, feats, valid, cfg.lift)
+    gaussians = lift_views(ds.cameras[context], depth, feats, valid, cfg.lift, opacity=opacity)
     rendered, alpha = splat_features(gaussians, ds.cameras[[target]], eps2d=cfg.lift.eps2d)
     rendered, alpha = rendered[0], alpha[0]
     if basis is not None:
         rendered = rendered @ basis.T + mean
     return finish_target(rendered, alpha, ds, target, grid, cfg)
+
+
+@torch.no_grad()
+def self_target(teacher: nn.Module, ds: MultiViewDataset, target: int, grid: tuple[int, int],
+                cfg: SplatDistillConfig) -> tuple[Tensor, Tensor]:
+    """The 2D-only control's target: the teacher's own features of view `target` (upsampled and pooled as
+    the lifted targets are), every patch kept."""
+    feats = pixel_features(teacher, ds, torch.tensor([target]), cfg.upsample)[0]
+    return pool_to_grid(feats, torch.ones(feats.shape[:2], dtype=torch.bool), grid, 0.0)
 
 
 def finish_target(rendered: Float[Tensor, "H W D"], alpha: Float[Tensor, "H W"], ds: MultiViewDataset, target: int,
@@ -161,20 +208,25 @@ class SplatDistiller:
     builds their targets with the current teacher and scores the student on the target images; the
     update clips the gradients to norm 1, steps AdamW and moves the EMA teacher.
 
-    `fit3d_scenes` (one `LiftedGaussians` per world) switch the targets to the FiT3D-style baseline."""
+    `fit3d_scenes` (one `LiftedGaussians` per world, and `fit3d_decoders` mapping their features to the
+    teacher's) serve the FiT3D baseline's targets; `depth_fn` gives the splat targets' predicted geometry."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, worlds: list[MultiViewDataset],
                  cfg: SplatDistillConfig, fit3d_scenes: list[LiftedGaussians] | None = None,
-                 depth_fn: DepthFn | None = None):
-        if cfg.target_source == "fit3d" and fit3d_scenes is None:
-            raise ValueError("target_source='fit3d' needs the fitted per-world feature Gaussians")
+                 depth_fn: DepthFn | None = None, fit3d_decoders: list[nn.Module] | None = None):
+        if cfg.target_source == "fit3d" and (fit3d_scenes is None or fit3d_decoders is None):
+            raise ValueError("target_source='fit3d' needs the fitted per-world feature Gaussians and decoders")
+        if cfg.target_source == "splat" and cfg.depth_source == "predicted" and depth_fn is None:
+            raise ValueError("depth_source='predicted' needs a depth_fn (a trained depth predictor)")
         self.student, self.teacher, self.worlds, self.cfg = student, teacher.eval(), worlds, cfg
-        self.fit3d_scenes, self.depth_fn = fit3d_scenes, depth_fn
+        self.fit3d_scenes, self.fit3d_decoders, self.depth_fn = fit3d_scenes, fit3d_decoders, depth_fn
         self.name = f"splat-distill ({cfg.target_source})"
         self.losses: list[float] = []  # per step, since the first (restored on resume)
         if cfg.lora_rank > 0:  # the same adapters on both (B = 0: nothing changes yet), student's copied over
-            add_lora(student, cfg.lora_rank, cfg.lora_alpha)  # freezes all but the adapters
-            add_lora(teacher, cfg.lora_rank, cfg.lora_alpha)
+            if not add_lora(student, cfg.lora_rank, cfg.lora_alpha, names=cfg.lora_targets):  # freezes the rest
+                raise ValueError(f"lora_targets {cfg.lora_targets} name no linear layer of the student; "
+                                 "set lora_rank=0 for full fine-tuning")
+            add_lora(teacher, cfg.lora_rank, cfg.lora_alpha, names=cfg.lora_targets)
             teacher.load_state_dict(student.state_dict())
         else:
             self.student.requires_grad_(True)
@@ -204,7 +256,9 @@ class SplatDistiller:
             ds = self.worlds[w]
             if self.cfg.target_source == "fit3d":
                 rendered, alpha = splat_features(self.fit3d_scenes[w], ds.cameras[[target]], eps2d=self.cfg.lift.eps2d)
-                outs.append(finish_target(rendered[0], alpha[0], ds, target, grid, self.cfg))
+                outs.append(finish_target(self.fit3d_decoders[w](rendered[0]), alpha[0], ds, target, grid, self.cfg))
+            elif self.cfg.target_source == "2d":
+                outs.append(self_target(self.teacher, ds, target, grid, self.cfg))
             else:
                 outs.append(splat_target(self.teacher, ds, context, target, grid, self.cfg, self.depth_fn))
         return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
@@ -231,10 +285,11 @@ class SplatDistiller:
         return self.student.named_parameters()
 
     def apply(self, step: int) -> dict[str, float]:
-        """Gradients clipped to norm 1, the AdamW step, then the EMA teacher update (splat targets)."""
+        """Gradients clipped to norm 1, the AdamW step, then every `ema_every` steps the EMA teacher update
+        (splat and 2D targets; FiT3D's teacher stays frozen)."""
         torch.nn.utils.clip_grad_norm_(self.student.parameters(), 1.0)
         self.opt.step()
-        if self.cfg.target_source == "splat" and self.cfg.ema_momentum < 1:
+        if self.cfg.target_source != "fit3d" and self.cfg.ema_momentum < 1 and step % self.cfg.ema_every == 0:
             ema_update(self.teacher, self.student, self.cfg.ema_momentum)
         return {}
 
