@@ -13,6 +13,7 @@ import tyro
 from avfm.data import load_scenes
 from avfm.self_distillation import SelfDistillationConfig, SelfDistillationTrainer
 from avfm.teachers import DenseTeacherConfig, DenseTeacherTrainer, save_vit_teacher
+from scene3d.checkpoint import atomic_write_json
 from scene3d.config import Range, check
 from scene3d.train import FitResult, RunConfig, fit
 
@@ -29,6 +30,10 @@ class TeacherRunConfig:
     resolution: Annotated[int, Range(8, 4096)] = 64
     seed: int = 0
     self_supervised: SelfDistillationConfig = field(default_factory=SelfDistillationConfig)
+    # > 0: once trained, probe the teacher and its untrained initialisation on this many held-out scenes
+    # (scene seed `seed` + 1) and write probe.json in the run folder
+    probe_scenes: Annotated[int, Range(0)] = 0
+    probe_steps: Annotated[int, Range(1)] = 300
     supervised: DenseTeacherConfig = field(default_factory=DenseTeacherConfig)
     # --name, --output-root, --checkpoint-every, --log-every, --stop-after, ... (scene3d.train.RunConfig)
     run: Annotated[RunConfig, tyro.conf.OmitArgPrefixes] = field(
@@ -54,3 +59,23 @@ def train_teacher_run(config: TeacherRunConfig) -> tuple[object, FitResult, Path
     if not result.complete:
         return trainer, result, None
     return trainer, result, save_vit_teacher(run.path / "teacher.safetensors", frozen().eval().requires_grad_(False))
+
+
+def probe_teacher(config: TeacherRunConfig, teacher, folder: Path) -> dict:
+    """Linear segmentation probes (`avfm.evaluate.teacher_baseline`, full resolution) of the trained teacher
+    and of the same ViT at its initialisation, trained on the run's scenes and scored on `probe_scenes`
+    held-out ones; written to `folder/probe.json`."""
+    from avfm.evaluate import teacher_baseline, untrained_like
+
+    train = load_scenes(config.source, config.n, config.resolution, config.seed, config.path)
+    held = load_scenes(config.source, config.probe_scenes, config.resolution, config.seed + 1, config.path)
+    if train.labels is None:
+        raise ValueError(f"--probe-scenes: the '{config.source}' source has no labels to probe")
+    seed = getattr(config, config.kind).seed
+    out = {"kind": config.kind, "resolution": config.resolution, "train_scenes": config.n,
+           "probe_scenes": config.probe_scenes, "probe_steps": config.probe_steps,
+           "trained": teacher_baseline(teacher, train, held, config.resolution, config.probe_steps, 0),
+           "untrained": teacher_baseline(untrained_like(teacher, seed), train, held, config.resolution,
+                                         config.probe_steps, 0)}
+    atomic_write_json(folder / "probe.json", out)
+    return out

@@ -73,14 +73,14 @@ def stereo_rows(net: MVSDepthNet, pair: StereoPair, window: int) -> dict[str, tu
 
 
 def summarise(per_seed: list[dict]) -> dict:
-    """mean and std over seeds of every numeric leaf."""
+    """mean and sample std (n - 1; 0 for one seed) over seeds of every numeric leaf."""
     out = {}
     for key, value in per_seed[0].items():
         if isinstance(value, dict):
             out[key] = summarise([s[key] for s in per_seed])
         else:
             vals = np.array([s[key] for s in per_seed], dtype=float)
-            out[key] = {"mean": float(vals.mean()), "std": float(vals.std())}
+            out[key] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0}
     return out
 
 

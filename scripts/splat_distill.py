@@ -1,10 +1,12 @@
 """Splat and Distill: distil a dense 2D teacher into a 3D-aware student through feed-forward Gaussian lifting.
 
-    python scripts/splat_distill.py --name s0                                  # small trained teacher, synthetic worlds
-    python scripts/splat_distill.py --name f0 --distill.target-source fit3d    # FiT3D-style baseline
+    python scripts/splat_distill.py --name s0                                  # self-supervised teacher, predicted geometry
+    python scripts/splat_distill.py --name f0 --distill.target-source fit3d    # FiT3D baseline
+    python scripts/splat_distill.py --name c0 --distill.target-source 2d       # the 2D-only control
     python scripts/splat_distill.py --teacher.name dinov2 --teacher.path /models/dinov2-small --name d0
 
-Writes outputs/splat_distill/<name>/ (config, TensorBoard, checkpoints, loss.png, student.safetensors,
+Writes outputs/splat_distill/<name>/ (config, TensorBoard, checkpoints, the depth predictor's run in mvs/,
+loss.png, student.safetensors,
 metrics.json with teacher / student probes); rerunning the same --name resumes exactly (--stop-after,
 --max-minutes end an invocation early, --no-resume starts afresh).
 """

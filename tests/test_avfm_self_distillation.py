@@ -142,3 +142,17 @@ def test_pretraining_default_teacher_is_self_supervised_and_trained_without_labe
     assert torch.equal(teacher(scenes.images[:1]).patches, again(scenes.images[:1]).patches)
     with pytest.raises(ValueError, match="dense labels"):
         make_teacher(TeacherConfig(name="supervised"), unlabeled, None)
+
+
+def test_teacher_run_probes_the_teacher_and_its_initialisation(tmp_path):
+    from avfm.teacher_runs import TeacherRunConfig, probe_teacher, train_teacher_run
+
+    ssl = SelfDistillationConfig(**TINY, steps=2, global_px=32, local_px=16)
+    cfg = TeacherRunConfig(n=8, resolution=32, self_supervised=ssl, probe_scenes=4, probe_steps=3,
+                           run=RunConfig(output_root=tmp_path, progress=False, eval_every=0))
+    _, result, saved = train_teacher_run(cfg)
+    assert result.complete and saved.is_file()
+    out = probe_teacher(cfg, load_vit_teacher(saved), saved.parent)
+    assert 0 <= out["trained"]["miou"] <= 1 and 0 <= out["untrained"]["miou"] <= 1
+    assert out["trained"]["px"] == out["untrained"]["px"] == 32 and out["probe_scenes"] == 4
+    assert (saved.parent / "probe.json").is_file()

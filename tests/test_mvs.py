@@ -121,5 +121,10 @@ def test_trained_predictor_meets_the_held_out_targets():
     out = evaluate_mvs(net, make_world_views(range(20000, 20004), n_views=24, size=64), n_tuples=16, seed=0)
     assert out["abs_rel"] < 0.1 and out["delta_1"] > 0.9
     pair = load_motorcycle(downscale=4)
-    _, raw = predictor_disparity(net, pair, 1.0, 15.0)
+    pred, raw = predictor_disparity(net, pair, 1.0, 15.0)
     assert disparity_metrics(raw, pair.disparity, pair.valid)["epe"] < 2.5  # learned features match real photos
+    # The predictor itself (3.35 +- 0.11 px over 3 seeds at 400 steps; block matching 1.00-1.29 px: the target
+    # is missed, docs/splat_distill.md) must stay clearly better than its untrained initialisation.
+    epe = disparity_metrics(pred, pair.disparity, pair.valid)["epe"]
+    untrained, _ = predictor_disparity(MVSDepthNet(MVSConfig()).eval(), pair, 1.0, 15.0)
+    assert epe < 4.5 and epe < disparity_metrics(untrained, pair.disparity, pair.valid)["epe"] - 0.5

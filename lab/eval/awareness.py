@@ -203,8 +203,17 @@ def quick_config(output_root: Path = Path("outputs"), name: str = "quick") -> Sp
 
 
 def demo_config(out_dir: Path, quick: bool) -> SplatRunConfig:
-    if not quick:  # the `eval_3d_awareness.py --quick` setting
-        return quick_config(out_dir, "demo")
+    """The demo's setting: every row at a few minutes' scale (quick: a smoke run)."""
+    if not quick:
+        return SplatRunConfig(
+            worlds=WorldsConfig(n_distill=3, n_views=12, n_probe_train=3, n_probe_test=3, probe_views=8),
+            teacher=TeacherSpec(self_supervised=SelfDistillationConfig(steps=80, batch_size=16)),
+            distill=SplatDistillConfig(steps=80, warmup=8),
+            mvs=MVSConfig(steps=150),
+            fit3d=Fit3DConfig(n_points=2000, steps=80,
+                              densify=replace(fit3d_densify(), refine_start=15, refine_stop=70, refine_every=15)),
+            probe=ProbeConfig(pairs_per_world=16, seg_steps=150),
+            run=run_defaults(name="demo", output_root=out_dir, checkpoint_every=40, progress=False))
     return SplatRunConfig(
         worlds=WorldsConfig(n_distill=2, n_views=12, n_probe_train=2, n_probe_test=2, probe_views=6),
         teacher=TeacherSpec(self_supervised=SelfDistillationConfig(steps=20, batch_size=8)),

@@ -223,10 +223,12 @@ class SplatDistiller:
         self.name = f"splat-distill ({cfg.target_source})"
         self.losses: list[float] = []  # per step, since the first (restored on resume)
         if cfg.lora_rank > 0:  # the same adapters on both (B = 0: nothing changes yet), student's copied over
-            if not add_lora(student, cfg.lora_rank, cfg.lora_alpha, names=cfg.lora_targets):  # freezes the rest
-                raise ValueError(f"lora_targets {cfg.lora_targets} name no linear layer of the student; "
-                                 "set lora_rank=0 for full fine-tuning")
-            add_lora(teacher, cfg.lora_rank, cfg.lora_alpha, names=cfg.lora_targets)
+            with torch.random.fork_rng(devices=[]):  # A's initialisation from the seed, whatever ran before
+                torch.manual_seed(cfg.seed)
+                if not add_lora(student, cfg.lora_rank, cfg.lora_alpha, names=cfg.lora_targets):  # freezes the rest
+                    raise ValueError(f"lora_targets {cfg.lora_targets} name no linear layer of the student; "
+                                     "set lora_rank=0 for full fine-tuning")
+                add_lora(teacher, cfg.lora_rank, cfg.lora_alpha, names=cfg.lora_targets)
             teacher.load_state_dict(student.state_dict())
         else:
             self.student.requires_grad_(True)
