@@ -1,6 +1,6 @@
 """Splat and Distill: distil a dense 2D teacher into a 3D-aware student through feed-forward Gaussian lifting.
 
-    python scripts/splat_distill.py --name s0                                  # self-supervised teacher, predicted geometry
+    python scripts/splat_distill.py --name s0                                  # self-supervised teacher
     python scripts/splat_distill.py --name f0 --distill.target-source fit3d    # FiT3D baseline
     python scripts/splat_distill.py --name c0 --distill.target-source 2d       # the 2D-only control
     python scripts/splat_distill.py --teacher.name dinov2 --teacher.path /models/dinov2-small --name d0
