@@ -402,9 +402,12 @@ def test_script_reports_a_bad_teacher_path_in_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_demo_stage_quick(tmp_path):
+    from avfm.teachers import random_vit_teacher, save_vit_teacher
     from lab.demo.splat_distill import run_stage
 
+    saved = save_vit_teacher(tmp_path / "avfm" / "demo_quick" / "teacher.safetensors", random_vit_teacher(seed=3))
     out = run_stage(tmp_path, quick=True)
+    assert out["teacher"] == str(saved)  # the avfm stage's self-supervised teacher, when it has run
     assert set(out["table"]) == {"teacher", "2d_control", "splat_student", "fit3d_student", "oracle_splat_student"}
     assert (tmp_path / "splat_distill" / "demo_quick_s0_features.png").is_file()
     assert Path(out["png"]).is_file() and json.loads(Path(out["json"]).read_text())["seeds"] == [0]

@@ -208,10 +208,10 @@ def demo_config(out_dir: Path, quick: bool) -> SplatRunConfig:
         return SplatRunConfig(
             worlds=WorldsConfig(n_distill=3, n_views=12, n_probe_train=3, n_probe_test=3, probe_views=8),
             teacher=TeacherSpec(self_supervised=SelfDistillationConfig(steps=80, batch_size=16)),
-            distill=SplatDistillConfig(steps=80, warmup=8),
-            mvs=MVSConfig(steps=150),
-            fit3d=Fit3DConfig(n_points=2000, steps=80,
-                              densify=replace(fit3d_densify(), refine_start=15, refine_stop=70, refine_every=15)),
+            distill=SplatDistillConfig(steps=60, warmup=6),
+            mvs=MVSConfig(steps=120),
+            fit3d=Fit3DConfig(n_points=2000, steps=60,
+                              densify=replace(fit3d_densify(), refine_start=10, refine_stop=50, refine_every=10)),
             probe=ProbeConfig(pairs_per_world=16, seg_steps=150),
             run=run_defaults(name="demo", output_root=out_dir, checkpoint_every=40, progress=False))
     return SplatRunConfig(
