@@ -84,18 +84,18 @@ def lift_views(cameras: Cameras, depth: Float[Tensor, "V H W"], features: Float[
     scales = torch.stack([s, s, s * cfg.thickness], -1)
     quats = rotmat_to_quat(cameras.c2w[:, :3, :3])[:, None, None, :].expand(v, h, w, 4)
     if opacity is not None:
-        conf = opacity * valid / cfg.max_opacity
+        alpha = opacity * valid
         valid = valid & (opacity >= cfg.min_opacity)
     elif cfg.confidence == "edges":
-        conf = depth_confidence(depth, valid, cfg.edge_tau)
+        alpha = cfg.max_opacity * depth_confidence(depth, valid, cfg.edge_tau)
     else:
-        conf = valid.to(depth)
+        alpha = cfg.max_opacity * valid.to(depth)
     keep = rearrange(valid, "v h w -> (v h w)")
     flat = {
         "means": rearrange(means, "v p c -> (v p) c"),
         "quats": rearrange(quats, "v h w c -> (v h w) c"),
         "scales": rearrange(scales, "v h w c -> (v h w) c"),
-        "opacities": rearrange(conf * cfg.max_opacity, "v h w -> (v h w)"),
+        "opacities": rearrange(alpha, "v h w -> (v h w)"),
         "features": rearrange(features, "v h w d -> (v h w) d"),
     }
     return LiftedGaussians(**{k: t[keep] for k, t in flat.items()})
@@ -188,8 +188,8 @@ def upsample_features(feats: Float[Tensor, "B D h w"], size: tuple[int, int], mo
     if mode == "bilinear":
         return F.interpolate(feats, size=size, mode="bilinear", align_corners=False)
     if mode == "rgb":
-        if images is None:
-            raise ValueError("upsample mode 'rgb' needs the images that guide it")
+        if images is None or tuple(images.shape[-2:]) != tuple(size):
+            raise ValueError(f"upsample mode 'rgb' needs the guiding images at the output size {tuple(size)}")
         return joint_bilateral_upsample(feats, images)
     if mode == "oracle_labels":
         if labels is None:
